@@ -1,0 +1,146 @@
+"""Datasets: `digits` (scikit-learn's real 8x8 digits, offline), `image_folder`, `synthetic`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
+
+from .errors import UserError
+from .schema import DataConfig
+
+IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+DIGITS_MEAN, DIGITS_STD = [0.30], [0.38]  # pixel statistics of the 8x8 digits scaled to [0, 1]
+
+
+@dataclass
+class DataBundle:
+    train: Dataset
+    val: Dataset
+    class_names: list[str]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+
+def _norm(cfg: DataConfig, mean: list[float], std: list[float]) -> tuple[torch.Tensor, torch.Tensor]:
+    if cfg.channels not in (1, 3):
+        raise UserError(f"data.channels={cfg.channels}: choose 1 (grey) or 3 (RGB).")
+    mean, std = cfg.mean or mean, cfg.std or std
+    if len(mean) == 1:
+        mean, std = mean * cfg.channels, std * cfg.channels
+    if len(mean) != cfg.channels or len(std) != cfg.channels:
+        raise UserError(f"data.mean/data.std: need {cfg.channels} values (data.channels), got {len(mean)} and {len(std)}.")
+    return torch.tensor(mean).view(-1, 1, 1), torch.tensor(std).view(-1, 1, 1)
+
+
+def _split(labels: torch.Tensor, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Stratified split: the same fraction of every class goes to validation."""
+    if not 0.0 < val_fraction < 1.0:
+        raise UserError(f"data.val_fraction={val_fraction}: must be between 0 and 1.")
+    g = torch.Generator().manual_seed(seed)
+    train, val = [], []
+    for c in labels.unique().tolist():
+        idx = (labels == c).nonzero().flatten()
+        idx = idx[torch.randperm(len(idx), generator=g)].tolist()
+        k = max(1, round(len(idx) * val_fraction))
+        val += idx[:k]
+        train += idx[k:]
+    return sorted(train), sorted(val)
+
+
+def digits(cfg: DataConfig, seed: int) -> DataBundle:
+    from sklearn.datasets import load_digits
+
+    raw = load_digits()
+    images = torch.tensor(raw.images, dtype=torch.float32) / 16.0
+    labels = torch.tensor(raw.target)
+    wanted = [int(c) for c in (cfg.classes if cfg.classes is not None else range(10))]
+    bad = [c for c in wanted if not 0 <= c <= 9]
+    if bad or len(set(wanted)) != len(wanted) or not wanted:
+        raise UserError(f"data.classes={wanted}: digits are 0-9, each at most once.")
+    keep = torch.isin(labels, torch.tensor(wanted))
+    images, labels = images[keep], labels[keep]
+    labels = torch.tensor([wanted.index(int(y)) for y in labels])  # digit -> class index in `classes` order
+    x = images.unsqueeze(1)
+    if cfg.image_size != 8:
+        x = torch.nn.functional.interpolate(x, size=(cfg.image_size, cfg.image_size), mode="bilinear", align_corners=False)
+    mean, std = _norm(cfg, DIGITS_MEAN, DIGITS_STD)
+    x = x.expand(-1, cfg.channels, -1, -1)
+    x = ((x - mean) / std).contiguous()
+    train, val = _split(labels, cfg.val_fraction, seed)
+    return DataBundle(TensorDataset(x[train], labels[train]), TensorDataset(x[val], labels[val]), [str(c) for c in wanted])
+
+
+def synthetic(cfg: DataConfig, seed: int) -> DataBundle:
+    """Random images whose class is a fixed linear function of the pixels: learnable, any size."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(cfg.num_samples, cfg.channels, cfg.image_size, cfg.image_size, generator=g)
+    teacher = torch.randn(cfg.channels * cfg.image_size ** 2, cfg.num_classes, generator=g)
+    y = (x.flatten(1) @ teacher).argmax(1)
+    train, val = _split(y, cfg.val_fraction, seed)
+    return DataBundle(TensorDataset(x[train], y[train]), TensorDataset(x[val], y[val]),
+                      [str(c) for c in range(cfg.num_classes)])
+
+
+def image_folder(cfg: DataConfig, seed: int) -> DataBundle:
+    """torchvision ImageFolder on data.root: `root/train` + `root/val` if present, else one folder split."""
+    from torchvision import datasets, transforms
+
+    if cfg.root is None:
+        raise UserError("data.root: image_folder needs a folder of class folders (data.root=/path/to/images).")
+    root = Path(cfg.root).expanduser()
+    if not root.is_dir():
+        raise UserError(f"data.root: no such folder: {root.resolve()}.")
+    mean, std = _norm(cfg, IMAGENET_MEAN if cfg.channels == 3 else [0.5], IMAGENET_STD if cfg.channels == 3 else [0.5])
+    common = [transforms.Resize(cfg.image_size), transforms.CenterCrop(cfg.image_size)]
+    if cfg.channels == 1:
+        common.insert(0, transforms.Grayscale(1))
+    tail = [transforms.ToTensor(), transforms.Normalize(mean.flatten().tolist(), std.flatten().tolist())]
+    train_tf = transforms.Compose(common + [transforms.RandomHorizontalFlip()] + tail)
+    val_tf = transforms.Compose(common + tail)
+
+    def load(folder: Path, tf: Callable) -> datasets.ImageFolder:
+        try:
+            return datasets.ImageFolder(str(folder), transform=tf)
+        except (FileNotFoundError, RuntimeError) as e:
+            raise UserError(f"data.root: {folder} is not a folder of class folders with images ({e}).") from None
+
+    if (root / "train").is_dir() and (root / "val").is_dir():
+        train_ds, val_ds = load(root / "train", train_tf), load(root / "val", val_tf)
+        if train_ds.classes != val_ds.classes:
+            raise UserError(f"data.root: {root}/train and {root}/val have different class folders.")
+    else:
+        train_ds, val_ds = load(root, train_tf), load(root, val_tf)
+        train_idx, val_idx = _split(torch.tensor(train_ds.targets), cfg.val_fraction, seed)
+        train_ds, val_ds = Subset(train_ds, train_idx), Subset(val_ds, val_idx)
+    classes = (train_ds.dataset if isinstance(train_ds, Subset) else train_ds).classes
+    if cfg.classes is not None:
+        raise UserError("data.classes: choosing classes is for digits; for image_folder keep only the class "
+                        "folders you want under data.root.")
+    return DataBundle(train_ds, val_ds, list(classes))
+
+
+DATASETS: dict[str, Callable[[DataConfig, int], DataBundle]] = {
+    "digits": digits, "image_folder": image_folder, "synthetic": synthetic,
+}
+
+
+def build_data(cfg: DataConfig, seed: int) -> DataBundle:
+    if cfg.name not in DATASETS:
+        raise UserError(f"data.name={cfg.name!r}: choose one of {', '.join(DATASETS)}.")
+    return DATASETS[cfg.name](cfg, seed)
+
+
+def loaders(bundle: DataBundle, batch_size: int, seed: int, num_workers: int = 0,
+            pin_memory: bool = False) -> tuple[DataLoader, DataLoader]:
+    g = torch.Generator().manual_seed(seed)
+    train = DataLoader(bundle.train, batch_size=batch_size, shuffle=True, generator=g,
+                       num_workers=num_workers, pin_memory=pin_memory)
+    val = DataLoader(bundle.val, batch_size=batch_size * 2, shuffle=False,
+                     num_workers=num_workers, pin_memory=pin_memory)
+    return train, val

@@ -1,0 +1,6 @@
+"""Small models that ship with the project: the default experiment's CNN and the scenario models."""
+
+from .digits import DigitsCNN, pretrained_digits_cnn
+from .examples import BackboneNet, FeaturesNet, TinyMLP
+
+__all__ = ["DigitsCNN", "pretrained_digits_cnn", "FeaturesNet", "BackboneNet", "TinyMLP"]

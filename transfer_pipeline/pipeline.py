@@ -1,0 +1,158 @@
+"""The recipe: config -> source -> build -> plan -> load -> report -> freeze -> groups -> train -> outputs.
+
+Reads top to bottom. Takes plain dataclasses (no Hydra) and a run folder, so tests and other
+programs can call `run()` directly.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+from .errors import UserError
+from .schema import Mode, RunConfig
+
+log = logging.getLogger(__name__)
+
+
+def seed_everything(seed: int) -> None:
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def run(cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
+    """Do what `cfg.mode` says; returns the summary (also written to summary.json)."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    summary: dict[str, Any] = {"status": "running", "mode": cfg.mode.value}
+    started = time.perf_counter()
+    try:
+        _run(cfg, run_dir, summary)
+    except UserError as e:
+        summary.update(status="failed", error=str(e))
+        raise
+    finally:
+        from .outputs import git_commit, versions, write_json
+
+        summary["seconds"] = round(time.perf_counter() - started, 3)
+        summary["versions"] = versions()
+        summary["git_commit"] = git_commit(Path(__file__).resolve().parent)
+        write_json(run_dir / "summary.json", summary)
+    return summary
+
+
+def _run(cfg: RunConfig, run_dir: Path, summary: dict[str, Any]) -> None:
+    import torch
+
+    from . import outputs
+    from .build import build_model
+    from .data import build_data, loaders
+    from .freezing import apply_bn_policy, bn_param_names, initial_trainable, resolve_schedule, set_requires_grad
+    from .loading import load_weights, target_meta
+    from .mapping import check_expectations, plan_load
+    from .param_groups import build_groups, format_groups, make_optimizer
+    from .report import format_plan, report_dict
+    from .source import read_source
+    from .train import autocast_context, check_output_size, evaluate, resolve_device, train
+
+    # setup: everything that can be checked without data is checked before anything heavy
+    device = resolve_device(cfg.device)
+    autocast_context(cfg.trainer.precision, device)
+    if cfg.trainer.epochs < 1 and cfg.mode == Mode.train:
+        raise UserError(f"trainer.epochs={cfg.trainer.epochs}: train at least one epoch (or use mode=plan).")
+    seed_everything(cfg.seed)
+    summary["device"] = str(device)
+
+    # source -> build -> plan -> load -> report
+    model = build_model(cfg.model)
+    target = target_meta(model)
+    source = read_source(cfg.source, target)
+    plan = plan_load(source.meta if source else {}, target, cfg.mapping.rules, cfg.mapping.on_mismatch.value,
+                     cfg.mapping.exclude, cfg.source.strip_prefixes)
+    target_name = type(model).__name__
+    log.info(format_plan(plan, target, source.description if source else None, source.notes if source else ()))
+    outputs.write_json(run_dir / "load_report.json", report_dict(plan, source.description if source else None, target_name))
+    summary.update(source=source.description if source else None, loaded_fraction=plan.loaded_fraction,
+                   loaded_tensors=len(plan.entries), missing_tensors=len(plan.missing))
+    if source is not None and source.path is not None and source.path.is_file():
+        summary["source_sha256"] = outputs.sha256_file(source.path)
+    check_expectations(plan, cfg.mapping.expect.missing, cfg.mapping.expect.min_loaded, source is not None)
+    if source is not None:
+        load_weights(model, plan, source)
+
+    if cfg.mode == Mode.export:
+        outputs.save_weights(run_dir / "model.safetensors", model.state_dict(), {"source": str(summary["source"])})
+        summary["status"] = "exported"
+        log.info("Exported %s weights to %s", target_name, run_dir / "model.safetensors")
+        return
+
+    # freezing -> param groups
+    names = [n for n, _ in model.named_parameters()]
+    bn_params = bn_param_names(model)
+    trainable = initial_trainable(names, cfg.freeze, bn_params)
+    events = resolve_schedule(names, cfg.freeze, trainable, max(cfg.trainer.epochs, 1), bn_params)
+    set_requires_grad(model, trainable)
+    groups = build_groups(names, cfg.optim, events)
+    model.to(device)
+    optimizer = make_optimizer(model, groups, cfg.optim)
+    params = dict(model.named_parameters())
+    summary.update(trainable_params=sum(params[n].numel() for n in trainable),
+                   frozen_params=sum(p.numel() for n, p in params.items() if n not in trainable))
+    log.info("Parameter groups (before epoch 0):\n%s", format_groups(model, groups, optimizer))
+    model.train()
+    held = apply_bn_policy(model, cfg.freeze.bn.value)
+    if held:
+        log.info("BatchNorm in eval mode (freeze.bn=%s): %d layer(s), e.g. %s", cfg.freeze.bn.value, len(held),
+                 ", ".join(held[:4]))
+    if cfg.mode == Mode.plan:
+        summary["status"] = "planned"
+        return
+
+    # data
+    bundle = build_data(cfg.data, cfg.seed)
+    train_loader, val_loader = loaders(bundle, cfg.trainer.batch_size, cfg.seed, cfg.data.num_workers,
+                                       pin_memory=device.type == "cuda")
+    check_output_size(model, val_loader, bundle.num_classes, device)
+    summary.update(num_classes=bundle.num_classes, train_samples=len(bundle.train), val_samples=len(bundle.val))
+
+    if cfg.mode == Mode.eval:
+        val_loss, val_acc = evaluate(model, val_loader, device, autocast_context(cfg.trainer.precision, device),
+                                     cfg.trainer.limit_val_batches)
+        summary.update(status="evaluated", val_loss=val_loss, val_acc=val_acc)
+        log.info("val_loss %.4f  val_acc %.4f", val_loss, val_acc)
+        return
+
+    # train
+    history: list[dict[str, Any]] = []
+
+    def on_event(ev) -> None:
+        log.info("Epoch %d: unfroze %s (%d tensors)\n%s", ev.epoch, ", ".join(ev.selectors), len(ev.names),
+                 format_groups(model, groups, optimizer))
+
+    def on_epoch(row: dict[str, Any]) -> None:
+        history.append(row)
+        outputs.write_csv(run_dir / "metrics.csv", history)
+        if cfg.trainer.save_checkpoints:
+            outputs.save_weights(run_dir / "checkpoints" / "last.safetensors", model.state_dict(),
+                                 {"epoch": str(row["epoch"])})
+        log.info("epoch %d/%d  train_loss %.4f  train_acc %.3f  val_loss %.4f  val_acc %.3f  trainable %s  %.0f samples/s",
+                 row["epoch"], cfg.trainer.epochs - 1, row["train_loss"], row["train_acc"], row["val_loss"],
+                 row["val_acc"], f"{row['trainable_params']:,}", row["samples_per_s"])
+
+    state = train(model, optimizer, train_loader, val_loader, epochs=cfg.trainer.epochs, events=events,
+                  bn_policy=cfg.freeze.bn.value, device=device, precision=cfg.trainer.precision,
+                  grad_clip=cfg.trainer.grad_clip, limit_train_batches=cfg.trainer.limit_train_batches,
+                  limit_val_batches=cfg.trainer.limit_val_batches, on_event=on_event, on_epoch=on_epoch)
+    outputs.save_weights(run_dir / "model.safetensors", model.state_dict(), {"source": str(summary["source"])})
+    last = state.history[-1]
+    summary.update(status="completed", epochs=cfg.trainer.epochs, val_acc=last["val_acc"], val_loss=last["val_loss"],
+                   train_samples_per_s=state.samples / state.seconds if state.seconds else None,
+                   final_trainable_params=last["trainable_params"])
+    log.info("Done: val_acc %.4f, weights in %s", last["val_acc"], run_dir / "model.safetensors")

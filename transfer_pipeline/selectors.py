@@ -1,0 +1,55 @@
+"""One selector language for mapping, freezing, BatchNorm and LR groups.
+
+A selector is a glob over dotted names (`layer4.*`, `*.bn1.*`, `fc.*`) or a regex written
+`re:<pattern>` (matched against the whole name). A plain module name (`layer4`, `fc`) selects
+everything below it, so `head` never selects `decode_head.weight`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from fnmatch import fnmatchcase
+
+from .errors import UserError, did_you_mean
+
+
+def matches(selector: str, name: str) -> bool:
+    if selector.startswith("re:"):
+        return re.fullmatch(selector[3:], name) is not None
+    return fnmatchcase(name, selector) or fnmatchcase(name, selector + ".*")
+
+
+def select(selector: str, names: Iterable[str]) -> list[str]:
+    return [n for n in names if matches(selector, n)]
+
+
+def module_prefixes(names: Iterable[str]) -> list[str]:
+    """Every module path above the given names ('layer1', 'layer1.0', ...), for hints."""
+    seen: dict[str, None] = {}
+    for name in names:
+        parts = name.split(".")
+        for i in range(1, len(parts)):
+            seen[".".join(parts[:i])] = None
+    return list(seen)
+
+
+def check_selector(selector: str, where: str) -> None:
+    if selector.startswith("re:"):
+        try:
+            re.compile(selector[3:])
+        except re.error as e:
+            raise UserError(f"{where}: selector {selector!r} is not a valid regex: {e}.") from None
+
+
+def select_all(selectors: Sequence[str], names: Sequence[str], where: str) -> list[str]:
+    """Names matched by any selector, in `names` order; a selector matching nothing is an error."""
+    chosen: set[str] = set()
+    for sel in selectors:
+        check_selector(sel, where)
+        hit = select(sel, names)
+        if not hit:
+            hint = did_you_mean(sel, module_prefixes(names) + list(names))
+            raise UserError(f"{where}: selector {sel!r} matches no parameter.{hint}")
+        chosen.update(hit)
+    return [n for n in names if n in chosen]

@@ -1,0 +1,154 @@
+"""The training loop: schedule events, train step, evaluation, metrics and checkpoints per epoch."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import UserError
+from .freezing import ResolvedEvent, apply_bn_policy, unfreeze
+
+log = logging.getLogger(__name__)
+
+PRECISIONS = {"32": None, "bf16": torch.bfloat16, "16": torch.float16}
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"device={name!r}: choose auto, cpu, cuda or cuda:N.") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(f"device={name}: CUDA is not available here (torch {torch.__version__}, "
+                            f"built for CUDA {torch.version.cuda or 'none'}). Use device=cpu or device=auto.")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise UserError(f"device={name}: only {torch.cuda.device_count()} CUDA device(s) here.")
+    elif device.type != "cpu":
+        raise UserError(f"device={name!r}: choose auto, cpu, cuda or cuda:N.")
+    return device
+
+
+def autocast_context(precision: str, device: torch.device) -> Callable[[], Any]:
+    if precision not in PRECISIONS:
+        raise UserError(f"trainer.precision={precision!r}: choose one of {', '.join(PRECISIONS)}.")
+    dtype = PRECISIONS[precision]
+    if dtype is None:
+        return contextlib.nullcontext
+    if dtype == torch.float16 and device.type != "cuda":
+        raise UserError("trainer.precision=16 needs CUDA; on CPU use trainer.precision=bf16 or 32.")
+    return lambda: torch.autocast(device_type=device.type, dtype=dtype)
+
+
+@dataclass
+class TrainState:
+    history: list[dict[str, Any]] = field(default_factory=list)
+    samples: int = 0
+    seconds: float = 0.0
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader, device: torch.device, autocast: Callable[[], Any],
+             limit: int | None = None) -> tuple[float, float]:
+    """Mean loss and accuracy over the loader (or its first `limit` batches)."""
+    model.eval()
+    loss_sum, correct, n = 0.0, 0, 0
+    for i, (x, y) in enumerate(loader):
+        if limit is not None and i >= limit:
+            break
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        with autocast():
+            logits = model(x)
+        loss_sum += F.cross_entropy(logits.float(), y, reduction="sum").item()
+        correct += (logits.argmax(1) == y).sum().item()
+        n += len(y)
+    return (loss_sum / n, correct / n) if n else (math.nan, math.nan)
+
+
+def check_output_size(model: nn.Module, loader, num_classes: int, device: torch.device) -> None:
+    x, _ = next(iter(loader))
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        out = model(x[:2].to(device))
+    model.train(was_training)
+    if out.ndim != 2 or out.shape[1] != num_classes:
+        raise UserError(f"model: outputs shape {tuple(out.shape)} for a batch of 2, but the data has {num_classes} "
+                        f"classes. Set the model's class count (e.g. model.num_classes={num_classes}).")
+
+
+def train(model: nn.Module, optimizer: torch.optim.Optimizer, train_loader, val_loader, *, epochs: int,
+          events: Sequence[ResolvedEvent], bn_policy: str, device: torch.device, precision: str,
+          grad_clip: float | None = None, limit_train_batches: int | None = None,
+          limit_val_batches: int | None = None,
+          on_event: Callable[[ResolvedEvent], None] = lambda ev: None,
+          on_epoch: Callable[[dict[str, Any]], None] = lambda row: None) -> TrainState:
+    autocast = autocast_context(precision, device)
+    scaler = torch.amp.GradScaler("cuda") if precision == "16" else None
+    params = list(model.parameters())
+    state = TrainState()
+    for epoch in range(epochs):
+        for ev in events:
+            if ev.epoch == epoch:
+                unfreeze(model, ev.names)
+                on_event(ev)
+        model.train()
+        apply_bn_policy(model, bn_policy)
+        loss_sum, correct, n, t0 = 0.0, 0, 0, time.perf_counter()
+        for step, (x, y) in enumerate(train_loader):
+            if limit_train_batches is not None and step >= limit_train_batches:
+                break
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            with autocast():
+                logits = model(x)
+            loss = F.cross_entropy(logits.float(), y)
+            if not torch.isfinite(loss):
+                raise UserError(f"training: the loss became {loss.item()} at epoch {epoch}, step {step}. "
+                                "Lower optim.lr (or the group LRs), set trainer.grad_clip, or use "
+                                "trainer.precision=32. Files from finished epochs are kept.")
+            optimizer.zero_grad(set_to_none=True)
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.unscale_(optimizer)
+            else:
+                loss.backward()
+            if grad_clip is not None:
+                torch.nn.utils.clip_grad_norm_([p for p in params if p.grad is not None], grad_clip)
+            if scaler is not None:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
+            loss_sum += loss.item() * len(y)
+            correct += (logits.argmax(1) == y).sum().item()
+            n += len(y)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        seconds = time.perf_counter() - t0
+        state.samples += n
+        state.seconds += seconds
+        val_loss, val_acc = evaluate(model, val_loader, device, autocast, limit_val_batches)
+        row: dict[str, Any] = {
+            "epoch": epoch,
+            "train_loss": loss_sum / max(n, 1),
+            "train_acc": correct / max(n, 1),
+            "val_loss": val_loss,
+            "val_acc": val_acc,
+            "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+            "samples_per_s": n / seconds if seconds > 0 else math.nan,
+        }
+        row.update({f"lr/{g['name']}": g["lr"] for g in optimizer.param_groups})
+        state.history.append(row)
+        on_epoch(row)
+    return state
