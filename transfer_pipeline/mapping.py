@@ -115,15 +115,17 @@ def detect_prefix(source: Mapping[str, TensorMeta], target: Mapping[str, TensorM
                   rules: Sequence[Rule] = ()) -> str:
     """The wrapper prefix to strip from source names ('module.', 'module._orig_mod.' ...).
 
-    Greedy: strip the leading name component that most increases name+shape matches with
-    the target, until none helps. Nothing is hard-coded, so `net.`, `model.` or `ema.` work too.
+    Greedy: strip the leading name components (up to three at once) that most increase
+    name+shape matches with the target, until nothing helps; the shortest wins a tie. Nothing is hard-coded, so `net.`, `model.` or `ema.` work too.
     """
     names = list(source)
     current = list(names)
     best = _score(names, source, target, rules, current)
     stripped = ""
     while True:
-        candidates = sorted({n.split(".", 1)[0] + "." for n in current if "." in n})
+        # one to three leading components at once: 'module._orig_mod.' helps only when whole
+        candidates = sorted({".".join(n.split(".")[:k]) + "." for n in current for k in (1, 2, 3)
+                             if n.count(".") >= k}, key=len)
         choice = None
         for p in candidates:
             trial = [_strip(n, p) for n in current]

@@ -142,6 +142,9 @@ def _run(cfg: RunConfig, run_dir: Path, summary: dict[str, Any]) -> None:
         if cfg.trainer.save_checkpoints:
             outputs.save_weights(run_dir / "checkpoints" / "last.safetensors", model.state_dict(),
                                  {"epoch": str(row["epoch"])})
+        if cfg.trainer.keep_epoch_checkpoints:
+            outputs.save_weights(run_dir / "checkpoints" / f"epoch_{row['epoch']}.safetensors", model.state_dict(),
+                                 {"epoch": str(row["epoch"])})
         log.info("epoch %d/%d  train_loss %.4f  train_acc %.3f  val_loss %.4f  val_acc %.3f  trainable %s  %.0f samples/s",
                  row["epoch"], cfg.trainer.epochs - 1, row["train_loss"], row["train_acc"], row["val_loss"],
                  row["val_acc"], f"{row['trainable_params']:,}", row["samples_per_s"])

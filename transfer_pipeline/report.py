@@ -63,15 +63,16 @@ def format_plan(plan: LoadPlan, target: Mapping[str, TensorMeta], source_descrip
     lines += [f"  note: {n}" for n in notes]
     if plan.stripped_prefix:
         lines.append(f"  stripped prefix: {plan.stripped_prefix!r}")
-    if plan.renamed:
-        shown = [f"{s} -> {t}" for s, t in list(plan.renamed.items())[:4]]
-        more = f" (+{len(plan.renamed) - 4} more)" if len(plan.renamed) > 4 else ""
-        lines.append(f"  renamed {len(plan.renamed)}: {', '.join(shown)}{more}")
+    by_rules = {s: t for s, t in plan.renamed.items() if s.removeprefix(plan.stripped_prefix) != t}
+    if by_rules:
+        shown = [f"{s} -> {t}" for s, t in list(by_rules.items())[:4]]
+        more = f" (+{len(by_rules) - 4} more)" if len(by_rules) > 4 else ""
+        lines.append(f"  renamed by rules {len(by_rules)}: {', '.join(shown)}{more}")
     lines.append(table)
     for m in plan.mismatched:
         lines.append(f"  mismatch {m['target']}: source {tuple(m['source_shape'])} vs target {tuple(m['target_shape'])}")
     if plan.unexpected:
         more = f" (+{len(plan.unexpected) - 6} more)" if len(plan.unexpected) > 6 else ""
         lines.append(f"  unused source tensors {len(plan.unexpected)}: {', '.join(plan.unexpected[:6])}{more}")
-    lines.append(f"  loaded {len(plan.entries)}/{len(target)} tensors, {plan.loaded_fraction:.1%} of target elements")
+    lines.append(f"  loaded {len(plan.entries)}/{len(target)} tensors, {plan.loaded_fraction:.2%} of target elements")
     return "\n".join(lines)

@@ -119,6 +119,7 @@ class TrainerConfig:
     limit_val_batches: Optional[int] = None
     grad_clip: Optional[float] = None
     save_checkpoints: bool = True  # checkpoints/last.safetensors after every epoch
+    keep_epoch_checkpoints: bool = False  # also checkpoints/epoch_<N>.safetensors for every epoch
 
 
 @dataclass

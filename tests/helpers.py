@@ -1,0 +1,53 @@
+"""Helpers shared by the tests (importable as `helpers`; pytest puts tests/ on sys.path)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from hydra import compose as hydra_compose
+from hydra import initialize_config_dir
+
+from transfer_pipeline.schema import RunConfig, register_configs, to_run_config
+
+ROOT = Path(__file__).resolve().parent.parent
+CONF = ROOT / "conf"
+register_configs()
+
+
+def compose_config(*overrides: str) -> RunConfig:
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = hydra_compose("config", overrides=list(overrides))
+    return to_run_config(cfg)
+
+
+def run_cli(*args: str, cwd: Path = ROOT, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    """`python run.py ARGS` in a subprocess, as a person would type it."""
+    return subprocess.run([sys.executable, str(ROOT / "run.py"), *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, **(env or {})})
+
+
+def read_json(path: Path):
+    return json.loads(Path(path).read_text())
+
+
+def nan_after(steps: int = 3, num_classes: int = 5):
+    """A small model whose output turns NaN after `steps` training forwards (a diverging run)."""
+    import torch
+    from torch import nn
+
+    class NaNAfter(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(64, num_classes)
+            self.calls = 0
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            self.calls += self.training
+            out = self.fc(x.flatten(1))
+            return out * float("nan") if self.calls > steps else out
+
+    return NaNAfter()

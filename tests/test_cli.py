@@ -1,0 +1,81 @@
+"""`python run.py` as a person types it: exit codes, messages, run folders, sweeps, --config-dir."""
+
+from __future__ import annotations
+
+import pytest
+from helpers import read_json, run_cli
+
+pytestmark = pytest.mark.slow
+RUN_FILES = ["load_report.json", "metrics.csv", "summary.json", "model.safetensors", ".hydra/config.yaml"]
+
+
+def test_default_run_prints_load_table_and_progress_and_writes_the_run_folder(tmp_path):
+    out = run_cli(f"hydra.run.dir={tmp_path}")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "Load plan: file" in out.stdout and "head    0/2     fresh init: 2 excluded" in out.stdout
+    assert "epoch 5/5" in out.stdout and "Epoch 3: unfroze block2" in out.stdout
+    for name in RUN_FILES:
+        assert (tmp_path / name).is_file(), name
+    summary = read_json(tmp_path / "summary.json")
+    assert summary["status"] == "completed" and summary["val_acc"] >= 0.9
+    assert len(summary["source_sha256"]) == 64 and "torch" in summary["versions"]
+
+
+def test_unknown_key_fails_at_once_naming_it(tmp_path):
+    out = run_cli("optim.lrr=0.1", f"hydra.run.dir={tmp_path}")
+    assert out.returncode != 0
+    assert "lrr" in out.stderr and "Traceback" not in out.stderr
+    assert not (tmp_path / "summary.json").exists()
+
+
+def test_bad_value_lists_the_choices(tmp_path):
+    out = run_cli("mode=trian", f"hydra.run.dir={tmp_path}")
+    assert out.returncode != 0 and "train" in out.stderr and "plan" in out.stderr
+
+
+def test_bad_target_names_it_and_suggests(tmp_path):
+    out = run_cli("model._target_=torchvision.models.resnet81", f"hydra.run.dir={tmp_path}")
+    assert out.returncode == 2
+    assert "resnet81" in out.stdout and "resnet18" in out.stdout and "Traceback" not in out.stdout + out.stderr
+
+
+def test_missing_checkpoint_names_the_path(tmp_path):
+    missing = tmp_path / "nowhere" / "weights.pt"
+    out = run_cli(f"source.path={missing}", f"hydra.run.dir={tmp_path / 'run'}")
+    assert out.returncode == 2 and str(missing) in out.stdout and "Traceback" not in out.stdout + out.stderr
+    assert read_json(tmp_path / "run" / "summary.json")["status"] == "failed"
+
+
+def test_plan_mode_trains_nothing(tmp_path):
+    out = run_cli("mode=plan", f"hydra.run.dir={tmp_path}")
+    assert out.returncode == 0 and "Parameter groups" in out.stdout and "epoch 0/" not in out.stdout
+    assert (tmp_path / "load_report.json").is_file() and not (tmp_path / "metrics.csv").exists()
+
+
+def test_multirun_sweep_writes_one_folder_per_job(tmp_path):
+    out = run_cli("-m", "optim.lr=0.01,0.05", "trainer.epochs=1", "freeze.schedule=[]",
+                  f"hydra.sweep.dir={tmp_path}")
+    assert out.returncode == 0, out.stdout + out.stderr
+    lrs = []
+    for job in ("0", "1"):
+        assert read_json(tmp_path / job / "summary.json")["status"] == "completed"
+        lrs.append((tmp_path / job / ".hydra" / "overrides.yaml").read_text())
+    assert "optim.lr=0.01" in lrs[0] and "optim.lr=0.05" in lrs[1]
+
+
+def test_users_own_config_dir_adds_a_model_and_an_experiment(tmp_path):
+    conf = tmp_path / "my_conf"
+    (conf / "model").mkdir(parents=True)
+    (conf / "experiment").mkdir()
+    (conf / "model" / "mine.yaml").write_text(
+        "_target_: transfer_pipeline.models.DigitsCNN\nnum_classes: 5\nwidths: [16, 32, 48]\n")
+    (conf / "experiment" / "mine.yaml").write_text(
+        "# @package _global_\ndefaults:\n  - override /model: mine\nmapping:\n  exclude: [block2, head]\n"
+        "  expect:\n    missing: [block2, head]\n    min_loaded: 0.2\nfreeze:\n  trainable: [block2, head]\n  schedule: []\n")
+    out = run_cli("--config-dir", str(conf), "model=mine", "mode=plan", "freeze.trainable=null",
+                  "mapping.on_mismatch=skip", "mapping.expect.missing=null", "mapping.expect.min_loaded=0", f"hydra.run.dir={tmp_path / 'a'}")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert {m["target"] for m in read_json(tmp_path / "a" / "load_report.json")["mismatched"]} >= {"block2.0.weight"}
+    out = run_cli("--config-dir", str(conf), "experiment=mine", "trainer.epochs=1", f"hydra.run.dir={tmp_path / 'b'}")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "widths" in (tmp_path / "b" / ".hydra" / "config.yaml").read_text()
