@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from .mapping import LoadPlan, TensorMeta
+from .ops import apply_op
 from .source import SourceWeights
 
 
@@ -26,4 +27,4 @@ def load_weights(model: nn.Module, plan: LoadPlan, source: SourceWeights) -> Non
     """
     state: Mapping[str, torch.Tensor] = model.state_dict(keep_vars=True)
     for entry in plan.entries:
-        state[entry.target].copy_(source.get(entry.source))
+        state[entry.target].copy_(apply_op(entry.op, [source.get(s) for s in entry.sources], entry.args))

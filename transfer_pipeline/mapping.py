@@ -36,11 +36,19 @@ class Rule:
 
 @dataclass(frozen=True)
 class LoadEntry:
-    source: str  # name as stored in the source
+    """One target tensor and how to make it: `op` applied to `sources` (names as stored)."""
+
+    sources: tuple[str, ...]
     target: str
-    shape: tuple[int, ...]
+    shape: tuple[int, ...]  # the target's shape (what `op` produces)
     source_dtype: str
     target_dtype: str
+    op: str = "copy"  # see ops.py
+    args: tuple[tuple[str, Any], ...] = ()  # the op's arguments, as sorted (key, value) pairs
+
+    @property
+    def source(self) -> str:
+        return self.sources[0]
 
 
 @dataclass
@@ -192,7 +200,7 @@ def plan_load(source: Mapping[str, TensorMeta], target: Mapping[str, TensorMeta]
             mismatched.append({"source": sname, "target": tname,
                                "source_shape": list(smeta.shape), "target_shape": list(meta.shape)})
             continue
-        entries.append(LoadEntry(sname, tname, meta.shape, smeta.dtype, meta.dtype))
+        entries.append(LoadEntry((sname,), tname, meta.shape, smeta.dtype, meta.dtype))
 
     if mismatched and on_mismatch == "error":
         lines = "\n".join(f"  {m['target']}: source {tuple(m['source_shape'])} vs target {tuple(m['target_shape'])}"
