@@ -515,9 +515,6 @@ def test_expect_missing_when_all_loaded_and_something_declared_is_error():
         check_expectations(plan, ["head"], 0.0, has_source=True)
 
 
-@pytest.mark.xfail(reason="BUG: check_expectations matches expect.missing selectors with select() without "
-                          "check_selector(), so an invalid 're:' regex raises re.error (a traceback) "
-                          "instead of a UserError naming mapping.expect.missing", strict=True)
 def test_expect_missing_bad_regex_is_user_error():
     plan = plan_load(small_cnn(), small_cnn(), exclude=["head"])
     with pytest.raises(UserError, match=r"mapping\.expect\.missing.*not a valid regex"):

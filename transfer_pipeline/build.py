@@ -17,6 +17,8 @@ from .errors import UserError, did_you_mean
 def locate(path: str, where: str) -> Any:
     """Import `a.b.c.Name` (the longest importable module, then attributes)."""
     parts = path.split(".")
+    if not all(parts):
+        raise UserError(f"{where}._target_: {path!r} is not a dotted path; write e.g. torchvision.models.resnet18.")
     obj, i = None, len(parts)
     while i > 0:
         try:

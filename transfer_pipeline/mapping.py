@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import UserError, close_names
-from .selectors import select, select_all
+from .selectors import check_selector, select, select_all
 
 
 @dataclass(frozen=True)
@@ -240,6 +240,7 @@ def check_expectations(plan: LoadPlan, missing: Sequence[str] | None, min_loaded
         return
     allowed: set[str] = set()
     for sel in missing:
+        check_selector(sel, "mapping.expect.missing")
         hit = select(sel, plan.missing)
         if not hit:
             raise UserError(f"mapping.expect.missing: {sel!r} was expected to stay unloaded, but no unloaded "
