@@ -8,10 +8,15 @@ from __future__ import annotations
 
 import importlib
 import inspect
-from collections.abc import Mapping
+import logging
+import warnings
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 from .errors import UserError, did_you_mean
+
+log = logging.getLogger(__name__)
 
 
 def locate(path: str, where: str) -> Any:
@@ -64,11 +69,78 @@ def instantiate(node: Mapping[str, Any], where: str) -> Any:
     return fn(**kwargs)
 
 
-def build_model(node: Mapping[str, Any], where: str = "model"):
-    """Instantiate a model node and check that it is an nn.Module."""
+def build_model(node: Mapping[str, Any], where: str = "model", meta: bool = False):
+    """Instantiate a model node and check that it is an nn.Module.
+
+    `meta=True`: every parameter is created on the meta device (shape and dtype, no memory, no
+    random init); buffers stay real, so BatchNorm statistics and non-persistent buffers keep the
+    values the constructor gave them. loading.py then assigns the loaded tensors and initialises
+    only the rest. A model whose constructor cannot run that way is built normally.
+    """
     from torch import nn
 
-    model = instantiate(node, where)
+    if meta:
+        try:
+            with parameters_on_meta() as watch:
+                model = instantiate(node, where)
+            if watch.loaded_into is not None:  # e.g. resnet18(weights=...): its weights would be lost on meta
+                raise RuntimeError(f"the constructor copies data into parameter {watch.loaded_into}")
+        except UserError:
+            raise
+        except Exception as e:  # noqa: BLE001 - e.g. a constructor that computes with its parameters
+            log.info("%s: cannot build on the meta device (%s: %s); building it normally", where, type(e).__name__, e)
+            model = instantiate(node, where)
+    else:
+        model = instantiate(node, where)
     if not isinstance(model, nn.Module):
         raise UserError(f"{where}._target_: {node['_target_']} returned {type(model).__name__}, not an nn.Module.")
     return model
+
+
+class _Watch:
+    loaded_into: str | None = None  # a meta parameter the constructor copied real data into
+
+
+@contextmanager
+def parameters_on_meta() -> Iterator[_Watch]:
+    """While active, parameters that modules register go to the meta device (buffers stay real).
+
+    Works at `nn.Module.register_parameter`, which every `self.x = nn.Parameter(...)` goes
+    through: the constructor's own init then runs on meta tensors and costs nothing. Only plain
+    `nn.Parameter`s move; subclasses (lazy or quantised parameters) stay as they are. The yielded
+    watch notes a `copy_` of real data into a meta tensor (a constructor that loads weights, as
+    `load_state_dict` does), which the caller must not lose.
+    """
+    import torch
+    from torch import nn
+    from torch.overrides import TorchFunctionMode
+
+    watch = _Watch()
+
+    class CopyIntoMeta(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            if (func is torch.Tensor.copy_ and watch.loaded_into is None and len(args) > 1
+                    and isinstance(args[0], torch.Tensor) and args[0].is_meta
+                    and isinstance(args[1], torch.Tensor) and not args[1].is_meta):
+                watch.loaded_into = f"of shape {tuple(args[0].shape)}"
+            return func(*args, **(kwargs or {}))
+
+    register = nn.Module.register_parameter
+
+    def register_on_meta(module: nn.Module, name: str, param: Any) -> None:
+        if type(param) is nn.Parameter and not param.is_meta:
+            param = nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
+        register(module, name, param)
+
+    nn.Module.register_parameter = register_on_meta  # type: ignore[method-assign]
+    try:
+        with warnings.catch_warnings(record=True) as caught, CopyIntoMeta():
+            warnings.simplefilter("always")
+            yield watch
+    finally:
+        nn.Module.register_parameter = register  # type: ignore[method-assign]
+    for w in caught:  # load_state_dict into meta parameters warns (and is a no-op): that is a load too
+        if "copying from a non-meta parameter" in str(w.message):
+            watch.loaded_into = watch.loaded_into or str(w.message).split(":", 1)[0].removeprefix("for ")
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)

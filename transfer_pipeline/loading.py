@@ -1,8 +1,23 @@
-"""Apply a LoadPlan to a built model: copy each planned source tensor into its target."""
+"""Apply a LoadPlan: put each planned source tensor into its target, initialise only what was not loaded.
+
+Two paths, one result:
+
+- fast (the target was built with `build_model(meta=True)`): loaded tensors are *assigned*
+  (`load_state_dict(assign=True)`), so a tensor memory-mapped from the checkpoint becomes the
+  parameter without a copy; it is cast or moved once only where dtype or device differ. The
+  parameters the plan does not fill are created on the device and initialised by their own
+  module's `reset_parameters()`, then by those of its parents (children first, as constructors run).
+- normal (the target was built with its full random init): loaded tensors are copied in.
+
+The fast path falls back to the normal one (a fresh normal build, same seed) when an unloaded
+parameter cannot be initialised safely: its module has no `reset_parameters()`, the reset leaves
+it uninitialised (checked: it is NaN-filled first), or it is a buffer computed from parameters.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import logging
+from collections.abc import Callable, Mapping
 
 import torch
 from torch import nn
@@ -11,16 +26,48 @@ from .mapping import LoadPlan, TensorMeta
 from .ops import apply_op
 from .source import SourceWeights
 
+log = logging.getLogger(__name__)
+
+
+class CannotInitialise(Exception):
+    """The fast path cannot initialise an unloaded tensor the way the model's constructor would."""
+
 
 def target_meta(model: nn.Module) -> dict[str, TensorMeta]:
-    """Names, shapes and dtypes of everything a state dict of `model` holds (params + buffers)."""
+    """Names, shapes and dtypes of everything a state dict of `model` holds (params + buffers; meta is fine)."""
     return {k: TensorMeta(tuple(v.shape), str(v.dtype).removeprefix("torch."))
             for k, v in model.state_dict(keep_vars=True).items()}
 
 
+def is_on_meta(model: nn.Module) -> bool:
+    return any(t.is_meta for t in model.parameters()) or any(t.is_meta for t in model.buffers())
+
+
+def _dtype(name: str) -> torch.dtype:
+    return getattr(torch, name)
+
+
+def planned_tensors(plan: LoadPlan, source: SourceWeights, device: torch.device | None = None,
+                    dtypes: Mapping[str, torch.dtype] | None = None) -> dict[str, torch.Tensor]:
+    """{target: tensor} made by each entry's op, cast/moved once where needed, never two sharing memory."""
+    out: dict[str, torch.Tensor] = {}
+    seen: set[int] = set()
+    for entry in plan.entries:
+        t = apply_op(entry.op, [source.get(s) for s in entry.sources], entry.args)
+        dtype = dtypes[entry.target] if dtypes else _dtype(entry.target_dtype)
+        t = t.to(device=device or t.device, dtype=dtype).contiguous()
+        ptr = t.untyped_storage().data_ptr()
+        if ptr in seen and t.numel():  # e.g. one source copied to two targets: each needs its own memory
+            t = t.clone()
+            ptr = t.untyped_storage().data_ptr()
+        seen.add(ptr)
+        out[entry.target] = t
+    return out
+
+
 @torch.no_grad()
 def load_weights(model: nn.Module, plan: LoadPlan, source: SourceWeights) -> None:
-    """Copy what the plan says; everything else keeps the module's own initialisation.
+    """Normal path: copy what the plan says into the model's (initialised) tensors.
 
     Writing into the existing tensors (rather than load_state_dict) keeps parameters, their
     `requires_grad` and any optimizer references intact, and casts dtype in the same step.
@@ -28,3 +75,112 @@ def load_weights(model: nn.Module, plan: LoadPlan, source: SourceWeights) -> Non
     state: Mapping[str, torch.Tensor] = model.state_dict(keep_vars=True)
     for entry in plan.entries:
         state[entry.target].copy_(apply_op(entry.op, [source.get(s) for s in entry.sources], entry.args))
+
+
+def _owner(model: nn.Module, name: str) -> tuple[str, nn.Module, str]:
+    mod_name, _, leaf = name.rpartition(".")
+    return mod_name, model.get_submodule(mod_name), leaf
+
+
+def _reset_fn(module: nn.Module) -> Callable[[], None] | None:
+    for attr in ("reset_parameters", "_reset_parameters"):
+        fn = getattr(module, attr, None)
+        if callable(fn):
+            return fn
+    return None
+
+
+@torch.no_grad()
+def assign_weights(model: nn.Module, plan: LoadPlan, source: SourceWeights, device: torch.device) -> None:
+    """Fast path: the model's parameters are on meta; afterwards everything is real and on `device`.
+
+    Raises CannotInitialise (before touching the model where it can tell) when an unloaded
+    tensor has no safe initialisation; the caller then builds the model normally.
+    """
+    loaded = set(plan.loaded)
+    aliases: dict[int, list[str]] = {}  # tied parameters: one Parameter under several names
+    for name, p in model.named_parameters(remove_duplicate=False):
+        aliases.setdefault(id(p), []).append(name)
+    groups = list(aliases.values())
+
+    # 1. what must be initialised, and can it be? (nothing is changed yet)
+    owners: dict[str, nn.Module] = {}  # module name -> module that directly owns an unloaded parameter
+    for names in groups:
+        if any(n in loaded for n in names):
+            continue
+        mod_name, module, _ = _owner(model, names[0])
+        if _reset_fn(module) is None:
+            raise CannotInitialise(f"{names[0]} is not in the plan and its module {mod_name or '<root>'} "
+                                   f"({type(module).__name__}) has no reset_parameters() to initialise it")
+        owners[mod_name] = module
+    for name, b in model.named_buffers(remove_duplicate=False):
+        if b.is_meta and name not in loaded:
+            raise CannotInitialise(f"buffer {name} was made from parameters in the constructor and is not in the plan")
+
+    # 2. materialise the unloaded parameters (NaN first: a reset that skips one shows), then run the
+    # resets of their modules and of those modules' parents, children first, as the constructors did
+    fresh: list[tuple[str, torch.Tensor]] = []
+    for mod_name, module in owners.items():
+        for leaf, p in list(module._parameters.items()):
+            full = f"{mod_name}.{leaf}" if mod_name else leaf
+            if p is None or not p.is_meta or full in loaded:
+                continue
+            t = torch.empty_like(p, device=device)
+            if t.is_floating_point() or t.is_complex():
+                t.fill_(float("nan"))
+            module._parameters[leaf] = nn.Parameter(t, requires_grad=p.requires_grad)
+            fresh.append((full, module._parameters[leaf]))
+    position = {name: i for i, (name, _) in enumerate(model.named_modules())}
+    to_reset = set(owners)
+    for mod_name in owners:  # e.g. MultiheadAttention's reset also zeroes its out_proj.bias
+        parts = mod_name.split(".") if mod_name else []
+        to_reset.update(a for a in (".".join(parts[:k]) for k in range(len(parts)))
+                        if _reset_fn(model.get_submodule(a)) is not None)
+    for mod_name in sorted(to_reset, key=lambda n: (-len(n.split(".")) if n else 0, position.get(n, 0))):
+        module = model.get_submodule(mod_name)
+        try:
+            _reset_fn(module)()  # type: ignore[misc]
+        except Exception as e:  # noqa: BLE001 - a reset that mixes meta and real tensors, etc.
+            raise CannotInitialise(f"{type(module).__name__}.reset_parameters() failed on a partly loaded "
+                                   f"module ({type(e).__name__}: {e})") from None
+    for full, t in fresh:
+        if (t.is_floating_point() or t.is_complex()) and torch.isnan(t).any():
+            raise CannotInitialise(f"{full}: reset_parameters() of its module does not initialise it")
+
+    # 3. assign the loaded tensors (memory-mapped ones become the parameters as they are)
+    state = model.state_dict(keep_vars=True)
+    tensors = planned_tensors(plan, source, device, {k: v.dtype for k, v in state.items()})
+    model.load_state_dict(tensors, strict=False, assign=True)
+
+    # 4. tie again what the constructor tied, and bring buffers (built on CPU) to the device
+    params = dict(model.named_parameters(remove_duplicate=False))
+    for names in groups:
+        if len(names) > 1:
+            keep = params[next((n for n in names if n in loaded), names[0])]
+            for n in names:
+                mod_name, module, leaf = _owner(model, n)
+                module._parameters[leaf] = keep
+    model.to(device)
+    left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    if left:
+        raise RuntimeError(f"bug: tensors left on the meta device after loading: {left[:5]}")
+
+
+def load_model(model: nn.Module, plan: LoadPlan, source: SourceWeights | None, device: torch.device,
+               rebuild: Callable[[], nn.Module]) -> nn.Module:
+    """Load `plan` from `source` into `model` on `device`; returns the model (a rebuilt one on fallback).
+
+    `rebuild` builds the target normally (full random init, same seed), for the fallback.
+    """
+    if source is not None and is_on_meta(model):
+        try:
+            assign_weights(model, plan, source, device)
+            return model
+        except CannotInitialise as e:
+            log.info("Fast load not possible (%s): building the target normally and copying the weights in", e)
+            model = rebuild()
+    elif is_on_meta(model):
+        model = rebuild()  # nothing to load: the normal build is the model
+    if source is not None:
+        load_weights(model, plan, source)
+    return model.to(device)

@@ -1,42 +1,62 @@
 """Read the source weights: a checkpoint file or folder, a model built in memory, or torchvision weights.
 
-Whatever the format, the result is a `SourceWeights`: names and shapes up front (all the plan
-needs) and a getter that reads one tensor when loading asks for it. safetensors files are read
-lazily through their header; torch files are memory-mapped where the format allows.
+Whatever the format, the result is a `SourceWeights`: names, shapes and dtypes up front (all the
+plan needs) and a getter that returns one tensor when loading asks for it. Nothing is read
+eagerly: safetensors through their header and memory map, torch zip files with
+`torch.load(mmap=True)`, so a tensor's bytes are read from the page cache only when it is used.
+
+Safety: torch files load with `weights_only=True`. Metadata objects that checkpoints commonly
+carry (OmegaConf configs, Lightning's AttributeDict, argparse.Namespace, numpy scalars) are
+read as inert placeholders, never as the real classes; anything else pickled (a whole
+nn.Module, custom classes) needs `source.trust_pickle=true`.
 """
 
 from __future__ import annotations
 
 import json
 import pickle
+import re
+from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from .errors import UserError, did_you_mean
-from .mapping import TensorMeta, _score, detect_prefix
+from .mapping import TensorMeta
+from .prefixes import match_count
 from .schema import SourceConfig
 
 # Nested checkpoint keys, in the order preferred when two fit the target equally well.
 NESTED_KEYS = ("state_dict", "model", "module", "model_ema", "ema", "params", "net", "weights")
 SAFETENSORS_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16",
-                      "I64": "int64", "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool"}
+                      "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2", "I64": "int64", "I32": "int32",
+                      "I16": "int16", "I8": "int8", "U64": "uint64", "U32": "uint32", "U16": "uint16",
+                      "U8": "uint8", "BOOL": "bool"}
+# A Hugging Face style folder: the first of these that exists is the checkpoint.
+FOLDER_FILES = ("model.safetensors.index.json", "model.safetensors", "pytorch_model.bin.index.json",
+                "pytorch_model.bin")
+FORMATS = ".safetensors, a torch.save file (.pt/.pth/.bin/.ckpt), a *.index.json shard index, or a folder"
 
 
 @dataclass
 class SourceWeights:
     description: str  # shown in the report: 'file x.safetensors', 'model torchvision.models.resnet18' ...
     meta: dict[str, TensorMeta]
-    get: Callable[[str], Any]  # name -> torch.Tensor
+    get: Callable[[str], Any]  # name -> torch.Tensor (CPU; memory-mapped where the format allows)
     path: Path | None = None
-    notes: list[str] = field(default_factory=list)  # e.g. "picked nested key 'state_dict'"
+    notes: list[str] = field(default_factory=list)  # e.g. "source.key=auto picked 'state_dict' ..."
+    format: str = ""  # 'safetensors', 'torch zip (mmap)', 'torch legacy', 'sharded safetensors' ...
+    nested: dict[str, int] = field(default_factory=dict)  # key path -> tensors, for nested torch checkpoints
+    key: str = ""  # the nested key path the weights came from ('' = top level)
+    extra: dict[str, Any] = field(default_factory=dict)  # format metadata (safetensors __metadata__ ...)
 
 
 def resolve_path(path: str) -> Path:
     """A filesystem path, or `pkg://package/relative/path` for files that ship inside a package."""
     if path.startswith("pkg://"):
+        from importlib import resources
+
         package, _, rel = path[len("pkg://"):].partition("/")
         try:
             return Path(str(resources.files(package).joinpath(rel)))
@@ -50,18 +70,185 @@ def _dtype_name(dtype: Any) -> str:
 
 
 def _from_state_dict(sd: Mapping[str, Any], description: str, path: Path | None = None,
-                     notes: list[str] | None = None) -> SourceWeights:
+                     notes: list[str] | None = None, **kw: Any) -> SourceWeights:
     meta = {k: TensorMeta(tuple(v.shape), _dtype_name(v.dtype)) for k, v in sd.items()}
-    return SourceWeights(description, meta, sd.__getitem__, path, notes or [])
+    return SourceWeights(description, meta, sd.__getitem__, path, notes or [], **kw)
 
 
-def _is_tensor_dict(obj: Any) -> bool:
+# --- sniffing --------------------------------------------------------------------------------------
+
+def _read_head(path: Path, n: int = 16) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read(n)
+    except OSError as e:
+        raise UserError(f"source.path: cannot read {path} ({e.strerror or e}). Check the file's permissions.") from None
+
+
+def sniff(path: Path) -> str:
+    """The format from the first bytes, not the name: 'safetensors', 'torch', 'pickle', 'json', 'empty' or 'unknown'."""
+    head = _read_head(path)
+    if not head:
+        return "empty"
+    if head[:4] == b"PK\x03\x04":
+        return "torch"  # torch.save's zip format (.pt/.pth/.bin/.ckpt alike)
+    if len(head) >= 9 and head[8:9] == b"{" and 0 < int.from_bytes(head[:8], "little") < 1 << 30:
+        return "safetensors"  # 8-byte little-endian header length, then the JSON header
+    if head[:1] == b"\x80":
+        return "pickle"  # torch.save's legacy format or a plain pickle
+    if head.lstrip()[:1] in (b"{", b"["):
+        return "json"
+    return "unknown"
+
+
+def safetensors_header(path: Path) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+    """{name: {dtype, shape, data_offsets}} and the __metadata__ of a safetensors file, from its header alone."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        if n <= 0 or 8 + n > size:
+            raise UserError(f"source.path: {path} is truncated or not safetensors (header of {n} bytes, file of {size}).")
+        try:
+            header = json.loads(f.read(n))
+            assert isinstance(header, dict), f"a JSON {type(header).__name__}, not an object"
+        except (json.JSONDecodeError, UnicodeDecodeError, AssertionError) as e:
+            raise UserError(f"source.path: {path} has a corrupt safetensors header ({e}).") from None
+    meta = header.pop("__metadata__", None) or {}
+    try:
+        end = max((int(v["data_offsets"][1]) for v in header.values() if len(v["shape"]) >= 0 and v["dtype"]), default=0)
+    except (KeyError, TypeError, IndexError, ValueError, AttributeError) as e:
+        raise UserError(f"source.path: {path} has a corrupt safetensors header (bad entry: {e!r}).") from None
+    if 8 + n + end > size:
+        raise UserError(f"source.path: {path} is truncated: its header describes {8 + n + end:,} bytes, the file has "
+                        f"{size:,}. Re-download or re-save it.")
+    return header, meta
+
+
+# --- torch files -----------------------------------------------------------------------------------
+
+class Opaque:
+    """Stand-in for a metadata object a checkpoint carries (OmegaConf configs, numpy scalars ...).
+
+    Registered under the real class's name for `weights_only` loading, so the checkpoint reads
+    without running any code of that class; it only keeps the arguments and state it was given.
+    """
+
+    qualname = "?"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.args, self.kwargs = args, kwargs
+
+    def __setstate__(self, state: Any) -> None:
+        self.state = state
+
+    def __repr__(self) -> str:
+        return f"<{self.qualname}: not loaded>"
+
+
+class PlainDict:
+    """Stand-in for dict subclasses (Lightning's AttributeDict): they unpickle as a plain dict."""
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> dict:  # type: ignore[misc]
+        return dict(args[0]) if args and isinstance(args[0], Mapping) else {}
+
+
+# plain builtins that are harmless to call; metadata classes replaced by a stand-in (never imported)
+SAFE_REAL = {"builtins.dict": dict, "builtins.list": list, "builtins.tuple": tuple, "builtins.set": set,
+             "builtins.frozenset": frozenset, "builtins.int": int, "builtins.float": float, "builtins.str": str,
+             "builtins.bool": bool, "builtins.bytes": bytes, "builtins.complex": complex, "builtins.slice": slice,
+             "collections.OrderedDict": OrderedDict, "collections.defaultdict": defaultdict}
+SAFE_DICTS = ("lightning_fabric.utilities.data.AttributeDict", "lightning.fabric.utilities.data.AttributeDict",
+              "pytorch_lightning.utilities.parsing.AttributeDict", "lightning.pytorch.utilities.parsing.AttributeDict")
+SAFE_OPAQUE = ("omegaconf.", "typing.", "argparse.Namespace", "pathlib.", "numpy.", "datetime.")
+_GLOBAL_RE = re.compile(r"GLOBAL ([\w.]+)")
+
+
+def _safe_global(name: str) -> Any:
+    """The object to register for a global the weights-only unpickler refused, or None if unsafe."""
+    if name in SAFE_REAL:
+        return SAFE_REAL[name]
+    if name in SAFE_DICTS:
+        return PlainDict
+    if name.startswith(SAFE_OPAQUE):
+        return type(name.rsplit(".", 1)[-1], (Opaque,), {"qualname": name})
+    return None
+
+
+def _unreadable(path: Path, e: BaseException) -> UserError:
+    import zipfile
+
+    if sniff(path) == "torch" and not zipfile.is_zipfile(path):
+        return UserError(f"source.path: {path} is an incomplete zip archive (its end is missing): the file is "
+                         "truncated. Re-download or re-save it.")
+    return UserError(f"source.path: cannot read {path} as a PyTorch checkpoint ({type(e).__name__}: "
+                     f"{str(e).strip().splitlines()[0] if str(e).strip() else 'no detail'}). "
+                     "Is the file truncated or corrupt? Re-download or re-save it.")
+
+
+def torch_load(path: Path, trust_pickle: bool, zipped: bool = True) -> tuple[Any, list[str]]:
+    """`torch.load(weights_only=True, mmap=True)` plus inert stand-ins for known metadata classes.
+
+    Returns the loaded object and notes for the plan. Anything pickled that is not a tensor,
+    a plain container or known metadata is refused unless `trust_pickle`.
+    """
     import torch
 
-    return isinstance(obj, Mapping) and bool(obj) and all(isinstance(v, torch.Tensor) for v in obj.values())
+    registered: list[tuple[Any, str]] = []
+    notes: list[str] = []
+    mmap = zipped
+    for _ in range(64):  # one more safe global per round; checkpoints carry a handful
+        try:
+            with torch.serialization.safe_globals(registered):
+                return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap), notes
+        except pickle.UnpicklingError as e:
+            msg = str(e)
+            if "weights_only" not in msg and "Weights only" not in msg and "GLOBAL" not in msg:
+                raise _unreadable(path, e) from None
+            m = _GLOBAL_RE.search(msg)
+            name = m.group(1) if m else None
+            if name is not None and "." not in name:
+                name = f"builtins.{name}"  # torch prints builtins without their module
+            safe = _safe_global(name) if name else None
+            if safe is None:
+                break
+            registered.append((safe, name))
+            if safe not in SAFE_REAL.values() and not notes:
+                notes.append("metadata objects (e.g. hyper-parameters) read as inert placeholders, not unpickled")
+        except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError) as e:
+            raise _unreadable(path, e) from None
+    else:
+        raise UserError(f"source.path: {path} holds too many pickled objects to check; re-save it as a state dict.")
+    unsafe = _unsafe_globals(path, zipped) or ([name] if name else [])
+    if not trust_pickle:
+        shown = ", ".join(unsafe[:5]) + (f" (+{len(unsafe) - 5} more)" if len(unsafe) > 5 else "")
+        raise UserError(f"source.path: {path} holds pickled Python objects ({shown or 'unknown classes'}: "
+                        "a full nn.Module or custom classes), which can run arbitrary code when loaded, so it was "
+                        "refused (torch.load weights_only=True). If you trust this file, set "
+                        "source.trust_pickle=true; better, re-save it as a state dict or safetensors.")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=False, mmap=mmap)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as e:
+        raise _unreadable(path, e) from None
+    except (AttributeError, ModuleNotFoundError, ImportError) as e:
+        raise UserError(f"source.path: {path} is a pickled object whose code is not importable here ({e}). "
+                        "Install the package that defines it, or re-save the file as a state dict.") from None
+    return obj, notes + ["loaded with source.trust_pickle=true (full unpickling)"]
 
 
-def _candidates(obj: Any, trust_pickle: bool, keypath: str = "", depth: int = 0) -> list[tuple[str, dict]]:
+def _unsafe_globals(path: Path, zipped: bool) -> list[str]:
+    import torch
+
+    if not zipped:
+        return []
+    try:
+        names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception:  # noqa: BLE001 - only for the message; the refusal stands either way
+        return []
+    # the model's own classes first: they say more than torch.nn's building blocks
+    return sorted((n for n in names if _safe_global(n) is None), key=lambda n: (n.startswith("torch."), n))
+
+
+def _candidates(obj: Any, keypath: str = "", depth: int = 0) -> list[tuple[str, dict]]:
     """Every {name: tensor} dict inside a loaded checkpoint, with the key path that leads to it."""
     import torch
     from torch import nn
@@ -70,119 +257,148 @@ def _candidates(obj: Any, trust_pickle: bool, keypath: str = "", depth: int = 0)
         return [(keypath, obj.state_dict())]
     if not isinstance(obj, Mapping) or depth > 2:
         return []
-    tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    tensors = {str(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
     found = [(keypath, tensors)] if tensors else []
     for k, v in obj.items():
         if isinstance(v, (Mapping, nn.Module)):
-            found += _candidates(v, trust_pickle, f"{keypath}.{k}" if keypath else str(k), depth + 1)
+            found += _candidates(v, f"{keypath}.{k}" if keypath else str(k), depth + 1)
     return found
 
 
-def pick_nested(obj: Any, key: str, target: Mapping[str, TensorMeta], where: Path,
-                trust_pickle: bool) -> tuple[dict, str]:
-    """The state dict inside a checkpoint: `key` if given, else the candidate that fits the target best."""
-    found = _candidates(obj, trust_pickle)
+def pick_nested(obj: Any, key: str, target: Mapping[str, TensorMeta] | None, where: Path) -> tuple[dict, str, list[str]]:
+    """The state dict inside a checkpoint: `key` if given, else the candidate that fits the target best.
+
+    Returns (state dict, its key path, notes saying what was picked and why).
+    """
+    found = _candidates(obj)
     if not found:
         kind = type(obj).__name__
         keys = f" (keys: {', '.join(map(str, list(obj)[:10]))})" if isinstance(obj, Mapping) else ""
         raise UserError(f"source.path: {where} holds a {kind}{keys} with no tensors in it; "
                         "expected a state dict or a dict that nests one.")
+    listing = ", ".join(f"{kp or '<top level>'!r} ({len(sd)} tensors)" for kp, sd in found)
     if key != "auto":
         for kp, sd in found:
-            if kp == key:
-                return sd, kp
-        raise UserError(f"source.key={key!r}: {where} has no such nested key. Keys holding tensors: "
-                        f"{', '.join(repr(kp or '<top level>') for kp, _ in found)}.")
+            if kp == key or (key in ("", "<top level>") and kp == ""):
+                return sd, kp, ([f"weights under nested key {kp!r} (source.key)"] if kp else [])
+        raise UserError(f"source.key={key!r}: {where} has no such nested key. Keys holding tensors: {listing}. "
+                        "Set source.key to one of them, or to auto.")
+    if len(found) == 1:
+        kp, sd = found[0]
+        return sd, kp, ([f"weights under nested key {kp!r}"] if kp else [])
 
-    def fit(item: tuple[str, dict]) -> tuple[int, int, int]:
-        kp, sd = item
-        meta = {k: TensorMeta(tuple(v.shape)) for k, v in sd.items()}
-        prefix = detect_prefix(meta, target)
-        hits = _score(list(meta), meta, target, [], [n.removeprefix(prefix) for n in meta])
+    def preference(kp: str) -> int:
         last = kp.rsplit(".", 1)[-1]
-        pref = -NESTED_KEYS.index(last) if last in NESTED_KEYS else -len(NESTED_KEYS)
-        return hits, pref, len(sd)
+        return -NESTED_KEYS.index(last) if last in NESTED_KEYS else -len(NESTED_KEYS)
 
-    best = max(found, key=fit)
-    return best[1], best[0]
-
-
-def _torch_load(path: Path, trust_pickle: bool) -> Any:
-    import torch
-
-    try:
-        try:
-            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError as e:
-            if "mmap" not in str(e):
-                raise
-            return torch.load(path, map_location="cpu", weights_only=True)  # legacy (non-zip) format
-    except pickle.UnpicklingError as e:
-        if "weights_only" not in str(e) and "Weights only" not in str(e):
-            raise UserError(f"source.path: {path} is not a readable PyTorch checkpoint ({e}). "
-                            "Is the file truncated or of another format?") from None
-        if not trust_pickle:
-            raise UserError(f"source.path: {path} holds pickled Python objects (a full nn.Module or custom "
-                            "classes), which can run arbitrary code when loaded, so it was refused "
-                            "(torch.load weights_only=True). If you trust this file, set "
-                            "source.trust_pickle=true; better, re-save it as a state dict or safetensors.") from None
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
-        raise UserError(f"source.path: cannot read {path} as a PyTorch checkpoint ({type(e).__name__}: {e}). "
-                        "Is the file truncated or corrupt?") from None
+    fits = {}
+    for kp, sd in found:
+        meta = {k: TensorMeta(tuple(v.shape)) for k, v in sd.items()}
+        fits[kp] = match_count(meta, target) if target else 0
+    best = max(found, key=lambda item: (fits[item[0]], preference(item[0]), len(item[1])))
+    others = ", ".join(f"{kp or '<top level>'!r} {fits[kp]}" for kp, _ in found if kp != best[0])
+    note = (f"source.key=auto picked nested key {best[0] or '<top level>'!r}: {fits[best[0]]} of its "
+            f"{len(best[1])} tensors match the target (others: {others}); set source.key to choose another")
+    return best[1], best[0], [note]
 
 
-def _read_safetensors(path: Path) -> SourceWeights:
+# --- formats ---------------------------------------------------------------------------------------
+
+def _read_safetensors(path: Path, key: str = "auto") -> SourceWeights:
     from safetensors import SafetensorError, safe_open
 
+    if key not in ("auto", ""):
+        raise UserError(f"source.key={key!r}: {path} is a safetensors file, which is flat (no nested keys). "
+                        "Remove source.key (or set it to auto).")
+    header, extra = safetensors_header(path)
+    meta = {name: TensorMeta(tuple(h["shape"]), SAFETENSORS_DTYPES.get(h["dtype"], str(h["dtype"]).lower()))
+            for name, h in header.items()}
     try:
-        f = safe_open(str(path), framework="pt", device="cpu")
-        meta = {}
-        for name in f.keys():
-            sl = f.get_slice(name)
-            meta[name] = TensorMeta(tuple(sl.get_shape()), SAFETENSORS_DTYPES.get(sl.get_dtype(), sl.get_dtype().lower()))
-    except (SafetensorError, OSError, ValueError) as e:
-        raise UserError(f"source.path: cannot read {path} as safetensors ({e}). Is the file truncated or corrupt?") from None
-    return SourceWeights(f"file {path}", meta, f.get_tensor, path)
+        f = safe_open(str(path), framework="pt", device="cpu")  # data memory-mapped, read when used
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise UserError(f"source.path: cannot read {path} as safetensors ({e}). "
+                        "Is the file truncated or corrupt? Re-download or re-save it.") from None
+    return SourceWeights(f"file {path}", meta, f.get_tensor, path, format="safetensors", extra=extra)
 
 
-def _read_sharded(index: Path, trust_pickle: bool, target: Mapping[str, TensorMeta]) -> SourceWeights:
+def _read_torch(path: Path, key: str, trust_pickle: bool, target: Mapping[str, TensorMeta] | None,
+                zipped: bool) -> SourceWeights:
+    obj, notes = torch_load(path, trust_pickle, zipped)
+    sd, keypath, picked = pick_nested(obj, key, target, path)
+    nested = {kp: len(d) for kp, d in _candidates(obj)}
+    kind = "torch zip (mmap)" if zipped else "torch legacy (read whole)"
+    if isinstance(obj, Mapping) and {"pytorch-lightning_version", "state_dict"} <= set(obj):
+        kind = f"Lightning checkpoint, {kind}"
+    return _from_state_dict(sd, f"file {path}", path, picked + notes, format=kind, nested=nested, key=keypath)
+
+
+def _read_sharded(index: Path, trust_pickle: bool, target: Mapping[str, TensorMeta] | None) -> SourceWeights:
     try:
         weight_map = json.loads(index.read_text())["weight_map"]
-    except (json.JSONDecodeError, KeyError, OSError) as e:
-        raise UserError(f"source.path: {index} is not a shard index with a 'weight_map' ({e}).") from None
+        assert isinstance(weight_map, dict)
+    except (json.JSONDecodeError, KeyError, TypeError, AssertionError, OSError, UnicodeDecodeError) as e:
+        raise UserError(f"source.path: {index} is not a shard index with a 'weight_map' "
+                        f"({type(e).__name__}: {e}).") from None
     shards: dict[str, SourceWeights] = {}
     for shard in dict.fromkeys(weight_map.values()):
         p = index.parent / shard
         if not p.is_file():
-            raise UserError(f"source.path: {index} names shard {shard!r}, which is missing from {index.parent}.")
+            raise UserError(f"source.path: {index} names shard {shard!r}, which is missing from {index.parent}. "
+                            "Download every shard the index lists (or point source.path at a complete checkpoint).")
         shards[shard] = _read_file(p, "auto", trust_pickle, target)
-    meta = {n: shards[s].meta[n] for n, s in weight_map.items()}
+    meta = {}
+    for n, s in weight_map.items():
+        if n not in shards[s].meta:
+            raise UserError(f"source.path: {index} says {n!r} is in shard {s!r}, but that shard has no such tensor "
+                            f"(it has e.g. {', '.join(list(shards[s].meta)[:3])}). The index and shards do not belong together.")
+        meta[n] = shards[s].meta[n]
+    kinds = {s.format for s in shards.values()}
     return SourceWeights(f"sharded checkpoint {index} ({len(shards)} shards)", meta,
-                         lambda n: shards[weight_map[n]].get(n), index)
+                         lambda n: shards[weight_map[n]].get(n), index,
+                         format=f"sharded {'/'.join(sorted(kinds))} ({len(shards)} shards)")
 
 
-def _read_folder(folder: Path, key: str, trust_pickle: bool, target: Mapping[str, TensorMeta]) -> SourceWeights:
-    for name in ("model.safetensors.index.json", "model.safetensors", "pytorch_model.bin.index.json", "pytorch_model.bin"):
+def find_in_folder(folder: Path) -> Path:
+    """The checkpoint inside a Hugging Face style folder."""
+    for name in FOLDER_FILES:
         if (folder / name).is_file():
-            return _read_file(folder / name, key, trust_pickle, target)
+            return folder / name
+    for pattern in ("*.safetensors.index.json", "*.bin.index.json", "*.safetensors", "*.bin", "*.pt", "*.pth", "*.ckpt"):
+        hits = sorted(folder.glob(pattern))
+        if len(hits) == 1:
+            return hits[0]
+        if len(hits) > 1:
+            raise UserError(f"source.path: folder {folder} has several {pattern} files "
+                            f"({', '.join(p.name for p in hits[:5])}); point source.path at one of them.")
     files = sorted(p.name for p in folder.iterdir())[:10]
     raise UserError(f"source.path: folder {folder} has no model.safetensors, pytorch_model.bin or shard index "
                     f"(it has: {', '.join(files) or 'nothing'}). Point source.path at the checkpoint file.")
 
 
-def _read_file(path: Path, key: str, trust_pickle: bool, target: Mapping[str, TensorMeta]) -> SourceWeights:
-    if path.name.endswith(".index.json"):
+def _read_file(path: Path, key: str, trust_pickle: bool, target: Mapping[str, TensorMeta] | None) -> SourceWeights:
+    kind = sniff(path)
+    if path.name.endswith(".json") or kind == "json":
         return _read_sharded(path, trust_pickle, target)
-    if path.suffix == ".safetensors":
-        return _read_safetensors(path)
-    obj = _torch_load(path, trust_pickle)
-    sd, keypath = pick_nested(obj, key, target, path, trust_pickle)
-    notes = [f"weights under nested key {keypath!r}"] if keypath else []
-    return _from_state_dict(sd, f"file {path}", path, notes)
+    if kind == "safetensors":
+        return _read_safetensors(path, key)
+    if kind in ("torch", "pickle"):
+        return _read_torch(path, key, trust_pickle, target, zipped=kind == "torch")
+    what = "is empty" if kind == "empty" else f"is not a checkpoint format this pipeline reads (first bytes {_read_head(path, 8)!r})"
+    raise UserError(f"source.path: {path} {what}. Expected {FORMATS}.")
 
 
-def _read_torchvision_weights(name: str) -> SourceWeights:
+def read_path(path: Path, key: str = "auto", trust_pickle: bool = False,
+              target: Mapping[str, TensorMeta] | None = None) -> SourceWeights:
+    """A checkpoint file or folder -> SourceWeights (nothing but headers and pickles read yet)."""
+    if not path.exists():
+        near = [p.name for p in path.parent.iterdir()] if path.parent.is_dir() else []
+        raise UserError(f"source.path: no such file: {path.resolve()}.{did_you_mean(path.name, near)}")
+    if path.is_dir():
+        path = find_in_folder(path)
+    return _read_file(path, key, trust_pickle, target)
+
+
+def _read_torchvision_weights(name: str, target: Mapping[str, TensorMeta] | None) -> SourceWeights:
     import torch
     from torchvision.models import get_weight
 
@@ -192,16 +408,36 @@ def _read_torchvision_weights(name: str) -> SourceWeights:
     except (ValueError, KeyError, AttributeError) as e:
         raise UserError(f"source.weights: {name!r} is not a torchvision weights enum ({e}). "
                         "Write it like ResNet18_Weights.IMAGENET1K_V1.") from None
-    try:
-        sd = weights.get_state_dict(progress=False, check_hash=False)
-    except OSError as e:  # URLError is an OSError: no internet and nothing cached
-        cache = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
-        raise UserError(f"source.weights: cannot download {weights.url} ({e}). Without internet, put the file "
-                        f"at {cache} (the torch hub cache; TORCH_HOME moves it).") from None
-    return _from_state_dict(sd, f"torchvision weights {short}")
+    cache = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
+    if not cache.is_file():
+        try:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            torch.hub.download_url_to_file(weights.url, str(cache), progress=False)
+        except OSError as e:  # URLError is an OSError: no internet
+            raise UserError(f"source.weights: cannot download {weights.url} ({e}). Without internet, put the file "
+                            f"at {cache} (the torch hub cache; TORCH_HOME moves it).") from None
+    src = _read_file(cache, "auto", False, target)
+    src.description = f"torchvision weights {short}"
+    return src
 
 
-def read_source(cfg: SourceConfig, target: Mapping[str, TensorMeta]) -> SourceWeights | None:
+def _read_model(node: Mapping[str, Any]) -> SourceWeights:
+    """`source.model`: any `_target_` that returns an nn.Module or a state dict."""
+    import torch
+    from torch import nn
+
+    from .build import instantiate
+
+    obj = instantiate(node, "source.model")
+    if isinstance(obj, nn.Module):
+        return _from_state_dict(obj.state_dict(), f"model {node['_target_']}", format="model in memory")
+    if isinstance(obj, Mapping) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        return _from_state_dict(dict(obj), f"state dict from {node['_target_']}", format="state dict in memory")
+    raise UserError(f"source.model._target_: {node['_target_']} returned {type(obj).__name__}; expected an "
+                    "nn.Module or a state dict ({name: tensor}).")
+
+
+def read_source(cfg: SourceConfig, target: Mapping[str, TensorMeta] | None) -> SourceWeights | None:
     """The source named by the config, or None for 'architecture only'."""
     given = [k for k in ("path", "model", "weights") if getattr(cfg, k) is not None]
     if len(given) > 1:
@@ -209,16 +445,7 @@ def read_source(cfg: SourceConfig, target: Mapping[str, TensorMeta]) -> SourceWe
     if not given:
         return None
     if cfg.model is not None:
-        from .build import build_model
-
-        model = build_model(cfg.model, "source.model")
-        return _from_state_dict(model.state_dict(), f"model {cfg.model['_target_']}")
+        return _read_model(cfg.model)
     if cfg.weights is not None:
-        return _read_torchvision_weights(cfg.weights)
-    path = resolve_path(cfg.path)
-    if not path.exists():
-        near = [p.name for p in path.parent.iterdir()] if path.parent.is_dir() else []
-        raise UserError(f"source.path: no such file: {path.resolve()}.{did_you_mean(path.name, near)}")
-    if path.is_dir():
-        return _read_folder(path, cfg.key, cfg.trust_pickle, target)
-    return _read_file(path, cfg.key, cfg.trust_pickle, target)
+        return _read_torchvision_weights(cfg.weights, target)
+    return read_path(resolve_path(cfg.path), cfg.key, cfg.trust_pickle, target)

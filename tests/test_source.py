@@ -1,0 +1,431 @@
+"""transfer_pipeline.source: every checkpoint format and source kind, made by the test, and every bad input.
+
+Each test writes its checkpoint into tmp_path, reads it back through `read_path` / `read_source`
+(or the whole pipeline), and checks names, values (torch.equal) and messages.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import types
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from transfer_pipeline.errors import UserError
+from transfer_pipeline.loading import target_meta
+from transfer_pipeline.models import DigitsCNN
+from transfer_pipeline.models.digits import PRETRAINED_0TO4
+from transfer_pipeline.schema import SourceConfig
+from transfer_pipeline.source import Opaque, PlainDict, pick_nested, read_path, read_source, sniff
+
+from helpers import read_json, run_cli
+
+
+@pytest.fixture(scope="module")
+def sd() -> dict[str, torch.Tensor]:
+    """The shipped digits CNN weights (18 float tensors + 3 num_batches_tracked)."""
+    return load_file(PRETRAINED_0TO4)
+
+
+@pytest.fixture(scope="module")
+def target():
+    return target_meta(DigitsCNN(num_classes=5))
+
+
+def same(src, sd: dict[str, torch.Tensor], prefix: str = "") -> None:
+    assert list(src.meta) == [prefix + k for k in sd] or sorted(src.meta) == sorted(prefix + k for k in sd)
+    for k, v in sd.items():
+        got = src.get(prefix + k)
+        assert torch.equal(got, v), k
+        assert src.meta[prefix + k].shape == tuple(v.shape) and src.meta[prefix + k].dtype == str(v.dtype)[6:]
+
+
+# --- formats -----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("suffix", [".pt", ".pth", ".bin"])
+def test_plain_state_dict(tmp_path, sd, suffix):
+    path = tmp_path / f"weights{suffix}"
+    torch.save(sd, path)
+    src = read_path(path)
+    same(src, sd)
+    assert src.format == "torch zip (mmap)" and src.key == "" and sniff(path) == "torch"
+
+
+def test_legacy_torch_format(tmp_path, sd):
+    path = tmp_path / "old.pth"
+    torch.save(sd, path, _use_new_zipfile_serialization=False)
+    src = read_path(path)
+    same(src, sd)
+    assert src.format.startswith("torch legacy")
+
+
+@pytest.mark.parametrize("key", ["state_dict", "model", "module", "ema", "model_ema", "params"])
+def test_nested_key_found_automatically_and_said(tmp_path, sd, target, key):
+    path = tmp_path / "ckpt.pt"
+    torch.save({key: sd, "epoch": 3, "optimizer": {"lr": 0.1}}, path)
+    src = read_path(path, target=target)
+    same(src, sd)
+    assert src.key == key and src.nested == {key: len(sd)}
+    assert any(key in n for n in src.notes)
+
+
+def test_auto_picks_the_nested_dict_that_fits_the_target(tmp_path, sd, target):
+    other = {f"decoder.{i}.weight": torch.ones(3) for i in range(30)}  # more tensors, but fits nothing
+    ema = {k: v + 1 if v.is_floating_point() else v for k, v in sd.items()}
+    path = tmp_path / "ckpt.pt"
+    torch.save({"state_dict": other, "model_ema": ema}, path)
+    src = read_path(path, target=target)
+    assert src.key == "model_ema"
+    assert torch.equal(src.get("stem.0.weight"), ema["stem.0.weight"])
+    note = src.notes[0]
+    assert "source.key=auto picked nested key 'model_ema'" in note and "'state_dict' 0" in note
+
+
+def test_equal_fit_prefers_state_dict_over_ema_and_explicit_key_overrides(tmp_path, sd, target):
+    ema = {k: v * 2 for k, v in sd.items()}
+    path = tmp_path / "ckpt.pt"
+    torch.save({"ema": ema, "state_dict": sd}, path)
+    assert read_path(path, target=target).key == "state_dict"
+    src = read_path(path, key="ema", target=target)
+    assert src.key == "ema" and torch.equal(src.get("stem.0.weight"), ema["stem.0.weight"])
+    assert "source.key" in src.notes[0]
+
+
+def test_deeper_nested_key_path(tmp_path, sd, target):
+    path = tmp_path / "ckpt.pt"
+    torch.save({"model": {"state_dict": sd}, "epoch": 1}, path)
+    assert read_path(path, target=target).key == "model.state_dict"
+    assert read_path(path, key="model.state_dict").key == "model.state_dict"
+
+
+def test_lightning_ckpt_with_omegaconf_and_metadata_loads_weights_only(tmp_path, sd, monkeypatch, run_pipeline):
+    from omegaconf import OmegaConf
+
+    # an AttributeDict as Lightning pickles it; the package is absent when loading (never imported)
+    fake = types.ModuleType("lightning_fabric.utilities.data")
+
+    class AttributeDict(dict):
+        def __setstate__(self, state):  # would run if the real class were unpickled
+            raise AssertionError("real class code ran")
+
+    AttributeDict.__module__, AttributeDict.__qualname__ = fake.__name__, "AttributeDict"
+    fake.AttributeDict = AttributeDict
+    for name in ("lightning_fabric", "lightning_fabric.utilities"):
+        monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
+    monkeypatch.setitem(sys.modules, fake.__name__, fake)
+    import numpy as np
+
+    ckpt = {"epoch": 4, "global_step": 80, "pytorch-lightning_version": "2.4.0",
+            "state_dict": {f"model.{k}": v for k, v in sd.items()},
+            "hyper_parameters": OmegaConf.create({"lr": 0.01, "model": {"widths": [16, 32, 64]}}),
+            "hparams_name": "kwargs", "datamodule_hyper_parameters": AttributeDict(batch_size=64),
+            "callbacks": {"ModelCheckpoint": {"best_model_score": np.float64(0.9), "args": argparse.Namespace(x=1)}},
+            "optimizer_states": [{"state": {0: {"exp_avg": torch.zeros(3)}}}], "lr_schedulers": []}
+    path = tmp_path / "epoch=4.ckpt"
+    torch.save(ckpt, path)
+    for name in ("lightning_fabric", "lightning_fabric.utilities", fake.__name__):
+        monkeypatch.delitem(sys.modules, name)
+
+    calls = []
+    real_load = torch.load
+    monkeypatch.setattr(torch, "load", lambda *a, **k: calls.append(k.get("weights_only")) or real_load(*a, **k))
+    src = read_path(path, target=target_meta(DigitsCNN()))
+    assert calls and all(w is True for w in calls)  # never the unsafe fallback
+    assert src.key == "state_dict" and src.format.startswith("Lightning checkpoint")
+    assert any("inert placeholders" in n for n in src.notes)
+    same(src, sd, "model.")
+
+    summary, run_dir = run_pipeline(f"source.path='{path}'", "mode=export")  # quoted: '=' in the name
+    report = read_json(run_dir / "load_report.json")
+    assert report["stripped_prefix"] == "model." and len(report["loaded"]) == 18
+    assert torch.equal(load_file(run_dir / "model.safetensors")["block2.0.weight"], sd["block2.0.weight"])
+
+
+def test_stand_ins_run_no_code_and_keep_state():
+    o = Opaque(1, a=2)
+    o.__setstate__({"x": 1})
+    assert o.state == {"x": 1} and o.args == (1,) and o.kwargs == {"a": 2}
+    assert type(PlainDict()) is dict and PlainDict({"a": 1}) == {"a": 1}
+
+
+def test_safetensors_is_lazy_and_exact(tmp_path, sd, monkeypatch):
+    path = tmp_path / "model.safetensors"
+    save_file(sd, path, metadata={"format": "pt", "note": "hi"})
+    src = read_path(path)
+    assert src.format == "safetensors" and src.extra == {"format": "pt", "note": "hi"}
+    same(src, sd)
+
+
+def test_safetensors_meta_comes_from_the_header_without_reading_data(tmp_path):
+    path = tmp_path / "big.safetensors"
+    save_file({"a": torch.zeros(256, 256, dtype=torch.float16), "b": torch.zeros(3, dtype=torch.bfloat16)}, path)
+    from transfer_pipeline.source import safetensors_header
+
+    header, _ = safetensors_header(path)
+    assert header["a"]["shape"] == [256, 256]
+    src = read_path(path)
+    assert src.meta["a"].dtype == "float16" and src.meta["b"].dtype == "bfloat16"
+
+
+def _shard(sd: dict[str, torch.Tensor], n: int) -> list[dict[str, torch.Tensor]]:
+    names = list(sd)
+    return [{k: sd[k] for k in names[i::n]} for i in range(n)]
+
+
+@pytest.mark.parametrize("kind", ["safetensors", "bin"])
+def test_sharded_checkpoint_with_index(tmp_path, sd, kind):
+    weight_map = {}
+    for i, part in enumerate(_shard(sd, 3), start=1):
+        name = f"model-{i:05d}-of-00003.{kind}"
+        (save_file(part, tmp_path / name) if kind == "safetensors" else torch.save(part, tmp_path / name))
+        weight_map.update(dict.fromkeys(part, name))
+    index = tmp_path / f"model.{kind}.index.json"
+    index.write_text(json.dumps({"metadata": {"total_size": 1}, "weight_map": weight_map}))
+    src = read_path(index)
+    assert "3 shards" in src.format and src.path == index
+    same(src, sd)
+
+
+def test_hf_folder_with_model_safetensors(tmp_path, sd):
+    save_file(sd, tmp_path / "model.safetensors")
+    (tmp_path / "config.json").write_text("{}")
+    src = read_path(tmp_path)
+    assert src.path == tmp_path / "model.safetensors"
+    same(src, sd)
+
+
+def test_hf_folder_with_shards_and_index(tmp_path, sd):
+    weight_map = {}
+    for i, part in enumerate(_shard(sd, 2), start=1):
+        save_file(part, tmp_path / f"model-0000{i}-of-00002.safetensors")
+        weight_map.update(dict.fromkeys(part, f"model-0000{i}-of-00002.safetensors"))
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    (tmp_path / "config.json").write_text("{}")
+    same(read_path(tmp_path), sd)
+
+
+def test_hf_folder_with_pytorch_model_bin(tmp_path, sd):
+    torch.save(sd, tmp_path / "pytorch_model.bin")
+    same(read_path(tmp_path), sd)
+
+
+def test_torchvision_weights_enum_reads_the_cached_file_lazily(torch_home_with_resnet18, monkeypatch):
+    _, ckpt = torch_home_with_resnet18
+    calls = []
+    real_load = torch.load
+    monkeypatch.setattr(torch, "load", lambda *a, **k: calls.append((k.get("weights_only"), k.get("mmap"))) or real_load(*a, **k))
+    src = read_source(SourceConfig(weights="ResNet18_Weights.IMAGENET1K_V1"), None)
+    assert src.description == "torchvision weights ResNet18_Weights.IMAGENET1K_V1"
+    assert calls == [(True, True)]
+    expected = real_load(ckpt, weights_only=True)
+    assert len(src.meta) == 122 and torch.equal(src.get("layer4.1.conv2.weight"), expected["layer4.1.conv2.weight"])
+
+
+def test_torchvision_weights_not_an_enum():
+    with pytest.raises(UserError, match=r"source\.weights: 'ResNet18_Weights\.NOPE' is not a torchvision weights enum"):
+        read_source(SourceConfig(weights="ResNet18_Weights.NOPE"), None)
+
+
+def tiny_state_dict(scale: float = 1.0) -> dict[str, torch.Tensor]:
+    """A `_target_` that returns a state dict (used below through source.model)."""
+    return {"fc0.weight": torch.full((32, 64), scale), "fc0.bias": torch.zeros(32)}
+
+
+def test_target_callable_returning_a_state_dict():
+    src = read_source(SourceConfig(model={"_target_": "test_source.tiny_state_dict", "scale": 2.0}), None)
+    assert src.description == "state dict from test_source.tiny_state_dict"
+    assert torch.equal(src.get("fc0.weight"), torch.full((32, 64), 2.0))
+
+
+def test_target_callable_returning_a_module():
+    src = read_source(SourceConfig(model={"_target_": "torch.nn.Linear", "in_features": 3, "out_features": 2}), None)
+    assert set(src.meta) == {"weight", "bias"} and src.meta["weight"].shape == (2, 3)
+
+
+def test_target_callable_returning_something_else():
+    with pytest.raises(UserError, match=r"source\.model\._target_: builtins\.list returned list; expected an nn\.Module "
+                                        r"or a state dict"):
+        read_source(SourceConfig(model={"_target_": "builtins.list"}), None)
+
+
+def test_only_one_source_kind():
+    with pytest.raises(UserError, match="set only one of source.path, source.model, source.weights"):
+        read_source(SourceConfig(path="x.pt", weights="ResNet18_Weights.IMAGENET1K_V1"), None)
+
+
+def test_full_pickled_module_needs_trust_pickle(tmp_path, sd):
+    model = DigitsCNN()
+    model.load_state_dict(sd)
+    path = tmp_path / "whole.pt"
+    torch.save(model, path)
+    with pytest.raises(UserError, match=r"holds pickled Python objects \(.*DigitsCNN.*\).*source\.trust_pickle=true"):
+        read_path(path)
+    src = read_path(path, trust_pickle=True)
+    assert any("trust_pickle" in n for n in src.notes)
+    same(src, sd)
+
+
+class Custom:
+    def __init__(self) -> None:
+        self.x = 1
+
+
+def test_unknown_pickled_class_is_refused_and_named(tmp_path, sd):
+    path = tmp_path / "ckpt.pt"
+    torch.save({"state_dict": sd, "extra": Custom()}, path)
+    with pytest.raises(UserError, match=r"test_source\.Custom.*source\.trust_pickle=true"):
+        read_path(path)
+
+
+# --- bad input ---------------------------------------------------------------------------------------
+
+def test_missing_file_names_path_and_close_names(tmp_path):
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    with pytest.raises(UserError, match=r"source\.path: no such file: .*modle\.safetensors\. Closest names: "
+                                        r"model\.safetensors"):
+        read_path(tmp_path / "modle.safetensors")
+
+
+def test_unreadable_file(tmp_path, monkeypatch):
+    import transfer_pipeline.source as source
+
+    path = tmp_path / "locked.pt"
+    path.write_bytes(b"PK\x03\x04")
+
+    def deny(p, *a, **k):
+        raise PermissionError(13, "Permission denied", str(p))
+
+    monkeypatch.setattr(source, "open", deny, raising=False)  # as root, chmod would not stop a read
+    with pytest.raises(UserError, match=r"source\.path: cannot read .*locked\.pt \(Permission denied\)\. Check the "
+                                        r"file's permissions"):
+        read_path(path)
+
+
+def test_truncated_torch_zip(tmp_path, sd):
+    path = tmp_path / "cut.pt"
+    torch.save(sd, path)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(UserError, match=r"cut\.pt is an incomplete zip archive .*truncated"):
+        read_path(path)
+
+
+def test_truncated_legacy_torch_file(tmp_path, sd):
+    path = tmp_path / "cut.pth"
+    torch.save(sd, path, _use_new_zipfile_serialization=False)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(UserError, match=r"cannot read .*cut\.pth as a PyTorch checkpoint .*truncated or corrupt"):
+        read_path(path)
+
+
+def test_truncated_safetensors(tmp_path, sd):
+    path = tmp_path / "cut.safetensors"
+    save_file(sd, path)
+    path.write_bytes(path.read_bytes()[:-100])
+    with pytest.raises(UserError, match=r"cut\.safetensors is truncated: its header describes [\d,]+ bytes, the file "
+                                        r"has [\d,]+"):
+        read_path(path)
+
+
+def test_corrupt_safetensors_header(tmp_path):
+    path = tmp_path / "bad.safetensors"
+    header = b'{"a": {"dtype": "F32"}}'
+    path.write_bytes(len(header).to_bytes(8, "little") + header + b"\0" * 16)
+    with pytest.raises(UserError, match=r"bad\.safetensors has a corrupt safetensors header"):
+        read_path(path)
+
+
+@pytest.mark.parametrize("name,content,message", [
+    ("model.pt", b"this is a text file, not weights\n", r"model\.pt is not a checkpoint format this pipeline reads"),
+    ("model.safetensors", b"\x89PNG\r\n\x1a\n" + b"\0" * 32, r"model\.safetensors is not a checkpoint format"),
+    ("empty.pt", b"", r"empty\.pt is empty\. Expected \.safetensors, a torch\.save file"),
+    ("notes.json", b'{"hello": 1}', r"notes\.json is not a shard index with a 'weight_map'"),
+])
+def test_wrong_format(tmp_path, name, content, message):
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(UserError, match=message):
+        read_path(path)
+
+
+def test_format_is_sniffed_not_taken_from_the_name(tmp_path, sd):
+    path = tmp_path / "really_safetensors.pt"
+    save_file(sd, path)
+    assert read_path(path).format == "safetensors"
+
+
+def test_index_naming_a_missing_shard(tmp_path, sd):
+    parts = _shard(sd, 2)
+    save_file(parts[0], tmp_path / "a.safetensors")
+    weight_map = {**dict.fromkeys(parts[0], "a.safetensors"), **dict.fromkeys(parts[1], "b.safetensors")}
+    index = tmp_path / "model.safetensors.index.json"
+    index.write_text(json.dumps({"weight_map": weight_map}))
+    with pytest.raises(UserError, match=r"names shard 'b\.safetensors', which is missing from"):
+        read_path(index)
+
+
+def test_index_naming_a_tensor_its_shard_lacks(tmp_path, sd):
+    save_file(sd, tmp_path / "a.safetensors")
+    index = tmp_path / "model.safetensors.index.json"
+    index.write_text(json.dumps({"weight_map": {"ghost.weight": "a.safetensors"}}))
+    with pytest.raises(UserError, match=r"says 'ghost\.weight' is in shard 'a\.safetensors', but that shard has no"):
+        read_path(index)
+
+
+def test_nested_key_that_does_not_exist_lists_the_keys_that_do(tmp_path, sd):
+    path = tmp_path / "ckpt.pt"
+    torch.save({"state_dict": sd, "ema": sd, "epoch": 3}, path)
+    with pytest.raises(UserError, match=r"source\.key='model': .* has no such nested key\. Keys holding tensors: "
+                                        r"'state_dict' \(20 tensors\), 'ema' \(20 tensors\)"):
+        read_path(path, key="model")
+
+
+def test_key_on_a_safetensors_file_is_an_error(tmp_path, sd):
+    save_file(sd, tmp_path / "m.safetensors")
+    with pytest.raises(UserError, match=r"source\.key='ema': .* safetensors file, which is flat"):
+        read_path(tmp_path / "m.safetensors", key="ema")
+
+
+def test_checkpoint_without_tensors(tmp_path):
+    path = tmp_path / "meta.pt"
+    torch.save({"epoch": 3, "lr": 0.1}, path)
+    with pytest.raises(UserError, match=r"holds a dict \(keys: epoch, lr\) with no tensors in it"):
+        read_path(path)
+
+
+def test_folder_without_a_checkpoint(tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(UserError, match=r"folder .* has no model\.safetensors.*it has: config\.json"):
+        read_path(tmp_path)
+
+
+def test_pick_nested_without_a_target_uses_key_preference(sd):
+    picked, key, _ = pick_nested({"ema": sd, "state_dict": sd}, "auto", None, Path("x.pt"))
+    assert key == "state_dict"
+
+
+def test_names_that_match_nothing_show_both_sides(run_pipeline, tmp_path, sd):
+    path = tmp_path / "other.safetensors"
+    save_file({f"decoder.blocks.{i}.w": torch.ones(7) for i in range(8)}, path)
+    with pytest.raises(UserError) as e:
+        run_pipeline(f"source.path={path}", "mode=plan")
+    msg = str(e.value)
+    assert "loaded nothing" in msg and "source (8 tensors)" in msg and "target (20 tensors)" in msg
+    row = next(line for line in msg.splitlines() if "decoder.blocks.0.w (7)" in line)
+    assert "stem.0.weight (16, 1, 3, 3)" in row
+    assert "decoder.blocks.5.w" not in msg  # five of each
+
+
+@pytest.mark.slow
+def test_bad_checkpoints_on_the_command_line_exit_2_without_traceback(tmp_path, sd):
+    cut = tmp_path / "cut.pt"
+    torch.save(sd, cut)
+    cut.write_bytes(cut.read_bytes()[:1000])
+    out = run_cli(f"source.path={cut}", "mode=plan", f"hydra.run.dir={tmp_path / 'run'}")
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert "truncated" in out.stdout + out.stderr and "Traceback" not in out.stdout + out.stderr
+    assert read_json(tmp_path / "run" / "summary.json")["status"] == "failed"
