@@ -263,8 +263,8 @@ def test_rule_with_bad_regex_is_error():
 
 
 def test_rule_with_unknown_op_is_error():
-    with pytest.raises(UserError, match=r"op 'concat' is not supported; choose one of \['rename'\]"):
-        parse_rules([{"from": "a", "to": "b", "op": "concat"}])
+    with pytest.raises(UserError, match=r"op 'merge' is not supported; choose one of \['rename', 'concat'"):
+        parse_rules([{"from": "a", "to": "b", "op": "merge"}])
     assert len(parse_rules([{"from": "a", "to": "b", "op": "rename"}])) == 1
 
 

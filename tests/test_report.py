@@ -11,7 +11,7 @@ from transfer_pipeline.mapping import TensorMeta, plan_load
 from transfer_pipeline.report import format_plan, format_table, report_dict
 
 PUBLIC_KEYS = {"loaded", "missing", "unexpected", "mismatched", "renamed", "loaded_fraction"}
-ALL_KEYS = PUBLIC_KEYS | {"source", "target", "stripped_prefix", "excluded", "rule_hits"}
+ALL_KEYS = PUBLIC_KEYS | {"source", "target", "stripped_prefix", "excluded", "rule_hits", "entries"}
 
 
 def M(*shape: int) -> TensorMeta:

@@ -2,7 +2,9 @@
 
 Pure: no tensor data is read here, which is what makes `mode=plan` instant and plans easy to
 test. Steps: strip wrapper prefixes (`module.`, `_orig_mod.`, `model.` ...), apply the ordered
-rename rules, then compare names and shapes with the target.
+rules (renames, and ops that concat/split/transpose/... tensors: rules.py checks their shapes),
+match the rest by name, optionally pair what is left by module order and shape
+(`mapping.auto: shape_order`), then compare shapes with the target.
 """
 
 from __future__ import annotations
@@ -14,6 +16,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import UserError, close_names
+from .prefixes import choose as choose_prefix
+from .prefixes import detect
+from .rules import RULE_KEYS, RULE_OPS, Rule, apply_rules, group_outputs, match_rule, parse_rules, plan_op  # noqa: F401 (re-exported)
 from .selectors import check_selector, select, select_all
 
 
@@ -28,13 +33,6 @@ class TensorMeta:
 
 
 @dataclass(frozen=True)
-class Rule:
-    pattern: re.Pattern
-    to: str
-    optional: bool = False
-
-
-@dataclass(frozen=True)
 class LoadEntry:
     """One target tensor and how to make it: `op` applied to `sources` (names as stored)."""
 
@@ -45,6 +43,7 @@ class LoadEntry:
     target_dtype: str
     op: str = "copy"  # see ops.py
     args: tuple[tuple[str, Any], ...] = ()  # the op's arguments, as sorted (key, value) pairs
+    rule: int | None = None  # the mapping.rules index that planned it; None: same name (or auto)
 
     @property
     def source(self) -> str:
@@ -61,137 +60,102 @@ class LoadPlan:
     excluded: list[str]  # target names kept out by mapping.exclude
     stripped_prefix: str  # '' when none
     loaded_fraction: float  # loaded target elements / all target elements
-    rule_hits: list[int] = field(default_factory=list)  # source tensors each rule renamed
+    rule_hits: list[int] = field(default_factory=list)  # source tensors each rule matched
+    auto_pairs: dict[str, str] = field(default_factory=dict)  # source -> target paired by mapping.auto
+    notes: list[str] = field(default_factory=list)  # e.g. ambiguous shapes mapping.auto refused to pair
+    added_prefix: str = ""  # put in front of source names after stripping (a prefix swap); '' when none
 
     @property
     def loaded(self) -> list[str]:
         return [e.target for e in self.entries]
 
 
-RULE_KEYS = {"from", "to", "op", "optional"}
-RULE_OPS = ("rename",)
-
-
-def parse_rules(raw: Sequence[Mapping[str, Any]]) -> list[Rule]:
-    rules = []
-    for i, r in enumerate(raw):
-        where = f"mapping.rules[{i}]"
-        if not isinstance(r, Mapping):
-            raise UserError(f"{where}: a rule is a mapping like {{from: 'features\\.(\\d+)', to: 'backbone.\\1'}}, got {r!r}.")
-        unknown = set(r) - RULE_KEYS
-        if unknown:
-            raise UserError(f"{where}: unknown key(s) {sorted(unknown)}; a rule takes {sorted(RULE_KEYS)}.")
-        if "from" not in r or "to" not in r:
-            raise UserError(f"{where}: a rule needs both 'from' (a regex) and 'to' (a template with \\1 groups).")
-        op = r.get("op", "rename") or "rename"
-        if op not in RULE_OPS:
-            raise UserError(f"{where}: op {op!r} is not supported; choose one of {list(RULE_OPS)}.")
-        try:
-            pattern = re.compile(str(r["from"]))
-        except re.error as e:
-            raise UserError(f"{where}.from: {r['from']!r} is not a valid regex: {e}.") from None
-        rules.append(Rule(pattern, str(r["to"]), bool(r.get("optional", False))))
-    return rules
-
-
-def apply_rules(name: str, rules: Sequence[Rule]) -> tuple[str, int | None]:
-    """The target name for `name` (first rule that matches wins) and that rule's index."""
-    for i, rule in enumerate(rules):
-        m = rule.pattern.fullmatch(name)
-        if m:
-            try:
-                return m.expand(rule.to), i
-            except (re.error, IndexError) as e:
-                raise UserError(f"mapping.rules[{i}].to: {rule.to!r} cannot be filled from {name!r}: {e}.") from None
-    return name, None
-
-
-def _strip(name: str, prefix: str) -> str:
-    return name[len(prefix):] if prefix and name.startswith(prefix) else name
-
-
-def _score(names: Sequence[str], source: Mapping[str, TensorMeta], target: Mapping[str, TensorMeta],
-           rules: Sequence[Rule], renames: Sequence[str]) -> int:
-    hits = 0
-    for orig, name in zip(names, renames):
-        t = target.get(apply_rules(name, rules)[0])
-        hits += t is not None and t.shape == source[orig].shape
-    return hits
-
-
 def detect_prefix(source: Mapping[str, TensorMeta], target: Mapping[str, TensorMeta],
                   rules: Sequence[Rule] = ()) -> str:
-    """The wrapper prefix to strip from source names ('module.', 'module._orig_mod.' ...).
+    """The wrapper prefix to strip from source names (see prefixes.detect, which also finds swaps)."""
+    return detect(source, target, _renamer(rules)).stripped
 
-    Greedy: strip the leading name components (up to three at once) that most increase
-    name+shape matches with the target, until nothing helps; the shortest wins a tie. Nothing is hard-coded, so `net.`, `model.` or `ema.` work too.
-    """
-    names = list(source)
-    current = list(names)
-    best = _score(names, source, target, rules, current)
-    stripped = ""
-    while True:
-        # one to three leading components at once: 'module._orig_mod.' helps only when whole
-        candidates = sorted({".".join(n.split(".")[:k]) + "." for n in current for k in (1, 2, 3)
-                             if n.count(".") >= k}, key=len)
-        choice = None
-        for p in candidates:
-            trial = [_strip(n, p) for n in current]
-            s = _score(names, source, target, rules, trial)
-            if s > best:
-                best, choice = s, p
-        if choice is None:
-            return stripped
-        current = [_strip(n, choice) for n in current]
-        stripped += choice
+
+def _renamer(rules: Sequence[Rule]):
+    """Source name (after the prefix step) -> the name the rules give it; None without rules (faster)."""
+    return (lambda name: apply_rules(name, rules)[0]) if rules else None
 
 
 def plan_load(source: Mapping[str, TensorMeta], target: Mapping[str, TensorMeta],
               rules: Sequence[Mapping[str, Any]] = (), on_mismatch: str = "error",
-              exclude: Sequence[str] = (), strip_prefixes: Sequence[str] | None = None) -> LoadPlan:
-    """Plan the load of `source` into `target` (both {name: TensorMeta})."""
+              exclude: Sequence[str] = (), strip_prefixes: Sequence[str] | None = None,
+              auto: Any = None, add_prefix: str | None = None) -> LoadPlan:
+    """Plan the load of `source` into `target` (both {name: TensorMeta}); `auto`: None or 'shape_order'."""
     parsed = parse_rules(rules)
-    if strip_prefixes is None:
-        prefixes = [detect_prefix(source, target, parsed)] if source else []
-    else:
-        prefixes = list(strip_prefixes)
-        for p in prefixes:
-            if not any(n.startswith(p) for n in source):
-                raise UserError(f"source.strip_prefixes: no source name starts with {p!r} "
-                                f"(first names: {', '.join(list(source)[:5])}).")
+    prefix = choose_prefix(source, target, strip_prefixes, add_prefix, _renamer(parsed))  # see prefixes.py
     excluded = set(select_all(exclude, list(target), "mapping.exclude")) if exclude else set()
 
     hits = [0] * len(parsed)
-    mapped: dict[str, str] = {}  # target -> source
+    writers: dict[str, tuple[tuple[str, ...], int | None]] = {}  # target -> (sources, rule) writing it
+    mapped: dict[str, str] = {}  # target -> source, by name or by a rename rule
+    rule_of: dict[str, int] = {}  # target -> the rename rule that mapped it
     renamed: dict[str, str] = {}
-    unexpected: list[str] = []
+    claims: dict[int, list[tuple[str, str, int, re.Match]]] = {}  # op rule -> the source tensors it matched
+    unclaimed: list[str] = []  # source tensors no rule matched and no target name matches (for mapping.auto)
     for name in source:
-        short = name
-        for p in prefixes:
-            short = _strip(short, p)
-        tname, rule_i = apply_rules(short, parsed)
-        if rule_i is not None:
+        short = prefix.apply(name)
+        hit = match_rule(short, parsed)
+        tname, rule_i = short, None
+        if hit is not None:
+            rule_i, j, m = hit
             hits[rule_i] += 1
-        if tname in mapped:
-            raise UserError(f"mapping.rules: source tensors {mapped[tname]!r} and {name!r} both map to "
-                            f"target {tname!r}; make the rules tell them apart.")
+            rule = parsed[rule_i]
+            if rule.op != "rename":
+                claims.setdefault(rule_i, []).append((name, short, j, m))
+                continue
+            tname = rule.expand(rule.to, m, short)
         if tname not in target or tname in excluded:
-            unexpected.append(name)
+            if rule_i is None and tname not in target:
+                unclaimed.append(name)
             continue
+        _claim(writers, tname, (name,), rule_i)
         mapped[tname] = name
+        if rule_i is not None:
+            rule_of[tname] = rule_i
         if tname != name:
             renamed[name] = tname
 
     for i, (rule, n) in enumerate(zip(parsed, hits)):
         if n == 0 and not rule.optional:
-            hint = close_names(rule.pattern.pattern, list(source))
-            raise UserError(f"mapping.rules[{i}]: 'from: {rule.pattern.pattern}' matches no source tensor "
-                            f"(after stripping prefix {''.join(prefixes) or 'none'!r}). "
+            pats = rule.patterns or (rule.pattern,)
+            shown = pats[0].pattern if len(pats) == 1 else "[" + ", ".join(f"'{p.pattern}'" for p in pats) + "]"
+            hint = list(dict.fromkeys(h for p in pats for h in close_names(p.pattern, list(source))))[:5]
+            raise UserError(f"mapping.rules[{i}]: 'from: {shown}' matches no source tensor "
+                            f"(after the prefix step: {prefix.describe()}). "
                             f"Closest source names: {', '.join(hint) or ', '.join(list(source)[:5])}. "
                             "Mark the rule 'optional: true' if that is expected.")
 
+    planned = _plan_op_rules(parsed, claims, source, target, excluded, writers)
+    used = set(mapped.values()) | {s for e in planned.values() for s in e.sources}
+    for e in planned.values():
+        if len(e.sources) > 1 or e.op != "split":
+            renamed.update({s: e.target for s in e.sources if s != e.target})
+
+    auto_pairs: dict[str, str] = {}
+    notes: list[str] = []
+    if auto is not None:
+        auto = getattr(auto, "value", auto)
+        if auto != "shape_order":
+            raise UserError(f"mapping.auto: {auto!r} is not a way to align tensors; choose shape_order or null.")
+        free = [t for t in target if t not in writers and t not in excluded]
+        pairs, notes = auto_pair(unclaimed, free, source, target)
+        for s, t in pairs:
+            planned[t] = LoadEntry((s,), t, target[t].shape, source[s].dtype, target[t].dtype)
+            auto_pairs[s] = t
+            used.add(s)
+            if s != t:
+                renamed[s] = t
+
     entries, mismatched = [], []
     for tname, meta in target.items():
+        if tname in planned:
+            entries.append(planned[tname])
+            continue
         sname = mapped.get(tname)
         if sname is None:
             continue
@@ -200,7 +164,7 @@ def plan_load(source: Mapping[str, TensorMeta], target: Mapping[str, TensorMeta]
             mismatched.append({"source": sname, "target": tname,
                                "source_shape": list(smeta.shape), "target_shape": list(meta.shape)})
             continue
-        entries.append(LoadEntry((sname,), tname, meta.shape, smeta.dtype, meta.dtype))
+        entries.append(LoadEntry((sname,), tname, meta.shape, smeta.dtype, meta.dtype, rule=rule_of.get(tname)))
 
     if mismatched and on_mismatch == "error":
         lines = "\n".join(f"  {m['target']}: source {tuple(m['source_shape'])} vs target {tuple(m['target_shape'])}"
@@ -214,14 +178,89 @@ def plan_load(source: Mapping[str, TensorMeta], target: Mapping[str, TensorMeta]
     return LoadPlan(
         entries=entries,
         missing=[t for t in target if t not in loaded],
-        unexpected=unexpected,
+        unexpected=[n for n in source if n not in used],
         mismatched=mismatched,
         renamed=renamed,
         excluded=[t for t in target if t in excluded],
-        stripped_prefix="".join(prefixes),
+        stripped_prefix=prefix.stripped,
         loaded_fraction=(sum(math.prod(e.shape) for e in entries) / total) if total else 0.0,
         rule_hits=hits,
+        auto_pairs=auto_pairs,
+        notes=notes,
+        added_prefix=prefix.add,
     )
+
+
+def _claim(writers: dict[str, tuple[tuple[str, ...], int | None]], target: str, sources: tuple[str, ...],
+           rule: int | None) -> None:
+    """Record who writes `target`; a second writer is an error (two rules, or a rule and a name match)."""
+    if target in writers:
+        prev, prev_rule = writers[target]
+
+        def names(ss: tuple[str, ...]) -> str:
+            return " + ".join(repr(s) for s in ss)
+
+        def by(r: int | None) -> str:
+            return f"mapping.rules[{r}]" if r is not None else "name"
+
+        raise UserError(f"mapping.rules: source tensors {names(prev)} and {names(sources)} both map to target "
+                        f"{target!r} (by {by(prev_rule)} and by {by(rule)}); make the rules tell them apart.")
+    writers[target] = (sources, rule)
+
+
+def _plan_op_rules(rules: Sequence[Rule], claims: Mapping[int, Sequence[tuple[str, str, int, re.Match]]],
+                   source: Mapping[str, TensorMeta], target: Mapping[str, TensorMeta], excluded: set[str],
+                   writers: dict[str, tuple[tuple[str, ...], int | None]]) -> dict[str, LoadEntry]:
+    """The entries of the rules that transform tensors (concat, split ...), shapes checked: target -> entry."""
+    planned: dict[str, LoadEntry] = {}
+    for i in sorted(claims):
+        rule = rules[i]
+        outputs = group_outputs(rule, claims[i])
+        absent = [o.target for o in outputs if o.target not in target]
+        if outputs and len(absent) == len(outputs) and not rule.optional:
+            hint = close_names(absent[0], list(target))
+            raise UserError(f"{rule.where} ({rule.op}): matched {len(claims[i])} source tensor(s) (e.g. "
+                            f"{claims[i][0][0]}) but none of its targets is in the target model (e.g. {absent[0]!r}). "
+                            f"Closest target names: {', '.join(hint) or ', '.join(list(target)[:5])}. Fix `to`.")
+        for out in outputs:
+            if out.target in absent or out.target in excluded:
+                continue
+            _claim(writers, out.target, out.sources, i)
+            metas = [source[s] for s in out.sources]
+            tmeta = target[out.target]
+            op, args = plan_op(rule, out.sources, [m.shape for m in metas], out.target, tmeta.shape, out.part)
+            planned[out.target] = LoadEntry(out.sources, out.target, tmeta.shape, metas[0].dtype, tmeta.dtype,
+                                            op, args, i)
+    return planned
+
+
+def auto_pair(sources: Sequence[str], targets: Sequence[str], source: Mapping[str, TensorMeta],
+              target: Mapping[str, TensorMeta]) -> tuple[list[tuple[str, str]], list[str]]:
+    """`mapping.auto: shape_order`: pair leftover tensors by shape, in module order, refusing ambiguity.
+
+    For each shape, the i-th source tensor of that shape goes to the i-th target tensor of that
+    shape, but only when both sides have the same number of them; otherwise which one is which
+    cannot be told from shapes, so none of them is paired and a note says so.
+    """
+    by_source: dict[tuple[int, ...], list[str]] = {}
+    by_target: dict[tuple[int, ...], list[str]] = {}
+    for n in sources:
+        by_source.setdefault(source[n].shape, []).append(n)
+    for n in targets:
+        by_target.setdefault(target[n].shape, []).append(n)
+    pairs: dict[str, str] = {}
+    notes = []
+    for shape, ss in by_source.items():
+        ts = by_target.get(shape, [])
+        if not ts:
+            continue
+        if len(ss) != len(ts):
+            notes.append(f"mapping.auto: not pairing shape {shape}: {len(ss)} source tensor(s) "
+                         f"({', '.join(ss[:4])}{' ...' if len(ss) > 4 else ''}) vs {len(ts)} target tensor(s) "
+                         f"({', '.join(ts[:4])}{' ...' if len(ts) > 4 else ''}) is ambiguous; add rules for them")
+            continue
+        pairs.update(zip(ts, ss))
+    return [(pairs[t], t) for t in targets if t in pairs], notes
 
 
 def check_expectations(plan: LoadPlan, missing: Sequence[str] | None, min_loaded: float,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .mapping import LoadPlan, TensorMeta
+from .mapping import LoadEntry, LoadPlan, TensorMeta
 
 
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], indent: str = "  ") -> str:
@@ -30,44 +30,111 @@ def report_dict(plan: LoadPlan, source_description: str | None, target_name: str
         "excluded": plan.excluded,
         "loaded_fraction": plan.loaded_fraction,
         "rule_hits": plan.rule_hits,
+        "entries": [entry_dict(e, e.target in plan.auto_pairs.values()) for e in plan.entries],
+        # only when the prefix step added one (a swap 'encoder.' -> 'backbone.', or a target-only prefix)
+        **({"added_prefix": plan.added_prefix} if getattr(plan, "added_prefix", "") else {}),
     }
 
 
-def _module(name: str) -> str:
-    return name.split(".", 1)[0]
+def _plain(v: Any) -> Any:
+    return [_plain(x) for x in v] if isinstance(v, (list, tuple)) else v
+
+
+def entry_dict(entry: LoadEntry, auto: bool = False) -> dict[str, Any]:
+    """One planned target in load_report.json: its sources, the ops that make it, the rule that planned it."""
+    return {"target": entry.target, "sources": list(entry.sources), "shape": list(entry.shape),
+            "ops": [{"op": entry.op, **{k: _plain(v) for k, v in entry.args}}], "rule": entry.rule, "auto": auto}
+
+
+def _op_label(entry: LoadEntry, auto_targets: set[str]) -> str | None:
+    if entry.op != "copy":
+        return entry.op
+    return "auto" if entry.target in auto_targets else None
+
+
+def _status(r: list[int], ops: dict[str, int]) -> str:
+    """r: tensors, loaded, mismatched, excluded, new; ops: how many loaded tensors each op made."""
+    detail = f" ({', '.join(f'{n} {op}' for op, n in ops.items())})" if ops else ""
+    if r[1] == r[0]:
+        return "loaded" + detail
+    parts = [f"{n} {what}" for n, what in ((r[2], "shape mismatch, skipped"), (r[3], "excluded"),
+                                           (r[4], "not in source")) if n]
+    return ("partly loaded" + detail + ": " if r[1] else "fresh init: ") + ", ".join(parts)
+
+
+def _tree_rows(names: Sequence[str], kind: Mapping[str, int], ops: Mapping[str, str]) -> list[list[str]]:
+    """Rows of the module tree: a module whose tensors all fared alike is one row; others open up."""
+    rows: list[list[str]] = []
+
+    def children(members: Sequence[str], depth: int) -> dict[str, list[str]]:
+        groups: dict[str, list[str]] = {}
+        for n in members:
+            groups.setdefault(n.split(".")[depth], []).append(n)
+        return groups
+
+    def visit(label: str, members: list[str], depth: int) -> None:
+        r, op_counts = [len(members), 0, 0, 0, 0], {}
+        for n in members:
+            r[kind[n]] += 1
+            if n in ops:
+                op_counts[ops[n]] = op_counts.get(ops[n], 0) + 1
+        rows.append([label, f"{r[1]}/{r[0]}", _status(r, op_counts)])
+        if len({kind[n] for n in members}) > 1:
+            items = list(children(members, depth).items())
+            for k, (part, sub) in enumerate(items):
+                visit("  " * (depth - 1) + ("└ " if k == len(items) - 1 else "├ ") + part, sub, depth + 1)
+
+    for part, sub in children(names, 0).items():
+        visit(part, sub, 1)
+    return rows
+
+
+def _rule_lines(plan: LoadPlan) -> list[str]:
+    """What each rule matched and made, with one example (every rule reports, even one that did nothing)."""
+    by_rule: dict[int, list[LoadEntry]] = {}
+    for e in plan.entries:
+        if e.rule is not None:
+            by_rule.setdefault(e.rule, []).append(e)
+    lines = []
+    for i, hits in enumerate(plan.rule_hits):
+        es = by_rule.get(i, [])
+        op = es[0].op if es else ""
+        args = " ".join(f"{k}={_plain(v)}" for k, v in es[0].args if k != "index") if es else ""
+        head = f"  rules[{i}]{' ' + op if op and op != 'copy' else ' rename' if es else ''}{' ' + args if args else ''}"
+        text = f"{head}: {hits} source tensor(s) -> {len(es)} target(s)"
+        if es:
+            e = es[0]
+            arrow = f"{' + '.join(e.sources)} -> {e.target} {tuple(e.shape)}"
+            text += f", e.g. {arrow}" + (f" (+{len(es) - 1} more)" if len(es) > 1 else "")
+        lines.append(text)
+    return lines
 
 
 def format_plan(plan: LoadPlan, target: Mapping[str, TensorMeta], source_description: str | None,
                 notes: Sequence[str] = ()) -> str:
-    """One row per top-level module of the target: what loaded, what did not and why."""
+    """The module tree of the target (one row per module, opened only where its tensors fared
+    differently): what loaded, by which op, what did not and why; then what each rule did."""
     loaded, mismatched = set(plan.loaded), {m["target"] for m in plan.mismatched}
     excluded = set(plan.excluded)
-    rows: dict[str, list[int]] = {}
-    for name in target:
-        r = rows.setdefault(_module(name), [0, 0, 0, 0, 0])  # tensors, loaded, mismatched, excluded, new
-        r[0] += 1
-        r[1] += name in loaded
-        r[2] += name in mismatched
-        r[3] += name in excluded
-        r[4] += name not in loaded and name not in mismatched and name not in excluded
-
-    def status(r: list[int]) -> str:
-        if r[1] == r[0]:
-            return "loaded"
-        parts = [f"{n} {what}" for n, what in ((r[2], "shape mismatch, skipped"), (r[3], "excluded"),
-                                               (r[4], "not in source")) if n]
-        return ("partly loaded: " if r[1] else "fresh init: ") + ", ".join(parts)
-
-    table = format_table(["module", "loaded", "status"], [[m, f"{r[1]}/{r[0]}", status(r)] for m, r in rows.items()])
+    # 1 loaded, 2 mismatched, 3 excluded, 4 new (the index into the counts of _status)
+    kind = {n: 1 if n in loaded else 2 if n in mismatched else 3 if n in excluded else 4 for n in target}
+    auto_targets = set(plan.auto_pairs.values())
+    ops = {e.target: op for e in plan.entries if (op := _op_label(e, auto_targets))}
+    table = format_table(["module", "loaded", "status"], _tree_rows(list(target), kind, ops))
     lines = [f"Load plan: {source_description or 'no source (architecture only)'}"]
     lines += [f"  note: {n}" for n in notes]
-    if plan.stripped_prefix:
+    added = getattr(plan, "added_prefix", "")
+    if plan.stripped_prefix and added:
+        lines.append(f"  prefix swap: {plan.stripped_prefix!r} -> {added!r} (source names -> target names)")
+    elif added:
+        lines.append(f"  added prefix: {added!r} (in front of every source name)")
+    elif plan.stripped_prefix:
         lines.append(f"  stripped prefix: {plan.stripped_prefix!r}")
-    by_rules = {s: t for s, t in plan.renamed.items() if s.removeprefix(plan.stripped_prefix) != t}
-    if by_rules:
-        shown = [f"{s} -> {t}" for s, t in list(by_rules.items())[:4]]
-        more = f" (+{len(by_rules) - 4} more)" if len(by_rules) > 4 else ""
-        lines.append(f"  renamed by rules {len(by_rules)}: {', '.join(shown)}{more}")
+    lines += _rule_lines(plan)
+    if plan.auto_pairs:
+        lines.append(f"  mapping.auto=shape_order paired {len(plan.auto_pairs)} tensor(s) by module order and shape:")
+        lines += [f"    {s} -> {t} {tuple(target[t].shape)}" for s, t in plan.auto_pairs.items()]
+    lines += [f"  note: {n}" for n in plan.notes]
     lines.append(table)
     for m in plan.mismatched:
         lines.append(f"  mismatch {m['target']}: source {tuple(m['source_shape'])} vs target {tuple(m['target_shape'])}")

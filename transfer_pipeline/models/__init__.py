@@ -2,5 +2,8 @@
 
 from .digits import DigitsCNN, pretrained_digits_cnn
 from .examples import BackboneNet, FeaturesNet, TinyMLP
+from .attention import MHATransformer, QKVTransformer
+from .conv1d import GPT2StyleTransformer
 
-__all__ = ["DigitsCNN", "pretrained_digits_cnn", "FeaturesNet", "BackboneNet", "TinyMLP"]
+__all__ = ["DigitsCNN", "pretrained_digits_cnn", "FeaturesNet", "BackboneNet", "TinyMLP",
+           "QKVTransformer", "MHATransformer", "GPT2StyleTransformer"]
