@@ -284,3 +284,20 @@ def test_shipped_source_is_reproducible_from_its_experiment(run_pipeline):
     fresh, shipped = load_file(run_dir / "model.safetensors"), load_file(PRETRAINED_0TO4)
     assert {k: v.shape for k, v in fresh.items()} == {k: v.shape for k, v in shipped.items()}
     assert sorted(p.name for p in ASSETS.glob("*.pt")) == ["digits_cnn_0to4_module.pt", "digits_cnn_0to4_wrapped.pt"]
+
+
+def test_plan_mode_reads_no_tensor_data(run_pipeline, monkeypatch):
+    import transfer_pipeline.loading as loading
+    import transfer_pipeline.source as source
+
+    monkeypatch.setattr(loading, "load_model", lambda *a, **k: pytest.fail("plan mode must not load tensors"))
+    real = source.read_source
+
+    def no_data(*args, **kwargs):
+        weights = real(*args, **kwargs)
+        weights.get = lambda name: pytest.fail(f"plan mode read {name}")
+        return weights
+
+    monkeypatch.setattr(source, "read_source", no_data)
+    summary, run_dir = run_pipeline("mode=plan")
+    assert summary["status"] == "planned" and len(read_json(run_dir / "load_report.json")["loaded"]) == 18

@@ -1,77 +1,386 @@
-"""Selectors -> requires_grad, the BatchNorm policy, and the unfreeze schedule.
+"""Selectors -> requires_grad, the BatchNorm policy, and the freeze/unfreeze schedule.
 
-Frozen means `requires_grad=False`: no gradient, so the optimizer (which holds every parameter
-from the start) neither updates nor decays it. BatchNorm statistics are not parameters, so the
-BN policy decides which BN layers run in eval mode while the rest of the model trains.
+Frozen means `requires_grad=False` and `grad=None`: no gradient, so the optimizer (which holds
+every parameter from the start) neither updates nor decays it and keeps no state for it.
+BatchNorm statistics are not parameters, so the BN policy decides which BN layers run in eval
+mode while the rest of the model trains:
+
+  auto    (`freeze.bn: eval`, the default) statistics fixed where all the layer's parameters are frozen
+  train   statistics always updated      eval    statistics always fixed (affine trains if selected)
+  frozen  statistics and affine parameters fixed for the whole run (never unfrozen)
+
+Blocks (`freeze.blocks`, by default the top-level modules in module order) are what
+`freeze.gradual` unfreezes one at a time and what `optim.layer_decay` gives decaying LRs.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 from torch import nn
 
-from .errors import UserError
+from .errors import UserError, did_you_mean
 from .schema import FreezeConfig
-from .selectors import select_all
+from .selectors import check_selector, matches, select_all
 
 log = logging.getLogger(__name__)
+
+BN_GLOBAL = {"eval": "auto", "train": "train", "frozen": "frozen"}  # freeze.bn -> mode of layers no override names
+GRADUAL_KEYS = ("every", "from", "start", "lr", "lr_mult", "warmup_steps")
 
 
 @dataclass(frozen=True)
 class ResolvedEvent:
-    epoch: int
-    selectors: tuple[str, ...]
-    names: tuple[str, ...]  # parameters this event makes trainable
-    lr: float | None
+    epoch: int | None  # applied before this epoch trains (None: step-based)
+    selectors: tuple[str, ...]  # what it unfreezes, as written
+    names: tuple[str, ...]  # parameters it makes trainable (those not trainable just before)
+    lr: float | None = None
+    step: int | None = None  # applied before this optimizer step (0-based over the run)
+    frozen: tuple[str, ...] = ()  # parameters it freezes again
+    freeze_selectors: tuple[str, ...] = ()
+    lr_mult: float | None = None
+    warmup_steps: int | None = None
+    name: str | None = None  # its group's name, when the user chose one
+    where: str = "freeze.schedule"  # the config key, for messages
 
+    @property
+    def when(self) -> str:
+        return f"epoch {self.epoch}" if self.step is None else f"step {self.step}"
+
+    @property
+    def sets_lr(self) -> bool:
+        return self.lr is not None or self.lr_mult is not None
+
+    def describe(self) -> str:
+        parts = []
+        if self.selectors:
+            parts.append(f"unfroze {', '.join(self.selectors)} ({len(self.names)} tensors)")
+        if self.freeze_selectors:
+            parts.append(f"froze {', '.join(self.freeze_selectors)} ({len(self.frozen)} tensors)")
+        return f"{self.when.capitalize()}: {'; '.join(parts)}"
+
+
+@dataclass(frozen=True)
+class Block:
+    name: str
+    selectors: tuple[str, ...]
+    names: tuple[str, ...]
+
+
+@dataclass
+class FreezePlan:
+    """Everything freezing decides before training: read by param_groups, lr_schedule and train."""
+
+    names: list[str]
+    trainable: set[str]  # at the start
+    events: list[ResolvedEvent]  # in the order they fire
+    bn_modes: dict[str, str]  # BN layer -> auto | train | eval | frozen
+    never: set[str] = field(default_factory=set)  # parameters of `frozen` BN layers: never trainable
+    blocks: list[Block] = field(default_factory=list)
+
+
+# --- BatchNorm ---------------------------------------------------------------------------------------
 
 def bn_modules(model: nn.Module) -> dict[str, nn.Module]:
     return {n: m for n, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)}
 
 
+def _qualified(module_name: str, name: str) -> str:
+    return f"{module_name}.{name}" if module_name else name
+
+
 def bn_param_names(model: nn.Module) -> set[str]:
-    return {f"{n}.{p}" if n else p for n, m in bn_modules(model).items() for p, _ in m.named_parameters(recurse=False)}
+    return {_qualified(n, p) for n, m in bn_modules(model).items() for p, _ in m.named_parameters(recurse=False)}
 
 
-def initial_trainable(param_names: Sequence[str], cfg: FreezeConfig, bn_params: set[str]) -> set[str]:
-    """`trainable` (all if null) minus `frozen`; `frozen` wins. BN params drop out under bn=frozen."""
+def resolve_bn_modes(model: nn.Module, cfg: FreezeConfig) -> dict[str, str]:
+    """BN layer -> mode: `freeze.bn` for every layer, then `freeze.bn_overrides` for the ones they select.
+
+    An override selects a layer when a selector matches the layer's name or one of its parameter
+    names. Two overrides selecting one layer is an error, as is an override selecting no layer.
+    """
+    layers = bn_modules(model)
+    modes = {n: BN_GLOBAL[cfg.bn.value] for n in layers}
+    owner: dict[str, int] = {}
+    for i, override in enumerate(cfg.bn_overrides):
+        where = f"freeze.bn_overrides[{i}].params"
+        for sel in override.params:
+            check_selector(sel, where)
+            hit = [n for n, m in layers.items() if matches(sel, n)
+                   or any(matches(sel, _qualified(n, p)) for p, _ in m.named_parameters(recurse=False))]
+            if not hit:
+                hint = did_you_mean(sel, layers) if layers else " The model has no BatchNorm layer."
+                raise UserError(f"{where}: selector {sel!r} matches no BatchNorm layer.{hint}")
+            for n in hit:
+                if owner.get(n, i) != i:
+                    raise UserError(f"{where}: BatchNorm layer {n!r} is already set by freeze.bn_overrides[{owner[n]}]"
+                                    "; each layer gets one mode. Make the selectors disjoint.")
+                owner[n] = i
+                modes[n] = override.mode.value
+    return modes
+
+
+def frozen_bn_params(model: nn.Module, modes: Mapping[str, str]) -> set[str]:
+    layers = bn_modules(model)
+    return {_qualified(n, p) for n, mode in modes.items() if mode == "frozen"
+            for p, _ in layers[n].named_parameters(recurse=False)}
+
+
+def effective_bn_mode(module: nn.Module, mode: str) -> str:
+    """`auto` -> eval when the layer has parameters and none is trainable, else train."""
+    if mode != "auto":
+        return mode
+    params = list(module.parameters(recurse=False))
+    return "eval" if params and not any(p.requires_grad for p in params) else "train"
+
+
+def _modes(model: nn.Module, policy: str | Mapping[str, str]) -> dict[str, str]:
+    if isinstance(policy, str):
+        return {n: BN_GLOBAL[policy] for n in bn_modules(model)}
+    return dict(policy)
+
+
+def apply_bn_policy(model: nn.Module, policy: str | Mapping[str, str]) -> list[str]:
+    """After model.train(): put BN layers in eval mode as the policy says; returns their names.
+
+    `policy` is a `freeze.bn` value (`eval`, `train`, `frozen`) or per-layer modes from
+    `resolve_bn_modes`.
+    """
+    held = []
+    layers = bn_modules(model)
+    for name, mode in _modes(model, policy).items():
+        if effective_bn_mode(layers[name], mode) in ("eval", "frozen"):
+            layers[name].eval()
+            held.append(name)
+    return held
+
+
+POLICY_TEXT = {"eval": "statistics fixed while all of a layer's parameters are frozen",
+               "train": "statistics always updated", "frozen": "statistics and affine parameters fixed"}
+
+
+def format_bn_plan(model: nn.Module, modes: Mapping[str, str], policy: str) -> str:
+    """One line: the policy in words, which layers are in which mode now, and what overrides set."""
+    layers = bn_modules(model)
+    if not layers:
+        return "BatchNorm: the model has none."
+    by_mode: dict[str, list[str]] = {}
+    for n, mode in modes.items():
+        by_mode.setdefault(effective_bn_mode(layers[n], mode), []).append(n)
+    parts = [f"{mode} {len(ns)} ({', '.join(ns[:4])}{', ...' if len(ns) > 4 else ''})" for mode, ns in by_mode.items()]
+    overridden = [f"{n}={mode}" for n, mode in modes.items() if mode != BN_GLOBAL[policy]]
+    if overridden:
+        parts.append("set by freeze.bn_overrides: " + ", ".join(overridden))
+    return f"BatchNorm (freeze.bn={policy}: {POLICY_TEXT[policy]}): " + "; ".join(parts)
+
+
+# --- blocks and the initial state ---------------------------------------------------------------------
+
+def model_blocks(param_names: Sequence[str], blocks: Sequence[Any] | None = None) -> list[Block]:
+    """Blocks stem -> head: `freeze.blocks` entries (a selector or a list of them) or top-level modules.
+
+    Top-level parameters (a `cls_token`) join the first block. With `freeze.blocks`, parameters
+    outside every block belong to none.
+    """
+    names = list(param_names)
+    if blocks is None:
+        tops: dict[str, list[str]] = {}
+        root = [n for n in names if "." not in n]
+        for n in names:
+            if "." in n:
+                tops.setdefault(n.split(".", 1)[0], []).append(n)
+        if not tops:
+            return [Block("*", ("*",), tuple(names))] if names else []
+        out = [Block(t, (t,), tuple(ns)) for t, ns in tops.items()]
+        out[0] = Block(out[0].name, out[0].selectors, tuple(n for n in names if n in set(root) | set(out[0].names)))
+        return out
+    out, owner = [], {}
+    for i, entry in enumerate(blocks):
+        where = f"freeze.blocks[{i}]"
+        sels = [entry] if isinstance(entry, str) else list(entry) if isinstance(entry, (list, tuple)) else None
+        if not sels or not all(isinstance(s, str) for s in sels):
+            raise UserError(f"{where}={entry!r}: a block is a selector or a list of selectors, "
+                            "e.g. layer4 or [conv1, bn1].")
+        hit = select_all(sels, names, where)
+        for n in hit:
+            if n in owner:
+                raise UserError(f"{where}: {n!r} is already in block freeze.blocks[{owner[n]}]; "
+                                "blocks must not overlap.")
+            owner[n] = i
+        out.append(Block("+".join(sels), tuple(sels), tuple(hit)))
+    return out
+
+
+def until_names(param_names: Sequence[str], selector: str) -> list[str]:
+    """Every parameter up to and including the last one `selector` matches, in module order."""
+    names = list(param_names)
+    hit = select_all([selector], names, "freeze.until")
+    return names[: names.index(hit[-1]) + 1]
+
+
+def initial_trainable(param_names: Sequence[str], cfg: FreezeConfig, never: set[str] = frozenset()) -> set[str]:
+    """`trainable` (all if null) minus `frozen` minus `until`; `frozen` wins. `never`: frozen BN params."""
     names = list(param_names)
     chosen = set(select_all(cfg.trainable, names, "freeze.trainable")) if cfg.trainable is not None else set(names)
     chosen -= set(select_all(cfg.frozen, names, "freeze.frozen"))
-    if cfg.bn.value == "frozen":
-        chosen -= bn_params
-    return chosen
+    if cfg.until is not None:
+        chosen -= set(until_names(names, cfg.until))
+    return chosen - set(never)
+
+
+# --- the schedule -------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class _Raw:
+    key: tuple  # sort key: (epoch or step, 0 for freeze.schedule / 1 for gradual, index)
+    where: str
+    epoch: int | None
+    step: int | None
+    unfreeze: tuple[str, ...]  # parameter names it selects to unfreeze
+    selectors: tuple[str, ...]
+    freeze: tuple[str, ...]
+    freeze_selectors: tuple[str, ...]
+    lr: float | None = None
+    lr_mult: float | None = None
+    warmup_steps: int | None = None
+    name: str | None = None
+
+
+def _check_lr_fields(where: str, lr: Any, lr_mult: Any, warmup: Any) -> None:
+    if lr is not None and lr_mult is not None:
+        raise UserError(f"{where}: sets both lr={lr} and lr_mult={lr_mult}; give one (lr_mult multiplies optim.lr).")
+    for key, value in (("lr", lr), ("lr_mult", lr_mult)):
+        if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0):
+            raise UserError(f"{where}.{key}={value!r}: must be a number >= 0.")
+    if warmup is not None and (not isinstance(warmup, int) or isinstance(warmup, bool) or warmup < 0):
+        raise UserError(f"{where}.warmup_steps={warmup!r}: must be a whole number of steps >= 0.")
+
+
+def _schedule_raw(names: list[str], cfg: FreezeConfig, epochs: int) -> list[_Raw]:
+    raw = []
+    for i, ev in enumerate(cfg.schedule):
+        where = f"freeze.schedule[{i}]"
+        if (ev.epoch is None) == (ev.step is None):
+            raise UserError(f"{where}: give epoch: N (applied before epoch N trains) or step: N (before optimizer "
+                            f"step N), {'not both' if ev.epoch is not None else 'one of them'}.")
+        if ev.epoch is not None and not 0 <= ev.epoch < epochs:
+            raise UserError(f"{where}.epoch={ev.epoch}: the run trains epochs 0..{epochs - 1} "
+                            f"(trainer.epochs={epochs}), so this event would never happen. Lower the epoch or "
+                            "raise trainer.epochs.")
+        if ev.step is not None and ev.step < 0:
+            raise UserError(f"{where}.step={ev.step}: steps count from 0.")
+        if not ev.unfreeze and not ev.freeze:
+            raise UserError(f"{where}: does nothing; give unfreeze: [selectors] and/or freeze: [selectors].")
+        _check_lr_fields(where, ev.lr, ev.lr_mult, ev.warmup_steps)
+        if not ev.unfreeze and (ev.lr is not None or ev.lr_mult is not None or ev.warmup_steps is not None):
+            raise UserError(f"{where}: lr/lr_mult/warmup_steps apply to what an event unfreezes, and this one "
+                            "unfreezes nothing. Drop them or add unfreeze: [selectors].")
+        up = select_all(ev.unfreeze, names, f"{where}.unfreeze") if ev.unfreeze else []
+        down = select_all(ev.freeze, names, f"{where}.freeze") if ev.freeze else []
+        both = set(up) & set(down)
+        if both:
+            raise UserError(f"{where}: unfreezes and freezes {sorted(both)[0]!r} at once; "
+                            "make unfreeze and freeze disjoint.")
+        at = ev.epoch if ev.epoch is not None else ev.step
+        raw.append(_Raw((at, 0, i), where, ev.epoch, ev.step, tuple(up), tuple(ev.unfreeze), tuple(down),
+                        tuple(ev.freeze), ev.lr, ev.lr_mult, ev.warmup_steps, ev.name))
+    return raw
+
+
+def _gradual_raw(gradual: Mapping[str, Any], blocks: list[Block], trainable: set[str], never: set[str],
+                 epochs: int) -> list[_Raw]:
+    """One event per block still frozen at the start, `every` epochs apart, from the head (or the stem)."""
+    unknown = [k for k in gradual if k not in GRADUAL_KEYS]
+    if unknown:
+        raise UserError(f"freeze.gradual.{unknown[0]}: unknown key; valid keys: {', '.join(GRADUAL_KEYS)}.")
+    every, start, side = gradual.get("every", 1), gradual.get("start"), gradual.get("from", "head")
+    if not isinstance(every, int) or isinstance(every, bool) or every < 1:
+        raise UserError(f"freeze.gradual.every={every!r}: unfreeze one block every N epochs, N >= 1.")
+    start = every if start is None else start
+    if not isinstance(start, int) or isinstance(start, bool) or start < 0:
+        raise UserError(f"freeze.gradual.start={start!r}: the epoch of the first unfreeze, >= 0.")
+    if side not in ("head", "stem"):
+        raise UserError(f"freeze.gradual.from={side!r}: choose head (top block first, ULMFiT) or stem.")
+    _check_lr_fields("freeze.gradual", gradual.get("lr"), gradual.get("lr_mult"), gradual.get("warmup_steps"))
+    order = list(reversed(blocks)) if side == "head" else list(blocks)
+    pending = [b for b in order if any(n not in trainable and n not in never for n in b.names)]
+    if not pending:
+        log.warning("freeze.gradual: every block is already trainable at the start, so it unfreezes nothing. "
+                    "Freeze something (freeze.trainable, freeze.frozen, freeze.until) or drop freeze.gradual.")
+    raw, left = [], []
+    for k, b in enumerate(pending):
+        epoch = start + k * every
+        if epoch >= epochs:
+            left.append(b.name)
+            continue
+        raw.append(_Raw((epoch, 1, k), "freeze.gradual", epoch, None, tuple(n for n in b.names if n not in never),
+                        b.selectors, (), (), gradual.get("lr"), gradual.get("lr_mult"), gradual.get("warmup_steps")))
+    if left:
+        need = start + (len(pending) - 1) * every + 1
+        log.warning("freeze.gradual: %d block(s) stay frozen (%s): the run ends before their epoch "
+                    "(trainer.epochs=%d; all would be unfrozen with trainer.epochs=%d).",
+                    len(left), ", ".join(left), epochs, need)
+    return raw
 
 
 def resolve_schedule(param_names: Sequence[str], cfg: FreezeConfig, trainable: set[str], epochs: int,
-                     bn_params: set[str]) -> list[ResolvedEvent]:
-    """Check every event against the parameter names and the epoch count, in epoch order."""
+                     never: set[str] = frozenset(), blocks: list[Block] | None = None) -> list[ResolvedEvent]:
+    """`freeze.schedule` and `freeze.gradual` -> checked events in firing order.
+
+    Each event's `names` are the parameters it makes trainable (what is already trainable, or a
+    frozen BN layer's parameters, are left out); `frozen` are those it freezes again.
+    """
     names = list(param_names)
+    raw = _schedule_raw(names, cfg, epochs)
+    if cfg.gradual:
+        raw += _gradual_raw(cfg.gradual, blocks if blocks is not None else model_blocks(names, cfg.blocks),
+                            set(trainable), set(never), epochs)
+    if any(r.step is not None for r in raw) and any(r.epoch is not None for r in raw):
+        raise UserError("freeze.schedule: mixes epoch: and step: events (freeze.gradual counts as epoch events); "
+                        "use one kind, since the steps per epoch are only known once the data is loaded.")
     now = set(trainable)
     events = []
-    for i, ev in sorted(enumerate(cfg.schedule), key=lambda t: t[1].epoch):
-        where = f"freeze.schedule[{i}]"
-        if not 0 <= ev.epoch < epochs:
-            raise UserError(f"{where}.epoch={ev.epoch}: the run trains epochs 0..{epochs - 1} (trainer.epochs={epochs}), "
-                            "so this event would never happen. Lower the epoch or raise trainer.epochs.")
-        hit = select_all(ev.unfreeze, names, f"{where}.unfreeze")
-        if cfg.bn.value == "frozen":
-            hit = [n for n in hit if n not in bn_params]
-        new = [n for n in hit if n not in now]
-        if not new:
-            log.warning("%s: everything it unfreezes (%s) is already trainable at epoch %d.",
-                        where, ", ".join(ev.unfreeze), ev.epoch)
+    for r in sorted(raw, key=lambda r: r.key):
+        when = f"epoch {r.epoch}" if r.step is None else f"step {r.step}"
+        up = [n for n in r.unfreeze if n not in never]
+        new = [n for n in up if n not in now]
+        if r.selectors and not new:
+            why = ("BatchNorm parameters that freeze.bn / freeze.bn_overrides keep frozen" if not up
+                   else f"already trainable at {when}")
+            log.warning("%s: everything it unfreezes (%s) is %s.", r.where, ", ".join(r.selectors), why)
+        down = [n for n in r.freeze if n in now]
+        if r.freeze_selectors and not down:
+            log.warning("%s: everything it freezes (%s) is already frozen at %s.", r.where,
+                        ", ".join(r.freeze_selectors), when)
+        now.difference_update(down)
         now.update(new)
-        events.append(ResolvedEvent(ev.epoch, tuple(ev.unfreeze), tuple(new), ev.lr))
+        events.append(ResolvedEvent(r.epoch, r.selectors, tuple(new), r.lr, r.step, tuple(down), r.freeze_selectors,
+                                    r.lr_mult, r.warmup_steps, r.name, r.where))
     return events
 
+
+def plan_freezing(model: nn.Module, cfg: FreezeConfig, epochs: int) -> FreezePlan:
+    """Model + `freeze` config -> what trains at the start, the events, BN modes, blocks."""
+    names = [n for n, _ in model.named_parameters()]
+    modes = resolve_bn_modes(model, cfg)
+    never = frozen_bn_params(model, modes)
+    blocks = model_blocks(names, cfg.blocks)
+    trainable = initial_trainable(names, cfg, never)
+    events = resolve_schedule(names, cfg, trainable, epochs, never, blocks)
+    return FreezePlan(names, trainable, events, modes, never, blocks)
+
+
+# --- applying it --------------------------------------------------------------------------------------
 
 def set_requires_grad(model: nn.Module, trainable: set[str]) -> None:
     for name, p in model.named_parameters():
         p.requires_grad_(name in trainable)
+        if name not in trainable:
+            p.grad = None
 
 
 def unfreeze(model: nn.Module, names: Sequence[str]) -> None:
@@ -80,18 +389,22 @@ def unfreeze(model: nn.Module, names: Sequence[str]) -> None:
         params[n].requires_grad_(True)
 
 
-def apply_bn_policy(model: nn.Module, policy: str) -> list[str]:
-    """After model.train(): put BN layers in eval mode as the policy says; returns their names.
+def freeze(model: nn.Module, names: Sequence[str]) -> None:
+    """Gradient off and dropped: optimizers skip a parameter whose grad is None (no update, no decay)."""
+    params = dict(model.named_parameters())
+    for n in names:
+        params[n].requires_grad_(False)
+        params[n].grad = None
 
-    `eval`: BN layers with affine parameters none of which is trainable keep their statistics.
-    `frozen`: every BN layer. `train`: none.
-    """
-    if policy == "train":
-        return []
-    held = []
-    for name, m in bn_modules(model).items():
-        params = list(m.parameters(recurse=False))
-        if policy == "frozen" or (params and not any(p.requires_grad for p in params)):
-            m.eval()
-            held.append(name)
-    return held
+
+def apply_event(model: nn.Module, ev: ResolvedEvent) -> None:
+    freeze(model, ev.frozen)
+    unfreeze(model, ev.names)
+
+
+def bn_mode_counts(model: nn.Module, modes: Mapping[str, str], param_names: Sequence[str]) -> Counter:
+    """Effective BN modes of the layers that own any of `param_names` (for the group table)."""
+    layers = bn_modules(model)
+    wanted = set(param_names)
+    return Counter(effective_bn_mode(layers[n], mode) for n, mode in modes.items()
+                   if any(_qualified(n, p) in wanted for p, _ in layers[n].named_parameters(recurse=False)))

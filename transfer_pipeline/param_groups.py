@@ -1,25 +1,38 @@
 """Selectors -> optimizer parameter groups: each parameter in exactly one group.
 
 Every parameter is given to the optimizer up front, frozen ones included, so unfreezing later
-needs no optimizer rebuild. A parameter's group is, in order: the `optim.groups` entry that
-selects it, else the schedule event that unfreezes it (at that event's `lr`), else `default`.
+needs no optimizer rebuild. A parameter's group is, in order:
+
+1. the `optim.groups` entry that selects it (at its `lr` / `lr_mult`);
+2. the schedule event that unfreezes it, if that event sets `lr` / `lr_mult`;
+3. with `optim.layer_decay`, its block (`lr x layer_decay**k`, k blocks below the head);
+4. the schedule event that unfreezes it (at `optim.lr`), without `optim.layer_decay`;
+5. `default` (`optim.lr`).
+
+`default` and names starting with `unfreeze@` are kept for generated groups. Parameters listed
+by `optim.no_decay` (`bias`, `norm`, selectors) keep their group's LR but get no weight decay:
+each group becomes up to two torch param groups with the same `name`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
 from .errors import UserError
-from .freezing import ResolvedEvent
+from .freezing import Block, ResolvedEvent, bn_mode_counts
 from .report import format_table
-from .schema import OptimConfig
+from .schema import OptimConfig, ParamGroupConfig
 from .selectors import select_all
 
 OPTIMIZERS = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam, "sgd": torch.optim.SGD}
+NORM_LAYERS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm,
+               *((nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ()))
+DEFAULT = "default"
+EVENT_PREFIX = "unfreeze@"
 
 
 @dataclass
@@ -27,64 +40,233 @@ class GroupSpec:
     name: str
     selectors: tuple[str, ...]
     names: list[str] = field(default_factory=list)
-    lr: float = 0.0
+    lr: float = 0.0  # its peak LR: the schedule multiplies it step by step
     weight_decay: float = 0.0
+    warmup_steps: int | None = None  # None: optim.scheduler.warmup_steps
+    origin: str = DEFAULT  # the config key it comes from
+    betas: tuple[float, float] | None = None
+    eps: float | None = None
+    momentum: float | None = None
+    no_decay: frozenset[str] = frozenset()  # its parameters that get no weight decay
 
 
-def build_groups(param_names: Sequence[str], cfg: OptimConfig, events: Sequence[ResolvedEvent]) -> list[GroupSpec]:
+def norm_param_names(model: nn.Module) -> set[str]:
+    return {f"{m}.{p}" if m else p for m, mod in model.named_modules() if isinstance(mod, NORM_LAYERS)
+            for p, _ in mod.named_parameters(recurse=False)}
+
+
+def no_decay_names(model: nn.Module, cfg: OptimConfig) -> set[str]:
+    """`optim.no_decay` -> parameter names: `bias` (every *.bias), `norm` (norm layers' params), selectors."""
+    entries = cfg.no_decay if cfg.no_decay is not None else (["bias", "norm"] if cfg.name.value == "adamw" else [])
+    names = [n for n, _ in model.named_parameters()]
+    out: set[str] = set()
+    for i, entry in enumerate(entries):
+        if entry == "bias":
+            out |= {n for n in names if n.rsplit(".", 1)[-1] == "bias"}
+        elif entry == "norm":
+            out |= norm_param_names(model)
+        else:
+            out |= set(select_all([entry], names, f"optim.no_decay[{i}]"))
+    return out
+
+
+def _check_optim(cfg: OptimConfig) -> None:
+    if cfg.lr < 0 or cfg.weight_decay < 0:
+        raise UserError(f"optim.lr={cfg.lr}, optim.weight_decay={cfg.weight_decay}: both must be >= 0.")
+    if cfg.layer_decay is not None and not 0 < cfg.layer_decay <= 1:
+        raise UserError(f"optim.layer_decay={cfg.layer_decay}: must be in (0, 1]; block k below the head trains at "
+                        "optim.lr x layer_decay**k (0.75 is usual).")
+    if cfg.betas is not None:
+        _check_betas(cfg.betas, "optim.betas", cfg)
+
+
+def _check_betas(betas: Sequence[float], where: str, cfg: OptimConfig) -> None:
+    if cfg.name.value == "sgd":
+        raise UserError(f"{where}: betas are for adam/adamw, and optim.name=sgd (use momentum).")
+    if len(betas) != 2 or not all(0 <= b < 1 for b in betas):
+        raise UserError(f"{where}={list(betas)}: two numbers in [0, 1), e.g. [0.9, 0.999].")
+
+
+def _user_group(i: int, g: ParamGroupConfig, cfg: OptimConfig) -> GroupSpec:
+    where = f"optim.groups[{i}]"
+    name = g.name or g.params[0]
+    if name == DEFAULT or name.startswith(EVENT_PREFIX):
+        how = f"name={name!r}" if g.name else f"name defaults to its first selector {name!r}, which"
+        raise UserError(f"{where}: {how} is reserved for generated groups ('{DEFAULT}': what no entry selects; "
+                        f"'{EVENT_PREFIX}<epoch>': what a freeze.schedule event unfreezes). Choose another name.")
+    if g.lr is not None and g.lr_mult is not None:
+        raise UserError(f"{where}: sets both lr={g.lr} and lr_mult={g.lr_mult}; "
+                        "give one (lr_mult multiplies optim.lr).")
+    for key in ("lr", "lr_mult", "weight_decay", "eps"):
+        if getattr(g, key) is not None and getattr(g, key) < 0:
+            raise UserError(f"{where}.{key}={getattr(g, key)}: must be >= 0.")
+    if g.warmup_steps is not None and g.warmup_steps < 0:
+        raise UserError(f"{where}.warmup_steps={g.warmup_steps}: must be >= 0.")
+    if g.betas is not None:
+        _check_betas(g.betas, f"{where}.betas", cfg)
+    if g.eps is not None and cfg.name.value == "sgd":
+        raise UserError(f"{where}.eps: eps is for adam/adamw, and optim.name=sgd.")
+    if g.momentum is not None and cfg.name.value != "sgd":
+        raise UserError(f"{where}.momentum: momentum is for sgd; optim.name={cfg.name.value} uses betas.")
+    lr = g.lr if g.lr is not None else cfg.lr * (g.lr_mult if g.lr_mult is not None else 1.0)
+    return GroupSpec(name, tuple(g.params), lr=lr,
+                     weight_decay=cfg.weight_decay if g.weight_decay is None else g.weight_decay,
+                     warmup_steps=g.warmup_steps, origin=where, betas=tuple(g.betas) if g.betas else None,
+                     eps=g.eps, momentum=g.momentum)
+
+
+def _event_lr(ev: ResolvedEvent, cfg: OptimConfig) -> float:
+    return ev.lr if ev.lr is not None else cfg.lr * (ev.lr_mult if ev.lr_mult is not None else 1.0)
+
+
+def build_groups(param_names: Sequence[str], cfg: OptimConfig, events: Sequence[ResolvedEvent] = (),
+                 blocks: Sequence[Block] | None = None,
+                 no_decay: set[str] | frozenset[str] = frozenset()) -> list[GroupSpec]:
+    """Partition the parameters into groups (order: optim.groups, events, layer-decay blocks, default)."""
+    _check_optim(cfg)
     names = list(param_names)
-    owner: dict[str, str] = {}
+    owner: dict[str, GroupSpec] = {}
     groups: list[GroupSpec] = []
+
     for i, g in enumerate(cfg.groups):
-        where = f"optim.groups[{i}]"
-        spec = GroupSpec(g.name or g.params[0], tuple(g.params),
-                         lr=cfg.lr if g.lr is None else g.lr,
-                         weight_decay=cfg.weight_decay if g.weight_decay is None else g.weight_decay)
+        spec = _user_group(i, g, cfg)
         if any(s.name == spec.name for s in groups):
-            raise UserError(f"{where}.name: two groups are called {spec.name!r}; give each a distinct name.")
-        for n in select_all(g.params, names, f"{where}.params"):
+            raise UserError(f"optim.groups[{i}].name: two groups are called {spec.name!r}; give each a distinct name.")
+        for n in select_all(g.params, names, f"optim.groups[{i}].params"):
             if n in owner:
-                raise UserError(f"{where}.params: {n!r} is already in group {owner[n]!r}; a parameter belongs to "
-                                "exactly one group. Make the selectors disjoint.")
-            owner[n] = spec.name
+                raise UserError(f"optim.groups[{i}].params: {n!r} is already in group {owner[n].name!r}; a parameter "
+                                "belongs to exactly one group. Make the selectors disjoint.")
+            owner[n] = spec
             spec.names.append(n)
         groups.append(spec)
 
+    event_groups: list[tuple[ResolvedEvent, GroupSpec]] = []
     for ev in events:
-        spec = GroupSpec(f"unfreeze@{ev.epoch}", ev.selectors, lr=cfg.lr if ev.lr is None else ev.lr,
-                         weight_decay=cfg.weight_decay)
-        in_groups = [n for n in ev.names if n in owner]
-        if ev.lr is not None and in_groups:
-            raise UserError(f"freeze.schedule (epoch {ev.epoch}): sets lr={ev.lr} for {in_groups[0]!r}, which "
-                            f"optim.groups already puts in {owner[in_groups[0]]!r}. Set the LR in one place.")
-        spec.names = [n for n in ev.names if n not in owner]
+        if ev.sets_lr:
+            key = f"{ev.where}.{'lr' if ev.lr is not None else 'lr_mult'}"
+            value = ev.lr if ev.lr is not None else ev.lr_mult
+            for n in ev.names:
+                if n in owner:
+                    group = f"group {owner[n].name!r}" if owner[n].name else "its own group"
+                    raise UserError(f"{key}={value} ({ev.when}): sets the LR of {n!r}, which {owner[n].origin} "
+                                    f"already puts in {group}. Set the LR in one place.")
+        elif cfg.layer_decay is not None:
+            continue  # its parameters take their block's decayed LR
+        spec = GroupSpec("", ev.selectors, [n for n in ev.names if n not in owner], lr=_event_lr(ev, cfg),
+                         weight_decay=cfg.weight_decay, warmup_steps=ev.warmup_steps, origin=ev.where)
         for n in spec.names:
-            owner[n] = spec.name
+            owner[n] = spec
         if spec.names:
+            event_groups.append((ev, spec))
+    groups += _name_event_groups(event_groups, {g.name for g in groups})
+
+    if cfg.layer_decay is not None:
+        for k, b in enumerate(blocks or ()):
+            rest = [n for n in b.names if n not in owner]
+            if not rest:
+                continue
+            if any(g.name == b.name for g in groups):
+                clash = next(g for g in groups if g.name == b.name)
+                raise UserError(f"{clash.origin}: its group name {b.name!r} is also the name optim.layer_decay gives "
+                                f"block {b.name!r}; choose another name.")
+            spec = GroupSpec(b.name, b.selectors, rest, lr=cfg.lr * cfg.layer_decay ** (len(blocks) - 1 - k),
+                             weight_decay=cfg.weight_decay, origin="optim.layer_decay")
+            for n in rest:
+                owner[n] = spec
             groups.append(spec)
 
     rest = [n for n in names if n not in owner]
     if rest:
-        groups.append(GroupSpec("default", ("*",), rest, cfg.lr, cfg.weight_decay))
+        groups.append(GroupSpec(DEFAULT, ("*",), rest, cfg.lr, cfg.weight_decay))
+    for g in groups:
+        g.no_decay = frozenset(n for n in g.names if n in no_decay)
     return groups
 
 
+def _name_event_groups(pairs: list[tuple[ResolvedEvent, GroupSpec]], taken: set[str]) -> list[GroupSpec]:
+    """`unfreeze@<epoch>` (or `unfreeze@step<N>`); events sharing it add their first selector; user names as given."""
+    base = {id(s): ev.name or (f"{EVENT_PREFIX}{ev.epoch}" if ev.step is None else f"{EVENT_PREFIX}step{ev.step}")
+            for ev, s in pairs}
+    count: dict[str, int] = {}
+    for ev, s in pairs:
+        if not ev.name:
+            count[base[id(s)]] = count.get(base[id(s)], 0) + 1
+    used = set(taken)
+    for ev, s in pairs:
+        if ev.name:
+            if ev.name in used or ev.name == DEFAULT:
+                raise UserError(f"{ev.where}.name={ev.name!r}: another group already has this name; choose another.")
+            s.name = ev.name
+        else:
+            name = base[id(s)] if count[base[id(s)]] == 1 else f"{base[id(s)]}:{ev.selectors[0]}"
+            candidate, k = name, 2
+            while candidate in used or candidate == DEFAULT:
+                candidate, k = f"{name}#{k}", k + 1
+            s.name = candidate
+        used.add(s.name)
+    return [s for _, s in pairs]
+
+
 def make_optimizer(model: nn.Module, groups: Sequence[GroupSpec], cfg: OptimConfig) -> torch.optim.Optimizer:
+    """Every parameter, frozen or not, in the torch group(s) of its GroupSpec (decayed / not decayed)."""
     params = dict(model.named_parameters())
-    torch_groups = [{"params": [params[n] for n in g.names], "lr": g.lr, "weight_decay": g.weight_decay,
-                     "name": g.name} for g in groups]
-    extra = {"momentum": cfg.momentum} if cfg.name.value == "sgd" else {}
-    return OPTIMIZERS[cfg.name.value](torch_groups, lr=cfg.lr, **extra)
+    kind = cfg.name.value
+    torch_groups = []
+    for g in groups:
+        extra: dict = {}
+        if kind == "sgd":
+            extra["momentum"] = cfg.momentum if g.momentum is None else g.momentum
+        else:
+            betas = g.betas or (tuple(cfg.betas) if cfg.betas else None)
+            if betas:
+                extra["betas"] = tuple(betas)
+            if g.eps is not None:
+                extra["eps"] = g.eps
+        decay = [params[n] for n in g.names if n not in g.no_decay]
+        plain = [params[n] for n in g.names if n in g.no_decay]
+        for ps, wd, nd in ((decay, g.weight_decay, False), (plain, 0.0, True)):
+            if ps:
+                torch_groups.append({"params": ps, "lr": g.lr, "weight_decay": wd, "name": g.name, "no_decay": nd,
+                                     **extra})
+    extra = {"momentum": cfg.momentum} if kind == "sgd" else {}
+    return OPTIMIZERS[kind](torch_groups, lr=cfg.lr, **extra)
 
 
-def format_groups(model: nn.Module, groups: Sequence[GroupSpec], optimizer: torch.optim.Optimizer | None = None) -> str:
+def set_lrs(optimizer: torch.optim.Optimizer, lrs: Mapping[str, float]) -> None:
+    for pg in optimizer.param_groups:
+        pg["lr"] = lrs[pg["name"]]
+
+
+def group_rows(model: nn.Module, groups: Sequence[GroupSpec], optimizer: torch.optim.Optimizer | None = None,
+               bn_modes: Mapping[str, str] | None = None) -> list[dict]:
+    """One dict per group: what the table shows, also kept in summary.json."""
     params = dict(model.named_parameters())
     lrs = {pg["name"]: pg["lr"] for pg in optimizer.param_groups} if optimizer else {}
     rows = []
     for g in groups:
         ps = [params[n] for n in g.names]
         on = sum(p.requires_grad for p in ps)
-        state = "trainable" if on == len(ps) else "frozen" if on == 0 else f"partly ({on}/{len(ps)} tensors)"
-        rows.append([g.name, ", ".join(g.selectors), len(ps), f"{sum(p.numel() for p in ps):,}",
-                     f"{lrs.get(g.name, g.lr):g}", f"{g.weight_decay:g}", state])
-    return format_table(["group", "selectors", "tensors", "params", "lr", "wd", "state"], rows)
+        bn = bn_mode_counts(model, bn_modes, g.names) if bn_modes is not None else {}
+        rows.append({"group": g.name, "selectors": list(g.selectors), "tensors": len(ps),
+                     "params": sum(p.numel() for p in ps), "lr": lrs.get(g.name, g.lr), "peak_lr": g.lr,
+                     "weight_decay": g.weight_decay, "no_decay_tensors": len(g.no_decay),
+                     "trainable_tensors": on, "bn": dict(bn)})
+    return rows
+
+
+def _state(on: int, total: int) -> str:
+    return "trainable" if on == total else "frozen" if on == 0 else f"partly ({on}/{total} tensors)"
+
+
+def format_groups(model: nn.Module, groups: Sequence[GroupSpec], optimizer: torch.optim.Optimizer | None = None,
+                  bn_modes: Mapping[str, str] | None = None) -> str:
+    """The group table: selectors, size, LR now and peak, weight decay, trainable state, BN modes."""
+    rows = []
+    for r in group_rows(model, groups, optimizer, bn_modes):
+        wd = f"{r['weight_decay']:g}"
+        if r["no_decay_tensors"] and r["weight_decay"]:
+            wd += f" (0 on {r['no_decay_tensors']})"
+        bn = ", ".join(f"{m} {c}" if len(r["bn"]) > 1 else m for m, c in sorted(r["bn"].items())) or "-"
+        rows.append([r["group"], ", ".join(r["selectors"]), r["tensors"], f"{r['params']:,}", f"{r['lr']:.4g}",
+                     f"{r['peak_lr']:.4g}", wd, _state(r["trainable_tensors"], r["tensors"]), bn])
+    return format_table(["group", "selectors", "tensors", "params", "lr", "peak", "wd", "state", "bn"], rows)

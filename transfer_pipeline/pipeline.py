@@ -54,13 +54,15 @@ def _run(cfg: RunConfig, run_dir: Path, summary: dict[str, Any]) -> None:
     from . import outputs
     from .build import build_model
     from .data import build_data, loaders
-    from .freezing import apply_bn_policy, bn_param_names, initial_trainable, resolve_schedule, set_requires_grad
-    from .loading import load_weights, target_meta
+    from .freezing import apply_bn_policy, format_bn_plan, plan_freezing, set_requires_grad
+    from .loading import load_model, target_meta
     from .mapping import check_expectations, plan_load
-    from .param_groups import build_groups, format_groups, make_optimizer
+    from .lr_schedule import build_schedule, initial_lrs
+    from .param_groups import build_groups, format_groups, group_rows, make_optimizer, no_decay_names, set_lrs
+    from .prefixes import nothing_loaded_error
     from .report import format_plan, report_dict
     from .source import read_source
-    from .train import autocast_context, check_output_size, evaluate, resolve_device, train
+    from .train import autocast_context, check_output_size, evaluate, resolve_device, steps_per_epoch, train
 
     # setup: everything that can be checked without data is checked before anything heavy
     device = resolve_device(cfg.device)
@@ -71,11 +73,15 @@ def _run(cfg: RunConfig, run_dir: Path, summary: dict[str, Any]) -> None:
     summary["device"] = str(device)
 
     # source -> build -> plan -> load -> report
-    model = build_model(cfg.model)
+    # weights from a checkpoint: build the target on the meta device (no random init of what gets
+    # loaded), plan from names and shapes, then assign loaded tensors and initialise only the rest
+    on_meta = cfg.source.meta_init and (cfg.source.path is not None or cfg.source.weights is not None)
+    model = build_model(cfg.model, meta=on_meta)
     target = target_meta(model)
     source = read_source(cfg.source, target)
     plan = plan_load(source.meta if source else {}, target, cfg.mapping.rules, cfg.mapping.on_mismatch.value,
-                     cfg.mapping.exclude, cfg.source.strip_prefixes)
+                     cfg.mapping.exclude, cfg.source.strip_prefixes, add_prefix=cfg.source.add_prefix,
+                     auto=cfg.mapping.auto)
     target_name = type(model).__name__
     log.info(format_plan(plan, target, source.description if source else None, source.notes if source else ()))
     outputs.write_json(run_dir / "load_report.json", report_dict(plan, source.description if source else None, target_name))
@@ -83,9 +89,16 @@ def _run(cfg: RunConfig, run_dir: Path, summary: dict[str, Any]) -> None:
                    loaded_tensors=len(plan.entries), missing_tensors=len(plan.missing))
     if source is not None and source.path is not None and source.path.is_file():
         summary["source_sha256"] = outputs.sha256_file(source.path)
+    if source is not None and not plan.entries:
+        raise nothing_loaded_error(source.meta, target, plan.stripped_prefix, plan.added_prefix, len(plan.mismatched))
     check_expectations(plan, cfg.mapping.expect.missing, cfg.mapping.expect.min_loaded, source is not None)
-    if source is not None:
-        load_weights(model, plan, source)
+
+    def build_normally():  # load_model's fallback: full random init, seeded as a first build would be
+        seed_everything(cfg.seed)
+        return build_model(cfg.model)
+
+    if cfg.mode != Mode.plan:  # a plan reads no tensor data: freezing and groups need names only
+        model = load_model(model, plan, source, device, build_normally)
 
     if cfg.mode == Mode.export:
         outputs.save_weights(run_dir / "model.safetensors", model.state_dict(), {"source": str(summary["source"])})
@@ -94,23 +107,21 @@ def _run(cfg: RunConfig, run_dir: Path, summary: dict[str, Any]) -> None:
         return
 
     # freezing -> param groups
-    names = [n for n, _ in model.named_parameters()]
-    bn_params = bn_param_names(model)
-    trainable = initial_trainable(names, cfg.freeze, bn_params)
-    events = resolve_schedule(names, cfg.freeze, trainable, max(cfg.trainer.epochs, 1), bn_params)
-    set_requires_grad(model, trainable)
-    groups = build_groups(names, cfg.optim, events)
-    model.to(device)
+    freeze = plan_freezing(model, cfg.freeze, max(cfg.trainer.epochs, 1))
+    set_requires_grad(model, freeze.trainable)
+    groups = build_groups(freeze.names, cfg.optim, freeze.events, freeze.blocks, no_decay_names(model, cfg.optim))
+    if cfg.mode != Mode.plan:
+        model.to(device)
     optimizer = make_optimizer(model, groups, cfg.optim)
+    set_lrs(optimizer, initial_lrs(groups, freeze.trainable, freeze.events, cfg.optim.scheduler))
     params = dict(model.named_parameters())
-    summary.update(trainable_params=sum(params[n].numel() for n in trainable),
-                   frozen_params=sum(p.numel() for n, p in params.items() if n not in trainable))
-    log.info("Parameter groups (before epoch 0):\n%s", format_groups(model, groups, optimizer))
+    summary.update(trainable_params=sum(params[n].numel() for n in freeze.trainable),
+                   frozen_params=sum(p.numel() for n, p in params.items() if n not in freeze.trainable))
     model.train()
-    held = apply_bn_policy(model, cfg.freeze.bn.value)
-    if held:
-        log.info("BatchNorm in eval mode (freeze.bn=%s): %d layer(s), e.g. %s", cfg.freeze.bn.value, len(held),
-                 ", ".join(held[:4]))
+    apply_bn_policy(model, freeze.bn_modes)
+    summary["param_groups"] = group_rows(model, groups, optimizer, freeze.bn_modes)
+    log.info("Parameter groups (before epoch 0):\n%s", format_groups(model, groups, optimizer, freeze.bn_modes))
+    log.info(format_bn_plan(model, freeze.bn_modes, cfg.freeze.bn.value))
     if cfg.mode == Mode.plan:
         summary["status"] = "planned"
         return
@@ -131,10 +142,12 @@ def _run(cfg: RunConfig, run_dir: Path, summary: dict[str, Any]) -> None:
 
     # train
     history: list[dict[str, Any]] = []
+    schedule = build_schedule(groups, freeze.trainable, freeze.events, cfg.optim.scheduler, cfg.trainer.epochs,
+                              steps_per_epoch(train_loader, cfg.trainer.limit_train_batches))
 
-    def on_event(ev) -> None:
-        log.info("Epoch %d: unfroze %s (%d tensors)\n%s", ev.epoch, ", ".join(ev.selectors), len(ev.names),
-                 format_groups(model, groups, optimizer))
+    def on_event(evs) -> None:
+        log.info("%s\n%s", "\n".join(ev.describe() for ev in evs),
+                 format_groups(model, groups, optimizer, freeze.bn_modes))
 
     def on_epoch(row: dict[str, Any]) -> None:
         history.append(row)
@@ -149,10 +162,11 @@ def _run(cfg: RunConfig, run_dir: Path, summary: dict[str, Any]) -> None:
                  row["epoch"], cfg.trainer.epochs - 1, row["train_loss"], row["train_acc"], row["val_loss"],
                  row["val_acc"], f"{row['trainable_params']:,}", row["samples_per_s"])
 
-    state = train(model, optimizer, train_loader, val_loader, epochs=cfg.trainer.epochs, events=events,
-                  bn_policy=cfg.freeze.bn.value, device=device, precision=cfg.trainer.precision,
+    state = train(model, optimizer, train_loader, val_loader, epochs=cfg.trainer.epochs, events=freeze.events,
+                  bn_policy=freeze.bn_modes, device=device, precision=cfg.trainer.precision,
                   grad_clip=cfg.trainer.grad_clip, limit_train_batches=cfg.trainer.limit_train_batches,
-                  limit_val_batches=cfg.trainer.limit_val_batches, on_event=on_event, on_epoch=on_epoch)
+                  limit_val_batches=cfg.trainer.limit_val_batches, schedule=schedule, on_event=on_event,
+                  on_epoch=on_epoch)
     outputs.save_weights(run_dir / "model.safetensors", model.state_dict(), {"source": str(summary["source"])})
     last = state.history[-1]
     summary.update(status="completed", epochs=cfg.trainer.epochs, val_acc=last["val_acc"], val_loss=last["val_loss"],

@@ -6,7 +6,7 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,7 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import UserError
-from .freezing import ResolvedEvent, apply_bn_policy, unfreeze
+from .freezing import ResolvedEvent, apply_bn_policy, apply_event
+from .lr_schedule import LRSchedule
 
 log = logging.getLogger(__name__)
 
@@ -88,27 +89,57 @@ def check_output_size(model: nn.Module, loader, num_classes: int, device: torch.
                         f"classes. Set the model's class count (e.g. model.num_classes={num_classes}).")
 
 
+def steps_per_epoch(loader, limit_train_batches: int | None = None) -> int:
+    """Optimizer steps per epoch: the loader's batches, capped by trainer.limit_train_batches."""
+    n = len(loader)
+    return n if limit_train_batches is None else min(n, limit_train_batches)
+
+
 def train(model: nn.Module, optimizer: torch.optim.Optimizer, train_loader, val_loader, *, epochs: int,
-          events: Sequence[ResolvedEvent], bn_policy: str, device: torch.device, precision: str,
+          events: Sequence[ResolvedEvent], bn_policy: str | Mapping[str, str], device: torch.device, precision: str,
           grad_clip: float | None = None, limit_train_batches: int | None = None,
-          limit_val_batches: int | None = None,
-          on_event: Callable[[ResolvedEvent], None] = lambda ev: None,
-          on_epoch: Callable[[dict[str, Any]], None] = lambda row: None) -> TrainState:
+          limit_val_batches: int | None = None, schedule: LRSchedule | None = None,
+          on_event: Callable[[list[ResolvedEvent]], None] = lambda evs: None,
+          on_epoch: Callable[[dict[str, Any]], None] = lambda row: None,
+          on_step: Callable[[int, torch.optim.Optimizer], None] = lambda step, opt: None) -> TrainState:
+    """Train `epochs` epochs. Before each epoch and each step: fire the events due, set every group's LR.
+
+    `schedule` (lr_schedule.build_schedule) gives each group's LR per step; without it the LRs in
+    the optimizer are left as they are. `on_event` gets the events fired together (after they are
+    applied and the LRs set); `on_step(step, optimizer)` runs after each optimizer step.
+    """
     autocast = autocast_context(precision, device)
     scaler = torch.amp.GradScaler("cuda") if precision == "16" else None
     params = list(model.parameters())
     state = TrainState()
+    by_epoch: dict[int, list[ResolvedEvent]] = {}
+    by_step: dict[int, list[ResolvedEvent]] = {}
+    for ev in events:
+        (by_epoch.setdefault(ev.epoch, []) if ev.step is None else by_step.setdefault(ev.step, [])).append(ev)
+
+    def fire(due: list[ResolvedEvent], step: int) -> None:
+        for ev in due:
+            apply_event(model, ev)
+        model.train()
+        apply_bn_policy(model, bn_policy)
+        if schedule is not None:
+            schedule.apply(optimizer, step)
+        on_event(due)
+
+    global_step = 0
     for epoch in range(epochs):
-        for ev in events:
-            if ev.epoch == epoch:
-                unfreeze(model, ev.names)
-                on_event(ev)
+        if epoch in by_epoch:
+            fire(by_epoch[epoch], global_step)
         model.train()
         apply_bn_policy(model, bn_policy)
         loss_sum, correct, n, t0 = 0.0, 0, 0, time.perf_counter()
         for step, (x, y) in enumerate(train_loader):
             if limit_train_batches is not None and step >= limit_train_batches:
                 break
+            if global_step in by_step:
+                fire(by_step[global_step], global_step)
+            if schedule is not None:
+                schedule.apply(optimizer, global_step)
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             with autocast():
                 logits = model(x)
@@ -130,6 +161,8 @@ def train(model: nn.Module, optimizer: torch.optim.Optimizer, train_loader, val_
                 scaler.update()
             else:
                 optimizer.step()
+            on_step(global_step, optimizer)
+            global_step += 1
             loss_sum += loss.item() * len(y)
             correct += (logits.argmax(1) == y).sum().item()
             n += len(y)
@@ -148,7 +181,7 @@ def train(model: nn.Module, optimizer: torch.optim.Optimizer, train_loader, val_
             "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
             "samples_per_s": n / seconds if seconds > 0 else math.nan,
         }
-        row.update({f"lr/{g['name']}": g["lr"] for g in optimizer.param_groups})
+        row.update({f"lr/{g['name']}": g["lr"] for g in optimizer.param_groups})  # the LR of the epoch's last step
         state.history.append(row)
         on_epoch(row)
     return state
