@@ -10,6 +10,22 @@ from helpers import compose_config
 
 
 @pytest.fixture
+def model():
+    """A seeded DigitsCNN (stem, block1, block2 with BatchNorm, head): the unit tests' subject."""
+    import torch
+
+    from transfer_pipeline.models import DigitsCNN
+
+    torch.manual_seed(0)
+    return DigitsCNN(num_classes=5)
+
+
+@pytest.fixture
+def names(model) -> list[str]:
+    return [n for n, _ in model.named_parameters()]
+
+
+@pytest.fixture
 def compose():
     return compose_config
 

@@ -25,21 +25,9 @@ from transfer_pipeline.freezing import (
     unfreeze,
     until_names,
 )
-from transfer_pipeline.models import DigitsCNN
 from transfer_pipeline.schema import BatchNormOverride, BatchNormPolicy, FreezeConfig, UnfreezeEvent
 
 BN = {"stem.1.weight", "stem.1.bias", "block1.1.weight", "block1.1.bias", "block2.1.weight", "block2.1.bias"}
-
-
-@pytest.fixture
-def model() -> DigitsCNN:
-    torch.manual_seed(0)
-    return DigitsCNN(num_classes=5)
-
-
-@pytest.fixture
-def names(model) -> list[str]:
-    return [n for n, _ in model.named_parameters()]
 
 
 def cfg(trainable=None, frozen=(), bn="eval", schedule=()) -> FreezeConfig:

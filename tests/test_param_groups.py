@@ -20,7 +20,6 @@ from transfer_pipeline.freezing import (
     set_requires_grad,
     unfreeze,
 )
-from transfer_pipeline.models import DigitsCNN
 from transfer_pipeline.param_groups import build_groups, format_groups, make_optimizer, no_decay_names
 from transfer_pipeline.schema import (
     BatchNormPolicy,
@@ -30,17 +29,6 @@ from transfer_pipeline.schema import (
     ParamGroupConfig,
     UnfreezeEvent,
 )
-
-
-@pytest.fixture
-def model() -> DigitsCNN:
-    torch.manual_seed(0)
-    return DigitsCNN(num_classes=5)
-
-
-@pytest.fixture
-def names(model) -> list[str]:
-    return [n for n, _ in model.named_parameters()]
 
 
 def ocfg(groups=(), lr=1e-3, weight_decay=0.0, name="adamw", momentum=0.9, layer_decay=None) -> OptimConfig:
