@@ -1,4 +1,4 @@
-"""Unit tests for transfer_pipeline.freezing: selectors -> requires_grad, BN policy, unfreeze schedule."""
+"""Unit tests for freezing.py and batchnorm.py: selectors -> requires_grad, BN policy, unfreeze schedule."""
 
 from __future__ import annotations
 
@@ -7,19 +7,21 @@ import logging
 import pytest
 import torch
 
-from transfer_pipeline.errors import UserError
-from transfer_pipeline.freezing import (
-    ResolvedEvent,
+from transfer_pipeline.batchnorm import (
     apply_bn_policy,
     bn_modules,
     bn_param_names,
     format_bn_plan,
-    freeze,
     frozen_bn_params,
+    resolve_bn_modes,
+)
+from transfer_pipeline.errors import UserError
+from transfer_pipeline.freezing import (
+    ResolvedEvent,
+    freeze,
     initial_trainable,
     model_blocks,
     plan_freezing,
-    resolve_bn_modes,
     resolve_schedule,
     set_requires_grad,
     unfreeze,

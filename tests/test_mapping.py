@@ -14,10 +14,10 @@ from transfer_pipeline.mapping import (
         TensorMeta,
     apply_rules,
     check_expectations,
-    detect_prefix,
     parse_rules,
     plan_load,
 )
+from transfer_pipeline.prefixes import detect
 
 
 def M(*shape: int, dtype: str = "float32") -> TensorMeta:
@@ -313,9 +313,9 @@ def test_multi_level_wrapper_prefix_detected_and_stripped(prefix):
 
 def test_detect_prefix_directly():
     target = small_cnn()
-    assert detect_prefix({"module." + k: v for k, v in target.items()}, target) == "module."
-    assert detect_prefix(target, target) == ""
-    assert detect_prefix({"x.unrelated": M(1)}, target) == ""
+    assert detect({"module." + k: v for k, v in target.items()}, target).stripped == "module."
+    assert detect(target, target).stripped == ""
+    assert detect({"x.unrelated": M(1)}, target).stripped == ""
 
 
 def test_prefix_detection_takes_rules_into_account():

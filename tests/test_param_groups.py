@@ -9,11 +9,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from transfer_pipeline.batchnorm import apply_bn_policy, bn_param_names
 from transfer_pipeline.errors import UserError
 from transfer_pipeline.freezing import (
     ResolvedEvent,
-    apply_bn_policy,
-    bn_param_names,
     initial_trainable,
     model_blocks,
     resolve_schedule,

@@ -20,8 +20,9 @@ from transfer_pipeline.errors import UserError
 from transfer_pipeline.loading import target_meta
 from transfer_pipeline.models import DigitsCNN
 from transfer_pipeline.models.digits import PRETRAINED_0TO4
+from transfer_pipeline.safe_load import Opaque, PlainDict
 from transfer_pipeline.schema import SourceConfig
-from transfer_pipeline.source import Opaque, PlainDict, pick_nested, read_path, read_source, sniff
+from transfer_pipeline.source import pick_nested, read_path, read_source, sniff
 
 from helpers import read_json, run_cli
 

@@ -17,7 +17,6 @@ from typing import Any
 
 from .errors import UserError, close_names
 from .prefixes import choose as choose_prefix
-from .prefixes import detect
 from .rules import RULE_KEYS, RULE_OPS, Rule, apply_rules, group_outputs, match_rule, parse_rules, plan_op  # noqa: F401 (re-exported)
 from .selectors import check_selector, select, select_all
 
@@ -68,12 +67,6 @@ class LoadPlan:
     @property
     def loaded(self) -> list[str]:
         return [e.target for e in self.entries]
-
-
-def detect_prefix(source: Mapping[str, TensorMeta], target: Mapping[str, TensorMeta],
-                  rules: Sequence[Rule] = ()) -> str:
-    """The wrapper prefix to strip from source names (see prefixes.detect, which also finds swaps)."""
-    return detect(source, target, _renamer(rules)).stripped
 
 
 def _renamer(rules: Sequence[Rule]):

@@ -22,8 +22,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from .batchnorm import bn_mode_counts
 from .errors import UserError
-from .freezing import Block, ResolvedEvent, bn_mode_counts
+from .freezing import Block, ResolvedEvent
 from .report import format_table
 from .schema import OptimConfig, ParamGroupConfig
 from .selectors import select_all

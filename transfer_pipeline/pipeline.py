@@ -52,9 +52,10 @@ def _run(cfg: RunConfig, run_dir: Path, summary: dict[str, Any]) -> None:
     import torch
 
     from . import outputs
+    from .batchnorm import apply_bn_policy, format_bn_plan
     from .build import build_model
     from .data import build_data, loaders
-    from .freezing import apply_bn_policy, format_bn_plan, plan_freezing, set_requires_grad
+    from .freezing import plan_freezing, set_requires_grad
     from .loading import load_model, target_meta
     from .mapping import check_expectations, plan_load
     from .lr_schedule import build_schedule, initial_lrs

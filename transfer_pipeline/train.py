@@ -14,8 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .batchnorm import apply_bn_policy
 from .errors import UserError
-from .freezing import ResolvedEvent, apply_bn_policy, apply_event
+from .freezing import ResolvedEvent, apply_event
 from .lr_schedule import LRSchedule
 
 log = logging.getLogger(__name__)

@@ -1,0 +1,123 @@
+"""The BatchNorm policy: which BN layers run in eval mode while the rest of the model trains.
+
+BatchNorm statistics are not parameters, so freezing parameters does not fix them; `freeze.bn`
+(and `freeze.bn_overrides` per layer) decides:
+
+  auto    (`freeze.bn: eval`, the default) statistics fixed where all the layer's parameters are frozen
+  train   statistics always updated      eval    statistics always fixed (affine trains if selected)
+  frozen  statistics and affine parameters fixed for the whole run (never unfrozen)
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping, Sequence
+
+from torch import nn
+
+from .errors import UserError, did_you_mean
+from .schema import FreezeConfig
+from .selectors import check_selector, matches
+
+BN_GLOBAL = {"eval": "auto", "train": "train", "frozen": "frozen"}  # freeze.bn -> mode of layers no override names
+
+
+def bn_modules(model: nn.Module) -> dict[str, nn.Module]:
+    return {n: m for n, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)}
+
+
+def _qualified(module_name: str, name: str) -> str:
+    return f"{module_name}.{name}" if module_name else name
+
+
+def bn_param_names(model: nn.Module) -> set[str]:
+    return {_qualified(n, p) for n, m in bn_modules(model).items() for p, _ in m.named_parameters(recurse=False)}
+
+
+def resolve_bn_modes(model: nn.Module, cfg: FreezeConfig) -> dict[str, str]:
+    """BN layer -> mode: `freeze.bn` for every layer, then `freeze.bn_overrides` for the ones they select.
+
+    An override selects a layer when a selector matches the layer's name or one of its parameter
+    names. Two overrides selecting one layer is an error, as is an override selecting no layer.
+    """
+    layers = bn_modules(model)
+    modes = {n: BN_GLOBAL[cfg.bn.value] for n in layers}
+    owner: dict[str, int] = {}
+    for i, override in enumerate(cfg.bn_overrides):
+        where = f"freeze.bn_overrides[{i}].params"
+        for sel in override.params:
+            check_selector(sel, where)
+            hit = [n for n, m in layers.items() if matches(sel, n)
+                   or any(matches(sel, _qualified(n, p)) for p, _ in m.named_parameters(recurse=False))]
+            if not hit:
+                hint = did_you_mean(sel, layers) if layers else " The model has no BatchNorm layer."
+                raise UserError(f"{where}: selector {sel!r} matches no BatchNorm layer.{hint}")
+            for n in hit:
+                if owner.get(n, i) != i:
+                    raise UserError(f"{where}: BatchNorm layer {n!r} is already set by freeze.bn_overrides[{owner[n]}]"
+                                    "; each layer gets one mode. Make the selectors disjoint.")
+                owner[n] = i
+                modes[n] = override.mode.value
+    return modes
+
+
+def frozen_bn_params(model: nn.Module, modes: Mapping[str, str]) -> set[str]:
+    layers = bn_modules(model)
+    return {_qualified(n, p) for n, mode in modes.items() if mode == "frozen"
+            for p, _ in layers[n].named_parameters(recurse=False)}
+
+
+def effective_bn_mode(module: nn.Module, mode: str) -> str:
+    """`auto` -> eval when the layer has parameters and none is trainable, else train."""
+    if mode != "auto":
+        return mode
+    params = list(module.parameters(recurse=False))
+    return "eval" if params and not any(p.requires_grad for p in params) else "train"
+
+
+def _modes(model: nn.Module, policy: str | Mapping[str, str]) -> dict[str, str]:
+    if isinstance(policy, str):
+        return {n: BN_GLOBAL[policy] for n in bn_modules(model)}
+    return dict(policy)
+
+
+def apply_bn_policy(model: nn.Module, policy: str | Mapping[str, str]) -> list[str]:
+    """After model.train(): put BN layers in eval mode as the policy says; returns their names.
+
+    `policy` is a `freeze.bn` value (`eval`, `train`, `frozen`) or per-layer modes from
+    `resolve_bn_modes`.
+    """
+    held = []
+    layers = bn_modules(model)
+    for name, mode in _modes(model, policy).items():
+        if effective_bn_mode(layers[name], mode) in ("eval", "frozen"):
+            layers[name].eval()
+            held.append(name)
+    return held
+
+
+POLICY_TEXT = {"eval": "statistics fixed while all of a layer's parameters are frozen",
+               "train": "statistics always updated", "frozen": "statistics and affine parameters fixed"}
+
+
+def format_bn_plan(model: nn.Module, modes: Mapping[str, str], policy: str) -> str:
+    """One line: the policy in words, which layers are in which mode now, and what overrides set."""
+    layers = bn_modules(model)
+    if not layers:
+        return "BatchNorm: the model has none."
+    by_mode: dict[str, list[str]] = {}
+    for n, mode in modes.items():
+        by_mode.setdefault(effective_bn_mode(layers[n], mode), []).append(n)
+    parts = [f"{mode} {len(ns)} ({', '.join(ns[:4])}{', ...' if len(ns) > 4 else ''})" for mode, ns in by_mode.items()]
+    overridden = [f"{n}={mode}" for n, mode in modes.items() if mode != BN_GLOBAL[policy]]
+    if overridden:
+        parts.append("set by freeze.bn_overrides: " + ", ".join(overridden))
+    return f"BatchNorm (freeze.bn={policy}: {POLICY_TEXT[policy]}): " + "; ".join(parts)
+
+
+def bn_mode_counts(model: nn.Module, modes: Mapping[str, str], param_names: Sequence[str]) -> Counter:
+    """Effective BN modes of the layers that own any of `param_names` (for the group table)."""
+    layers = bn_modules(model)
+    wanted = set(param_names)
+    return Counter(effective_bn_mode(layers[n], mode) for n, mode in modes.items()
+                   if any(_qualified(n, p) in wanted for p, _ in layers[n].named_parameters(recurse=False)))

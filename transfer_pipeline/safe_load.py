@@ -1,0 +1,143 @@
+"""Weights-only loading of torch files that tolerates hyper-parameters and refuses code.
+
+`torch.load(weights_only=True)` refuses any pickled global it does not know, and checkpoints
+commonly carry inert metadata next to the weights (OmegaConf configs, Lightning's AttributeDict,
+argparse.Namespace, numpy scalars). This module registers an inert stand-in for each such
+class, never importing the real one, so those checkpoints load without running their code;
+anything else pickled (a whole nn.Module, custom classes) is refused unless
+`source.trust_pickle=true`.
+"""
+
+from __future__ import annotations
+
+import pickle
+import re
+from collections import OrderedDict, defaultdict
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from .errors import UserError
+
+
+class Opaque:
+    """Stand-in for a metadata object a checkpoint carries (OmegaConf configs, numpy scalars ...).
+
+    Registered under the real class's name for `weights_only` loading, so the checkpoint reads
+    without running any code of that class; it only keeps the arguments and state it was given.
+    """
+
+    qualname = "?"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.args, self.kwargs = args, kwargs
+
+    def __setstate__(self, state: Any) -> None:
+        self.state = state
+
+    def __repr__(self) -> str:
+        return f"<{self.qualname}: not loaded>"
+
+
+class PlainDict:
+    """Stand-in for dict subclasses (Lightning's AttributeDict): they unpickle as a plain dict."""
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> dict:  # type: ignore[misc]
+        return dict(args[0]) if args and isinstance(args[0], Mapping) else {}
+
+
+# plain builtins that are harmless to call; metadata classes replaced by a stand-in (never imported)
+SAFE_REAL = {"builtins.dict": dict, "builtins.list": list, "builtins.tuple": tuple, "builtins.set": set,
+             "builtins.frozenset": frozenset, "builtins.int": int, "builtins.float": float, "builtins.str": str,
+             "builtins.bool": bool, "builtins.bytes": bytes, "builtins.complex": complex, "builtins.slice": slice,
+             "collections.OrderedDict": OrderedDict, "collections.defaultdict": defaultdict}
+SAFE_DICTS = ("lightning_fabric.utilities.data.AttributeDict", "lightning.fabric.utilities.data.AttributeDict",
+              "pytorch_lightning.utilities.parsing.AttributeDict", "lightning.pytorch.utilities.parsing.AttributeDict")
+SAFE_OPAQUE = ("omegaconf.", "typing.", "argparse.Namespace", "pathlib.", "numpy.", "datetime.")
+_GLOBAL_RE = re.compile(r"GLOBAL ([\w.]+)")
+
+
+def _safe_global(name: str) -> Any:
+    """The object to register for a global the weights-only unpickler refused, or None if unsafe."""
+    if name in SAFE_REAL:
+        return SAFE_REAL[name]
+    if name in SAFE_DICTS:
+        return PlainDict
+    if name.startswith(SAFE_OPAQUE):
+        return type(name.rsplit(".", 1)[-1], (Opaque,), {"qualname": name})
+    return None
+
+
+def _unreadable(path: Path, e: BaseException, zipped: bool) -> UserError:
+    import zipfile
+
+    if zipped and not zipfile.is_zipfile(path):
+        return UserError(f"source.path: {path} is an incomplete zip archive (its end is missing): the file is "
+                         "truncated. Re-download or re-save it.")
+    return UserError(f"source.path: cannot read {path} as a PyTorch checkpoint ({type(e).__name__}: "
+                     f"{str(e).strip().splitlines()[0] if str(e).strip() else 'no detail'}). "
+                     "Is the file truncated or corrupt? Re-download or re-save it.")
+
+
+def torch_load(path: Path, trust_pickle: bool, zipped: bool = True) -> tuple[Any, list[str]]:
+    """`torch.load(weights_only=True, mmap=True)` plus inert stand-ins for known metadata classes.
+
+    Returns the loaded object and notes for the plan. Anything pickled that is not a tensor,
+    a plain container or known metadata is refused unless `trust_pickle`. `zipped`: the file
+    starts with the zip signature (torch.save's zip format, `source.sniff` says 'torch').
+    """
+    import torch
+
+    registered: list[tuple[Any, str]] = []
+    notes: list[str] = []
+    mmap = zipped
+    for _ in range(64):  # one more safe global per round; checkpoints carry a handful
+        try:
+            with torch.serialization.safe_globals(registered):
+                return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap), notes
+        except pickle.UnpicklingError as e:
+            msg = str(e)
+            if "weights_only" not in msg and "Weights only" not in msg and "GLOBAL" not in msg:
+                raise _unreadable(path, e, zipped) from None
+            m = _GLOBAL_RE.search(msg)
+            name = m.group(1) if m else None
+            if name is not None and "." not in name:
+                name = f"builtins.{name}"  # torch prints builtins without their module
+            safe = _safe_global(name) if name else None
+            if safe is None:
+                break
+            registered.append((safe, name))
+            if safe not in SAFE_REAL.values() and not notes:
+                notes.append("metadata objects (e.g. hyper-parameters) read as inert placeholders, not unpickled")
+        except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError) as e:
+            raise _unreadable(path, e, zipped) from None
+    else:
+        raise UserError(f"source.path: {path} holds too many pickled objects to check; re-save it as a state dict.")
+    unsafe = _unsafe_globals(path, zipped) or ([name] if name else [])
+    if not trust_pickle:
+        shown = ", ".join(unsafe[:5]) + (f" (+{len(unsafe) - 5} more)" if len(unsafe) > 5 else "")
+        raise UserError(f"source.path: {path} holds pickled Python objects ({shown or 'unknown classes'}: "
+                        "a full nn.Module or custom classes), which can run arbitrary code when loaded, so it was "
+                        "refused (torch.load weights_only=True). If you trust this file, set "
+                        "source.trust_pickle=true; better, re-save it as a state dict or safetensors.")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=False, mmap=mmap)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as e:
+        raise _unreadable(path, e, zipped) from None
+    except (AttributeError, ModuleNotFoundError, ImportError) as e:
+        raise UserError(f"source.path: {path} is a pickled object whose code is not importable here ({e}). "
+                        "Install the package that defines it, or re-save the file as a state dict.") from None
+    return obj, notes + ["loaded with source.trust_pickle=true (full unpickling)"]
+
+
+def _unsafe_globals(path: Path, zipped: bool) -> list[str]:
+    import torch
+
+    if not zipped:
+        return []
+    try:
+        names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception:  # noqa: BLE001 - only for the message; the refusal stands either way
+        return []
+    # the model's own classes first: they say more than torch.nn's building blocks
+    return sorted((n for n in names if _safe_global(n) is None), key=lambda n: (n.startswith("torch."), n))
