@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from transfer_pipeline.ops import OPS, apply_op
-from transfer_pipeline.rules import OP_KEYS, OP_NAMES
+from transfer_pipeline.op_shapes import OP_NAMES
+from transfer_pipeline.rules import OP_KEYS
 
 
 def test_every_rule_op_has_a_tensor_op():

@@ -17,7 +17,8 @@ from typing import Any
 
 from .errors import UserError, close_names
 from .prefixes import choose as choose_prefix
-from .rules import RULE_KEYS, RULE_OPS, Rule, apply_rules, group_outputs, match_rule, parse_rules, plan_op  # noqa: F401 (re-exported)
+from .op_shapes import plan_op
+from .rules import Rule, apply_rules, group_outputs, match_rule, parse_rules  # noqa: F401 (apply_rules, parse_rules: re-exported)
 from .selectors import check_selector, select, select_all
 
 

@@ -49,8 +49,6 @@ def run(cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
 
 
 def _run(cfg: RunConfig, run_dir: Path, summary: dict[str, Any]) -> None:
-    import torch
-
     from . import outputs
     from .batchnorm import apply_bn_policy, format_bn_plan
     from .build import build_model

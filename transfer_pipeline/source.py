@@ -21,6 +21,7 @@ from typing import Any
 
 from .errors import UserError, did_you_mean
 from .mapping import TensorMeta
+from .paths import resolve_path
 from .prefixes import match_count
 from .safe_load import torch_load
 from .schema import SourceConfig
@@ -48,19 +49,6 @@ class SourceWeights:
     nested: dict[str, int] = field(default_factory=dict)  # key path -> tensors, for nested torch checkpoints
     key: str = ""  # the nested key path the weights came from ('' = top level)
     extra: dict[str, Any] = field(default_factory=dict)  # format metadata (safetensors __metadata__ ...)
-
-
-def resolve_path(path: str) -> Path:
-    """A filesystem path, or `pkg://package/relative/path` for files that ship inside a package."""
-    if path.startswith("pkg://"):
-        from importlib import resources
-
-        package, _, rel = path[len("pkg://"):].partition("/")
-        try:
-            return Path(str(resources.files(package).joinpath(rel)))
-        except ModuleNotFoundError:
-            raise UserError(f"source.path: {path!r} names package {package!r}, which is not installed.") from None
-    return Path(path).expanduser()
 
 
 def _dtype_name(dtype: Any) -> str:
