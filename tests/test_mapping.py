@@ -446,45 +446,45 @@ def test_expectations_nothing_loaded_is_error():
     plan = plan_load(source, target)
     assert plan.entries == []
     with pytest.raises(UserError, match="loaded nothing into the target") as e:
-        check_expectations(plan, None, 0.0, has_source=True)
+        check_expectations(plan, None, 0.0, source, target)
     assert "other.stem.0.weight" in str(e.value)  # names from both sides help find the fix
     assert "stem.0.weight" in str(e.value)
 
 
 def test_expectations_nothing_loaded_without_source_is_fine():
     plan = plan_load({}, small_cnn())
-    check_expectations(plan, None, 0.0, has_source=False)
+    check_expectations(plan, None, 0.0, source=None)
 
 
 def test_expectations_min_loaded():
     target = {"a": M(30), "b": M(70)}
     plan = plan_load({"a": M(30)}, target)
     assert plan.loaded_fraction == pytest.approx(0.3)
-    check_expectations(plan, None, 0.3, has_source=True)  # exactly at the bar is fine
-    check_expectations(plan, None, 0.25, has_source=True)
+    check_expectations(plan, None, 0.3)  # exactly at the bar is fine
+    check_expectations(plan, None, 0.25)
     with pytest.raises(UserError, match=r"min_loaded=0\.5: only 30\.0% of the target's elements were loaded.*\bb\b"):
-        check_expectations(plan, None, 0.5, has_source=True)
+        check_expectations(plan, None, 0.5)
 
 
 def test_expectations_min_loaded_full_load():
     plan = plan_load(small_cnn(), small_cnn())
-    check_expectations(plan, None, 1.0, has_source=True)
+    check_expectations(plan, None, 1.0)
 
 
 def test_expect_missing_exact_match_passes():
     plan = plan_load(small_cnn(), small_cnn(), exclude=["head"])
-    check_expectations(plan, ["head"], 0.0, has_source=True)
-    check_expectations(plan, ["head.weight", "head.bias"], 0.0, has_source=True)
-    check_expectations(plan, [r"re:head\..*"], 0.0, has_source=True)
+    check_expectations(plan, ["head"], 0.0)
+    check_expectations(plan, ["head.weight", "head.bias"], 0.0)
+    check_expectations(plan, [r"re:head\..*"], 0.0)
 
 
 def test_expect_missing_empty_list_means_everything_must_load():
     full = plan_load(small_cnn(), small_cnn())
-    check_expectations(full, [], 0.0, has_source=True)
+    check_expectations(full, [], 0.0)
     partial = plan_load(small_cnn(), small_cnn(), exclude=["head"])
     with pytest.raises(UserError, match=r"2 target tensor\(s\) were not loaded but are not declared missing: "
                                         r"head\.weight, head\.bias"):
-        check_expectations(partial, [], 0.0, has_source=True)
+        check_expectations(partial, [], 0.0)
 
 
 def test_expect_missing_more_missing_than_declared_is_error():
@@ -493,32 +493,32 @@ def test_expect_missing_more_missing_than_declared_is_error():
     plan = plan_load(source, target)
     with pytest.raises(UserError, match=r"mapping\.expect\.missing: 3 target tensor\(s\) were not loaded but are not "
                                         r"declared missing: block1\.0\.weight, block1\.1\.weight, block1\.1\.bias"):
-        check_expectations(plan, ["head"], 0.0, has_source=True)
+        check_expectations(plan, ["head"], 0.0)
 
 
 def test_expect_missing_declared_but_loaded_is_error():
     plan = plan_load(small_cnn(), small_cnn(), exclude=["head"])
     with pytest.raises(UserError, match=r"mapping\.expect\.missing: 'block1' was expected to stay unloaded.*"
                                         r"Unloaded: head\.weight, head\.bias"):
-        check_expectations(plan, ["head", "block1"], 0.0, has_source=True)
+        check_expectations(plan, ["head", "block1"], 0.0)
 
 
 def test_expect_missing_selector_naming_no_parameter_is_error():
     plan = plan_load(small_cnn(), small_cnn(), exclude=["head"])
     with pytest.raises(UserError, match=r"'classifier' was expected to stay unloaded"):
-        check_expectations(plan, ["head", "classifier"], 0.0, has_source=True)
+        check_expectations(plan, ["head", "classifier"], 0.0)
 
 
 def test_expect_missing_when_all_loaded_and_something_declared_is_error():
     plan = plan_load(small_cnn(), small_cnn())
     with pytest.raises(UserError, match=r"'head' was expected to stay unloaded.*Unloaded: none"):
-        check_expectations(plan, ["head"], 0.0, has_source=True)
+        check_expectations(plan, ["head"], 0.0)
 
 
 def test_expect_missing_bad_regex_is_user_error():
     plan = plan_load(small_cnn(), small_cnn(), exclude=["head"])
     with pytest.raises(UserError, match=r"mapping\.expect\.missing.*not a valid regex"):
-        check_expectations(plan, ["re:head("], 0.0, has_source=True)
+        check_expectations(plan, ["re:head("], 0.0)
 
 
 # --- properties -------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ values into `optimizer.param_groups` before each step.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -118,22 +118,25 @@ class LRSchedule:
     scheduler: SchedulerConfig
 
     def lr(self, group: str, step: int) -> float:
-        t = self._by_name()[group]
+        return self._lr(next(t for t in self.timelines if t.name == group), step)
+
+    def lrs(self, step: int) -> dict[str, float]:
+        return {t.name: self._lr(t, step) for t in self.timelines}
+
+    def apply(self, optimizer: Any, step: int) -> None:
+        """Write the LRs for `step` into every torch param group (matched by its `name`)."""
+        write_lrs(optimizer, self.lrs(step))
+
+    def _lr(self, t: GroupTimeline, step: int) -> float:
         start, warmup = t.start_at(step)
         return lr_at(step, peak=t.peak, total_steps=self.total_steps, start=start, warmup_steps=warmup,
                      scheduler=self.scheduler, steps_per_epoch=self.steps_per_epoch)
 
-    def lrs(self, step: int) -> dict[str, float]:
-        return {t.name: self.lr(t.name, step) for t in self.timelines}
 
-    def apply(self, optimizer: Any, step: int) -> None:
-        """Write the LRs for `step` into every torch param group (matched by its `name`)."""
-        lrs = self.lrs(step)
-        for pg in optimizer.param_groups:
-            pg["lr"] = lrs[pg["name"]]
-
-    def _by_name(self) -> dict[str, GroupTimeline]:
-        return {t.name: t for t in self.timelines}
+def write_lrs(optimizer: Any, lrs: Mapping[str, float]) -> None:
+    """Set each torch param group's LR from {group name: lr} (a GroupSpec may own two torch groups)."""
+    for pg in optimizer.param_groups:
+        pg["lr"] = lrs[pg["name"]]
 
 
 def event_step(ev: Any, steps_per_epoch: int) -> int:

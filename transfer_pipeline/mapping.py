@@ -17,6 +17,7 @@ from typing import Any
 
 from .errors import UserError, close_names
 from .prefixes import choose as choose_prefix
+from .prefixes import nothing_loaded_error
 from .op_shapes import plan_op
 from .rules import Rule, apply_rules, group_outputs, match_rule, parse_rules  # noqa: F401 (apply_rules, parse_rules: re-exported)
 from .selectors import check_selector, select, select_all
@@ -258,13 +259,16 @@ def auto_pair(sources: Sequence[str], targets: Sequence[str], source: Mapping[st
 
 
 def check_expectations(plan: LoadPlan, missing: Sequence[str] | None, min_loaded: float,
-                       has_source: bool) -> None:
-    """`mapping.expect`: a load that loaded less than declared is an error before training."""
-    if has_source and not plan.entries:
-        raise UserError("The source loaded nothing into the target: no name and shape matched. "
-                        f"Source names: {', '.join(plan.unexpected[:5])}; target names: "
-                        f"{', '.join(plan.missing[:5])}. Fix: add mapping.rules renames or "
-                        "source.strip_prefixes.")
+                       source: Mapping[str, TensorMeta] | None = None,
+                       target: Mapping[str, TensorMeta] | None = None) -> None:
+    """`mapping.expect`: a load that loaded less than declared is an error before training.
+
+    `source`/`target`: both sides' names and shapes (`source` None: no source, nothing to load);
+    a source that loads nothing at all is always an error, showing the two side by side.
+    """
+    if source is not None and not plan.entries:
+        raise nothing_loaded_error(source, target or {}, plan.stripped_prefix, plan.added_prefix,
+                                   len(plan.mismatched))
     if plan.loaded_fraction + 1e-12 < min_loaded:
         raise UserError(f"mapping.expect.min_loaded={min_loaded}: only {plan.loaded_fraction:.1%} of the target's "
                         f"elements were loaded ({len(plan.entries)} tensors; {len(plan.missing)} missing, "

@@ -233,11 +233,6 @@ def make_optimizer(model: nn.Module, groups: Sequence[GroupSpec], cfg: OptimConf
     return OPTIMIZERS[kind](torch_groups, lr=cfg.lr, **extra)
 
 
-def set_lrs(optimizer: torch.optim.Optimizer, lrs: Mapping[str, float]) -> None:
-    for pg in optimizer.param_groups:
-        pg["lr"] = lrs[pg["name"]]
-
-
 def group_rows(model: nn.Module, groups: Sequence[GroupSpec], optimizer: torch.optim.Optimizer | None = None,
                bn_modes: Mapping[str, str] | None = None) -> list[dict]:
     """One dict per group: what the table shows, also kept in summary.json."""

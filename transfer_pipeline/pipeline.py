@@ -56,9 +56,8 @@ def _run(cfg: RunConfig, run_dir: Path, summary: dict[str, Any]) -> None:
     from .freezing import plan_freezing, set_requires_grad
     from .loading import load_model, target_meta
     from .mapping import check_expectations, plan_load
-    from .lr_schedule import build_schedule, initial_lrs
-    from .param_groups import build_groups, format_groups, group_rows, make_optimizer, no_decay_names, set_lrs
-    from .prefixes import nothing_loaded_error
+    from .lr_schedule import build_schedule, initial_lrs, write_lrs
+    from .param_groups import build_groups, format_groups, group_rows, make_optimizer, no_decay_names
     from .report import format_plan, report_dict
     from .source import read_source
     from .train import autocast_context, check_output_size, evaluate, resolve_device, steps_per_epoch, train
@@ -88,9 +87,8 @@ def _run(cfg: RunConfig, run_dir: Path, summary: dict[str, Any]) -> None:
                    loaded_tensors=len(plan.entries), missing_tensors=len(plan.missing))
     if source is not None and source.path is not None and source.path.is_file():
         summary["source_sha256"] = outputs.sha256_file(source.path)
-    if source is not None and not plan.entries:
-        raise nothing_loaded_error(source.meta, target, plan.stripped_prefix, plan.added_prefix, len(plan.mismatched))
-    check_expectations(plan, cfg.mapping.expect.missing, cfg.mapping.expect.min_loaded, source is not None)
+    check_expectations(plan, cfg.mapping.expect.missing, cfg.mapping.expect.min_loaded,
+                       source.meta if source else None, target)
 
     def build_normally():  # load_model's fallback: full random init, seeded as a first build would be
         seed_everything(cfg.seed)
@@ -112,7 +110,7 @@ def _run(cfg: RunConfig, run_dir: Path, summary: dict[str, Any]) -> None:
     if cfg.mode != Mode.plan:
         model.to(device)
     optimizer = make_optimizer(model, groups, cfg.optim)
-    set_lrs(optimizer, initial_lrs(groups, freeze.trainable, freeze.events, cfg.optim.scheduler))
+    write_lrs(optimizer, initial_lrs(groups, freeze.trainable, freeze.events, cfg.optim.scheduler))
     params = dict(model.named_parameters())
     summary.update(trainable_params=sum(params[n].numel() for n in freeze.trainable),
                    frozen_params=sum(p.numel() for n, p in params.items() if n not in freeze.trainable))

@@ -32,7 +32,7 @@ def report_dict(plan: LoadPlan, source_description: str | None, target_name: str
         "rule_hits": plan.rule_hits,
         "entries": [entry_dict(e, e.target in plan.auto_pairs.values()) for e in plan.entries],
         # only when the prefix step added one (a swap 'encoder.' -> 'backbone.', or a target-only prefix)
-        **({"added_prefix": plan.added_prefix} if getattr(plan, "added_prefix", "") else {}),
+        **({"added_prefix": plan.added_prefix} if plan.added_prefix else {}),
     }
 
 
@@ -123,7 +123,7 @@ def format_plan(plan: LoadPlan, target: Mapping[str, TensorMeta], source_descrip
     table = format_table(["module", "loaded", "status"], _tree_rows(list(target), kind, ops))
     lines = [f"Load plan: {source_description or 'no source (architecture only)'}"]
     lines += [f"  note: {n}" for n in notes]
-    added = getattr(plan, "added_prefix", "")
+    added = plan.added_prefix
     if plan.stripped_prefix and added:
         lines.append(f"  prefix swap: {plan.stripped_prefix!r} -> {added!r} (source names -> target names)")
     elif added:

@@ -1,4 +1,4 @@
-"""`mapping.rules`: parse them, and plan each rule's tensor op from names and shapes alone.
+"""`mapping.rules`: parse them, match source names, and group what each rule takes into its targets.
 
 A rule is `{from, to, op, optional}` plus the op's own keys. `rename` (the default) maps one
 source name to one target name; the other ops (see OP_KEYS) also transform the tensor, and

@@ -129,12 +129,14 @@ def _candidates(obj: Any, keypath: str = "", depth: int = 0) -> list[tuple[str, 
     return found
 
 
-def pick_nested(obj: Any, key: str, target: Mapping[str, TensorMeta] | None, where: Path) -> tuple[dict, str, list[str]]:
+def pick_nested(obj: Any, key: str, target: Mapping[str, TensorMeta] | None, where: Path,
+                found: list[tuple[str, dict]] | None = None) -> tuple[dict, str, list[str]]:
     """The state dict inside a checkpoint: `key` if given, else the candidate that fits the target best.
 
-    Returns (state dict, its key path, notes saying what was picked and why).
+    `found`: `_candidates(obj)` when the caller has it already. Returns (state dict, its key
+    path, notes saying what was picked and why).
     """
-    found = _candidates(obj)
+    found = _candidates(obj) if found is None else found
     if not found:
         kind = type(obj).__name__
         keys = f" (keys: {', '.join(map(str, list(obj)[:10]))})" if isinstance(obj, Mapping) else ""
@@ -188,8 +190,9 @@ def _read_safetensors(path: Path, key: str = "auto") -> SourceWeights:
 def _read_torch(path: Path, key: str, trust_pickle: bool, target: Mapping[str, TensorMeta] | None,
                 zipped: bool) -> SourceWeights:
     obj, notes = torch_load(path, trust_pickle, zipped)
-    sd, keypath, picked = pick_nested(obj, key, target, path)
-    nested = {kp: len(d) for kp, d in _candidates(obj)}
+    found = _candidates(obj)
+    sd, keypath, picked = pick_nested(obj, key, target, path, found)
+    nested = {kp: len(d) for kp, d in found}
     kind = "torch zip (mmap)" if zipped else "torch legacy (read whole)"
     if isinstance(obj, Mapping) and {"pytorch-lightning_version", "state_dict"} <= set(obj):
         kind = f"Lightning checkpoint, {kind}"
