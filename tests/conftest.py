@@ -26,6 +26,21 @@ def names(model) -> list[str]:
 
 
 @pytest.fixture
+def no_tensor_reads(monkeypatch):
+    """Any read of source tensor data fails the test (what must work from names and shapes alone)."""
+    import transfer_pipeline.source as source_module
+
+    real = source_module.read_source
+
+    def spy(*args, **kwargs):
+        weights = real(*args, **kwargs)
+        weights.get = lambda name: pytest.fail(f"tensor {name} was read")
+        return weights
+
+    monkeypatch.setattr(source_module, "read_source", spy)
+
+
+@pytest.fixture
 def compose():
     return compose_config
 

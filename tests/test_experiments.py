@@ -286,18 +286,9 @@ def test_shipped_source_is_reproducible_from_its_experiment(run_pipeline):
     assert sorted(p.name for p in ASSETS.glob("*.pt")) == ["digits_cnn_0to4_module.pt", "digits_cnn_0to4_wrapped.pt"]
 
 
-def test_plan_mode_reads_no_tensor_data(run_pipeline, monkeypatch):
+def test_plan_mode_reads_no_tensor_data(run_pipeline, monkeypatch, no_tensor_reads):
     import transfer_pipeline.loading as loading
-    import transfer_pipeline.source as source
 
     monkeypatch.setattr(loading, "load_model", lambda *a, **k: pytest.fail("plan mode must not load tensors"))
-    real = source.read_source
-
-    def no_data(*args, **kwargs):
-        weights = real(*args, **kwargs)
-        weights.get = lambda name: pytest.fail(f"plan mode read {name}")
-        return weights
-
-    monkeypatch.setattr(source, "read_source", no_data)
     summary, run_dir = run_pipeline("mode=plan")
     assert summary["status"] == "planned" and len(read_json(run_dir / "load_report.json")["loaded"]) == 18
