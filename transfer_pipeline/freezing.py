@@ -150,7 +150,8 @@ class _Raw:
     name: str | None = None
 
 
-def _check_lr_fields(where: str, lr: Any, lr_mult: Any, warmup: Any) -> None:
+def check_lr_fields(where: str, lr: Any, lr_mult: Any, warmup: Any) -> None:
+    """`lr` / `lr_mult` / `warmup_steps` of a group or an event: one of lr and lr_mult, none negative."""
     if lr is not None and lr_mult is not None:
         raise UserError(f"{where}: sets both lr={lr} and lr_mult={lr_mult}; give one (lr_mult multiplies optim.lr).")
     for key, value in (("lr", lr), ("lr_mult", lr_mult)):
@@ -175,7 +176,7 @@ def _schedule_raw(names: list[str], cfg: FreezeConfig, epochs: int) -> list[_Raw
             raise UserError(f"{where}.step={ev.step}: steps count from 0.")
         if not ev.unfreeze and not ev.freeze:
             raise UserError(f"{where}: does nothing; give unfreeze: [selectors] and/or freeze: [selectors].")
-        _check_lr_fields(where, ev.lr, ev.lr_mult, ev.warmup_steps)
+        check_lr_fields(where, ev.lr, ev.lr_mult, ev.warmup_steps)
         if not ev.unfreeze and (ev.lr is not None or ev.lr_mult is not None or ev.warmup_steps is not None):
             raise UserError(f"{where}: lr/lr_mult/warmup_steps apply to what an event unfreezes, and this one "
                             "unfreezes nothing. Drop them or add unfreeze: [selectors].")
@@ -205,7 +206,7 @@ def _gradual_raw(gradual: Mapping[str, Any], blocks: list[Block], trainable: set
         raise UserError(f"freeze.gradual.start={start!r}: the epoch of the first unfreeze, >= 0.")
     if side not in ("head", "stem"):
         raise UserError(f"freeze.gradual.from={side!r}: choose head (top block first, ULMFiT) or stem.")
-    _check_lr_fields("freeze.gradual", gradual.get("lr"), gradual.get("lr_mult"), gradual.get("warmup_steps"))
+    check_lr_fields("freeze.gradual", gradual.get("lr"), gradual.get("lr_mult"), gradual.get("warmup_steps"))
     order = list(reversed(blocks)) if side == "head" else list(blocks)
     pending = [b for b in order if any(n not in trainable and n not in never for n in b.names)]
     if not pending:
@@ -277,10 +278,9 @@ def plan_freezing(model: nn.Module, cfg: FreezeConfig, epochs: int) -> FreezePla
 # --- applying it --------------------------------------------------------------------------------------
 
 def set_requires_grad(model: nn.Module, trainable: set[str]) -> None:
-    for name, p in model.named_parameters():
-        p.requires_grad_(name in trainable)
-        if name not in trainable:
-            p.grad = None
+    names = [n for n, _ in model.named_parameters()]
+    freeze(model, [n for n in names if n not in trainable])
+    unfreeze(model, [n for n in names if n in trainable])
 
 
 def unfreeze(model: nn.Module, names: Sequence[str]) -> None:

@@ -47,15 +47,14 @@ def _human(n: float) -> str:
 
 def read(path: Path, key: str = "auto", trust_pickle: bool = False) -> Summary:
     """What `inspect` shows, read lazily (headers, pickles, no tensor data)."""
-    from .source import SAFETENSORS_DTYPES, find_in_folder, read_path, safetensors_header, sniff
+    from .source import find_in_folder, read_path, safetensors_meta, sniff
 
     if not path.exists():
         read_path(path)  # raises the usual 'no such file' message
     file = find_in_folder(path) if path.is_dir() else path
     if sniff(file) == "safetensors" and not file.name.endswith(".json"):
-        header, extra = safetensors_header(file)  # no torch import: instant on any size
-        meta = {n: TensorMeta(tuple(h["shape"]), SAFETENSORS_DTYPES.get(h["dtype"], str(h["dtype"]).lower()))
-                for n, h in sorted(header.items(), key=lambda kv: natural_key(kv[0]))}
+        meta, extra = safetensors_meta(file)  # no torch import: instant on any size
+        meta = dict(sorted(meta.items(), key=lambda kv: natural_key(kv[0])))
         return Summary(file, "safetensors", meta, extra=extra)
     src = read_path(path, key, trust_pickle)
     return Summary(src.path or file, src.format, src.meta, src.nested, src.key, src.notes, src.extra)

@@ -2,7 +2,7 @@
 
 Pure: no tensor data is read here, which is what makes `mode=plan` instant and plans easy to
 test. Steps: strip wrapper prefixes (`module.`, `_orig_mod.`, `model.` ...), apply the ordered
-rules (renames, and ops that concat/split/transpose/... tensors: rules.py checks their shapes),
+rules (renames, and ops that concat/split/transpose/... tensors: op_shapes.py checks their shapes),
 match the rest by name, optionally pair what is left by module order and shape
 (`mapping.auto: shape_order`), then compare shapes with the target.
 """

@@ -2,7 +2,7 @@
 
 Each op takes the source tensors (in the entry's `sources` order) and the entry's arguments,
 and returns the target tensor. Ops are looked up in a table, so a new rule kind is one function
-here plus its shape check (`plan_<op>` in rules.py). Shapes were checked by the plan already.
+here plus its shape check (`plan_<op>` in op_shapes.py). Shapes were checked by the plan already.
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ from torch import nn
 
 from .batchnorm import bn_mode_counts
 from .errors import UserError
-from .freezing import Block, ResolvedEvent
+from .freezing import Block, ResolvedEvent, check_lr_fields
 from .report import format_table
 from .schema import OptimConfig, ParamGroupConfig
 from .selectors import select_all
@@ -95,14 +95,10 @@ def _user_group(i: int, g: ParamGroupConfig, cfg: OptimConfig) -> GroupSpec:
         how = f"name={name!r}" if g.name else f"name defaults to its first selector {name!r}, which"
         raise UserError(f"{where}: {how} is reserved for generated groups ('{DEFAULT}': what no entry selects; "
                         f"'{EVENT_PREFIX}<epoch>': what a freeze.schedule event unfreezes). Choose another name.")
-    if g.lr is not None and g.lr_mult is not None:
-        raise UserError(f"{where}: sets both lr={g.lr} and lr_mult={g.lr_mult}; "
-                        "give one (lr_mult multiplies optim.lr).")
-    for key in ("lr", "lr_mult", "weight_decay", "eps"):
+    check_lr_fields(where, g.lr, g.lr_mult, g.warmup_steps)
+    for key in ("weight_decay", "eps"):
         if getattr(g, key) is not None and getattr(g, key) < 0:
             raise UserError(f"{where}.{key}={getattr(g, key)}: must be >= 0.")
-    if g.warmup_steps is not None and g.warmup_steps < 0:
-        raise UserError(f"{where}.warmup_steps={g.warmup_steps}: must be >= 0.")
     if g.betas is not None:
         _check_betas(g.betas, f"{where}.betas", cfg)
     if g.eps is not None and cfg.name.value == "sgd":

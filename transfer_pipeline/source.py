@@ -110,6 +110,13 @@ def safetensors_header(path: Path) -> tuple[dict[str, dict[str, Any]], dict[str,
     return header, meta
 
 
+def safetensors_meta(path: Path) -> tuple[dict[str, TensorMeta], dict[str, str]]:
+    """{name: TensorMeta} and the __metadata__ of a safetensors file, from its header alone (no torch)."""
+    header, extra = safetensors_header(path)
+    return {name: TensorMeta(tuple(h["shape"]), SAFETENSORS_DTYPES.get(h["dtype"], str(h["dtype"]).lower()))
+            for name, h in header.items()}, extra
+
+
 # --- torch files -----------------------------------------------------------------------------------
 
 def _candidates(obj: Any, keypath: str = "", depth: int = 0) -> list[tuple[str, dict]]:
@@ -176,9 +183,7 @@ def _read_safetensors(path: Path, key: str = "auto") -> SourceWeights:
     if key not in ("auto", ""):
         raise UserError(f"source.key={key!r}: {path} is a safetensors file, which is flat (no nested keys). "
                         "Remove source.key (or set it to auto).")
-    header, extra = safetensors_header(path)
-    meta = {name: TensorMeta(tuple(h["shape"]), SAFETENSORS_DTYPES.get(h["dtype"], str(h["dtype"]).lower()))
-            for name, h in header.items()}
+    meta, extra = safetensors_meta(path)
     try:
         f = safe_open(str(path), framework="pt", device="cpu")  # data memory-mapped, read when used
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
