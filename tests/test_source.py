@@ -430,3 +430,22 @@ def test_bad_checkpoints_on_the_command_line_exit_2_without_traceback(tmp_path, 
     assert out.returncode == 2, out.stdout + out.stderr
     assert "truncated" in out.stdout + out.stderr and "Traceback" not in out.stdout + out.stderr
     assert read_json(tmp_path / "run" / "summary.json")["status"] == "failed"
+
+
+def test_metadata_checkpoint_is_unpickled_once(tmp_path, monkeypatch):
+    """The safe metadata classes of a zip checkpoint are registered up front: one weights_only load."""
+    import argparse
+
+    from omegaconf import OmegaConf
+
+    from transfer_pipeline import safe_load
+
+    path = tmp_path / "c.ckpt"
+    torch.save({"state_dict": {"w": torch.ones(2)}, "hparams": OmegaConf.create({"a": 1, "b": [1, 2]}),
+                "args": argparse.Namespace(x=1)}, path)
+    calls = []
+    real = torch.load
+    monkeypatch.setattr(torch, "load", lambda *a, **k: calls.append(k.get("weights_only")) or real(*a, **k))
+    obj, notes = safe_load.torch_load(path, trust_pickle=False, zipped=True)
+    assert calls == [True]
+    assert torch.equal(obj["state_dict"]["w"], torch.ones(2)) and "inert placeholders" in notes[0]

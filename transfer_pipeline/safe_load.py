@@ -88,8 +88,13 @@ def torch_load(path: Path, trust_pickle: bool, zipped: bool = True) -> tuple[Any
     """
     import torch
 
-    registered: list[tuple[Any, str]] = []
+    # a zip checkpoint lists its pickled globals without unpickling: register the safe ones up
+    # front and load once; the loop below finds the rest (legacy files) one refusal at a time
+    known = _checkpoint_globals(path, zipped)
+    registered: list[tuple[Any, str]] = [(safe, n) for n in known if (safe := _safe_global(n)) is not None]
     notes: list[str] = []
+    if any(safe not in SAFE_REAL.values() for safe, _ in registered):
+        notes.append("metadata objects (e.g. hyper-parameters) read as inert placeholders, not unpickled")
     mmap = zipped
     for _ in range(64):  # one more safe global per round; checkpoints carry a handful
         try:
@@ -113,7 +118,9 @@ def torch_load(path: Path, trust_pickle: bool, zipped: bool = True) -> tuple[Any
             raise _unreadable(path, e, zipped) from None
     else:
         raise UserError(f"source.path: {path} holds too many pickled objects to check; re-save it as a state dict.")
-    unsafe = _unsafe_globals(path, zipped) or ([name] if name else [])
+    # the model's own classes first: they say more than torch.nn's building blocks
+    unsafe = sorted((n for n in known if _safe_global(n) is None), key=lambda n: (n.startswith("torch."), n))
+    unsafe = unsafe or ([name] if name else [])
     if not trust_pickle:
         shown = ", ".join(unsafe[:5]) + (f" (+{len(unsafe) - 5} more)" if len(unsafe) > 5 else "")
         raise UserError(f"source.path: {path} holds pickled Python objects ({shown or 'unknown classes'}: "
@@ -130,14 +137,14 @@ def torch_load(path: Path, trust_pickle: bool, zipped: bool = True) -> tuple[Any
     return obj, notes + ["loaded with source.trust_pickle=true (full unpickling)"]
 
 
-def _unsafe_globals(path: Path, zipped: bool) -> list[str]:
+def _checkpoint_globals(path: Path, zipped: bool) -> list[str]:
+    """The pickled globals a zip checkpoint refers to, read without unpickling ([] when unknown)."""
     import torch
 
-    if not zipped:
+    lister = getattr(torch.serialization, "get_unsafe_globals_in_checkpoint", None)  # torch >= 2.5
+    if not zipped or lister is None:
         return []
     try:
-        names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
-    except Exception:  # noqa: BLE001 - only for the message; the refusal stands either way
+        return list(lister(path))
+    except Exception:  # noqa: BLE001 - only a shortcut: the load below finds them one by one otherwise
         return []
-    # the model's own classes first: they say more than torch.nn's building blocks
-    return sorted((n for n in names if _safe_global(n) is None), key=lambda n: (n.startswith("torch."), n))
