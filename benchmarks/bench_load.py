@@ -9,7 +9,7 @@ The checkpoint is a TinyMLP of Linear(8192, 8192) layers (256 MiB each), saved a
 
 - naive: build the model (random init), `torch.load` (or safetensors `load_file`), `load_state_dict`;
 - pipeline: what `pipeline.py` does: build on the meta device, read the source lazily, plan,
-  assign loaded tensors (`transfer_pipeline.loading.load_model`);
+  assign loaded tensors (`transfer_pipeline.mapping.apply.load_model`);
 - pipeline + use: the same, then read every weight once (as a first forward pass would);
 - `run.py mode=plan`: the whole command, interpreter start included, next to the same command
   on the tiny shipped checkpoint (the fixed start-up cost).
@@ -38,9 +38,9 @@ sys.path.insert(0, {root!r})
 import torch
 from safetensors.torch import load_file
 from transfer_pipeline.build import build_model
-from transfer_pipeline.loading import load_model, target_meta
-from transfer_pipeline.mapping import plan_load
-from transfer_pipeline.source import read_path
+from transfer_pipeline.mapping.apply import load_model, target_meta
+from transfer_pipeline.mapping.plan import plan_load
+from transfer_pipeline.sources.read import read_path
 from pathlib import Path
 
 def rss():  # this process's high-water mark (VmHWM: not inherited from the parent, unlike ru_maxrss)

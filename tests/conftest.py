@@ -28,7 +28,7 @@ def names(model) -> list[str]:
 @pytest.fixture
 def no_tensor_reads(monkeypatch):
     """Any read of source tensor data fails the test (what must work from names and shapes alone)."""
-    import transfer_pipeline.source as source_module
+    import transfer_pipeline.sources.read as source_module
 
     real = source_module.read_source
 

@@ -186,7 +186,7 @@ def test_plan_mode_trains_nothing(run_pipeline):
 
 
 def test_export_writes_target_named_weights_without_data(run_pipeline, monkeypatch):
-    import transfer_pipeline.data as data
+    import transfer_pipeline.training.data as data
 
     monkeypatch.setattr(data, "build_data", lambda *a: pytest.fail("export must not touch data"))
     _, export_dir = run_pipeline("experiment=wrapped_checkpoint", "mode=export")
@@ -287,7 +287,7 @@ def test_shipped_source_is_reproducible_from_its_experiment(run_pipeline):
 
 
 def test_plan_mode_reads_no_tensor_data(run_pipeline, monkeypatch, no_tensor_reads):
-    import transfer_pipeline.loading as loading
+    import transfer_pipeline.mapping.apply as loading
 
     monkeypatch.setattr(loading, "load_model", lambda *a, **k: pytest.fail("plan mode must not load tensors"))
     summary, run_dir = run_pipeline("mode=plan")

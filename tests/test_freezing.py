@@ -7,7 +7,7 @@ import logging
 import pytest
 import torch
 
-from transfer_pipeline.batchnorm import (
+from transfer_pipeline.tuning.batchnorm import (
     apply_bn_policy,
     bn_modules,
     bn_param_names,
@@ -16,7 +16,7 @@ from transfer_pipeline.batchnorm import (
     resolve_bn_modes,
 )
 from transfer_pipeline.errors import UserError
-from transfer_pipeline.freezing import (
+from transfer_pipeline.tuning.freezing import (
     ResolvedEvent,
     freeze,
     initial_trainable,
@@ -192,7 +192,7 @@ def test_schedule_unmatched_selector_is_error_with_original_index(names):
 def test_schedule_already_trainable_warns(names, caplog):
     c = cfg(frozen=["stem"], schedule=[{"epoch": 1, "unfreeze": ["head"]}])
     trainable = start(names, c)
-    with caplog.at_level(logging.WARNING, logger="transfer_pipeline.freezing"):
+    with caplog.at_level(logging.WARNING, logger="transfer_pipeline.tuning.freezing"):
         (ev,) = schedule(names, c, trainable, epochs=3)
     assert ev.names == ()
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
@@ -204,7 +204,7 @@ def test_schedule_already_trainable_warns(names, caplog):
 
 def test_schedule_no_warning_when_something_new(names, caplog):
     c = cfg(frozen=["stem"], schedule=[{"epoch": 1, "unfreeze": ["stem", "head"]}])
-    with caplog.at_level(logging.WARNING, logger="transfer_pipeline.freezing"):
+    with caplog.at_level(logging.WARNING, logger="transfer_pipeline.tuning.freezing"):
         (ev,) = schedule(names, c, start(names, c), epochs=3)
     assert set(ev.names) == under(names, "stem")
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
@@ -413,7 +413,7 @@ def test_freeze_and_unfreeze_in_one_event(names):
 
 def test_refreezing_what_is_frozen_warns(names, caplog):
     c = ev_cfg({"epoch": 1, "freeze": ["stem"]}, frozen=["stem"])
-    with caplog.at_level(logging.WARNING, logger="transfer_pipeline.freezing"):
+    with caplog.at_level(logging.WARNING, logger="transfer_pipeline.tuning.freezing"):
         (ev,) = schedule(names, c, start(names, c), epochs=2)
     assert ev.frozen == ()
     assert [r.getMessage() for r in caplog.records] == [
@@ -455,7 +455,7 @@ def test_mixing_epoch_and_step_events_is_error(names):
 
 def test_unfreezing_only_frozen_bn_params_warns(names, caplog):
     c = ev_cfg({"epoch": 1, "unfreeze": ["block2.1"]}, frozen=["block2"], bn=BatchNormPolicy.frozen)
-    with caplog.at_level(logging.WARNING, logger="transfer_pipeline.freezing"):
+    with caplog.at_level(logging.WARNING, logger="transfer_pipeline.tuning.freezing"):
         (ev,) = schedule(names, c, start(names, c), epochs=3)
     assert ev.names == ()
     assert "BatchNorm parameters that freeze.bn / freeze.bn_overrides keep frozen" in caplog.records[0].getMessage()
@@ -506,7 +506,7 @@ def test_bad_gradual_is_error(names, g, match):
 
 
 def test_gradual_with_nothing_frozen_warns(names, caplog):
-    with caplog.at_level(logging.WARNING, logger="transfer_pipeline.freezing"):
+    with caplog.at_level(logging.WARNING, logger="transfer_pipeline.tuning.freezing"):
         assert gradual(names, trainable=["*"], every=1) == []
     assert "freeze.gradual: every block is already trainable at the start" in caplog.records[0].getMessage()
 

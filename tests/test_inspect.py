@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from transfer_pipeline.errors import UserError
-from transfer_pipeline.inspect import common_prefix, format_summary, main, read
+from transfer_pipeline.sources.inspect_checkpoint import common_prefix, format_summary, main, read
 from transfer_pipeline.models.digits import ASSETS, PRETRAINED_0TO4
 
 from helpers import ROOT
@@ -83,7 +83,7 @@ def test_big_safetensors_is_read_from_the_header_alone(tmp_path):
 
 def test_safetensors_inspect_does_not_import_torch(tmp_path):
     save_file({"a.weight": torch.ones(2)}, tmp_path / "m.safetensors")
-    code = ("import sys; from transfer_pipeline.inspect import main; rc = main([sys.argv[1]]); "
+    code = ("import sys; from transfer_pipeline.sources.inspect_checkpoint import main; rc = main([sys.argv[1]]); "
             "print('torch imported' if 'torch' in sys.modules else 'no torch'); sys.exit(rc)")
     out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "m.safetensors")], cwd=ROOT, capture_output=True,
                          text=True, timeout=60)

@@ -1,4 +1,4 @@
-"""transfer_pipeline.loading and build(meta=True): the fast path (meta build, lazy source, assign) and its fallback.
+"""transfer_pipeline.mapping.apply and build(meta=True): the fast path (meta build, lazy source, assign) and its fallback.
 
 What must hold: loaded tensors equal the source (and are the source's memory when dtype and
 device agree); everything not loaded is initialised exactly once by its module's own init, on the
@@ -17,11 +17,11 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from transfer_pipeline.build import build_model, parameters_on_meta
-from transfer_pipeline.loading import assign_weights, is_on_meta, load_model, load_weights, planned_tensors, target_meta
-from transfer_pipeline.mapping import LoadEntry, LoadPlan, plan_load
+from transfer_pipeline.mapping.apply import assign_weights, is_on_meta, load_model, load_weights, planned_tensors, target_meta
+from transfer_pipeline.mapping.plan import LoadEntry, LoadPlan, plan_load
 from transfer_pipeline.models import DigitsCNN
 from transfer_pipeline.models.digits import PRETRAINED_0TO4
-from transfer_pipeline.source import read_path
+from transfer_pipeline.sources.read import read_path
 
 from helpers import read_json
 
@@ -186,7 +186,7 @@ def test_source_dtype_is_cast_once_to_the_targets(tmp_path):
 
 def test_one_source_tensor_for_two_targets_gets_two_memories():
     src_t = torch.ones(3)
-    from transfer_pipeline.source import SourceWeights
+    from transfer_pipeline.sources.read import SourceWeights
 
     src = SourceWeights("test", {}, {"s": src_t}.__getitem__)
     plan = LoadPlan([LoadEntry(("s",), "a", (3,), "float32", "float32"), LoadEntry(("s",), "b", (3,), "float32", "float32")],
@@ -247,8 +247,8 @@ def test_fallback_equals_the_normal_path(tmp_path):
 
 
 def test_assign_raises_before_changing_anything():
-    from transfer_pipeline.loading import CannotInitialise
-    from transfer_pipeline.source import SourceWeights
+    from transfer_pipeline.mapping.apply import CannotInitialise
+    from transfer_pipeline.sources.read import SourceWeights
 
     model = build_model({"_target_": "test_loading.OwnInit"}, meta=True)
     src = SourceWeights("t", {}, {}.__getitem__)

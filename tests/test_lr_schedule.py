@@ -1,4 +1,4 @@
-"""transfer_pipeline.lr_schedule: every group's LR at every step, against closed forms and torch's schedulers."""
+"""transfer_pipeline.tuning.lr_schedule: every group's LR at every step, against closed forms and torch's schedulers."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from transfer_pipeline.errors import UserError
-from transfer_pipeline.freezing import ResolvedEvent
-from transfer_pipeline.lr_schedule import (
+from transfer_pipeline.tuning.freezing import ResolvedEvent
+from transfer_pipeline.tuning.lr_schedule import (
     build_schedule,
     check_scheduler,
     initial_lrs,
@@ -19,7 +19,7 @@ from transfer_pipeline.lr_schedule import (
     schedule_factor,
     warmup_factor,
 )
-from transfer_pipeline.param_groups import GroupSpec
+from transfer_pipeline.tuning.param_groups import GroupSpec
 from transfer_pipeline.schema import SchedulerConfig, SchedulerName
 
 

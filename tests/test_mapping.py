@@ -1,4 +1,4 @@
-"""Unit tests for transfer_pipeline.mapping: load plans from names and shapes alone (no torch)."""
+"""Unit tests for transfer_pipeline.mapping.plan: load plans from names and shapes alone (no torch)."""
 
 from __future__ import annotations
 
@@ -10,14 +10,14 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from transfer_pipeline.errors import UserError
-from transfer_pipeline.mapping import (
+from transfer_pipeline.mapping.plan import (
         TensorMeta,
     apply_rules,
     check_expectations,
     parse_rules,
     plan_load,
 )
-from transfer_pipeline.prefixes import detect
+from transfer_pipeline.mapping.prefixes import detect
 
 
 def M(*shape: int, dtype: str = "float32") -> TensorMeta:

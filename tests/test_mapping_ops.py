@@ -17,10 +17,10 @@ from hypothesis import strategies as st
 from torch import nn
 
 from transfer_pipeline.errors import UserError
-from transfer_pipeline.mapping import TensorMeta, plan_load
-from transfer_pipeline.ops import apply_op
-from transfer_pipeline.report import format_plan, report_dict
-from transfer_pipeline.rules import parse_rules
+from transfer_pipeline.mapping.plan import TensorMeta, plan_load
+from transfer_pipeline.mapping.op_kernels import apply_op
+from transfer_pipeline.mapping.report import format_plan, report_dict
+from transfer_pipeline.mapping.rules import parse_rules
 
 PROPS = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -452,7 +452,7 @@ def test_mapping_auto_in_the_schema(compose):
 # --- properties -------------------------------------------------------------------------------------
 
 def test_planning_never_imports_torch():
-    code = ("import sys; import transfer_pipeline.mapping, transfer_pipeline.rules; "
+    code = ("import sys; import transfer_pipeline.mapping.plan, transfer_pipeline.mapping.rules; "
             "assert 'torch' not in sys.modules, 'mapping imported torch'")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
@@ -580,7 +580,7 @@ def test_random_module_trees_load_exactly_what_the_plan_says(spec, data):
         reads.append(name)
         return source[name]
 
-    from transfer_pipeline.loading import load_weights
+    from transfer_pipeline.mapping.apply import load_weights
 
     load_weights(tgt_model, plan, SimpleNamespace(get=get))
     assert sorted(reads) == sorted(s for e in plan.entries for s in e.sources)  # exactly what the plan names

@@ -1,4 +1,4 @@
-"""Unit tests for transfer_pipeline.ops: each tensor op against a reference written out by hand."""
+"""Unit tests for transfer_pipeline.mapping.op_kernels: each tensor op against a reference written out by hand."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from transfer_pipeline.ops import OPS, apply_op
-from transfer_pipeline.op_shapes import OP_NAMES
-from transfer_pipeline.rules import OP_KEYS
+from transfer_pipeline.mapping.op_kernels import OPS, apply_op
+from transfer_pipeline.mapping.op_specs import OP_NAMES
+from transfer_pipeline.mapping.rules import OP_KEYS
 
 
 def test_every_rule_op_has_a_tensor_op():

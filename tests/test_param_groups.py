@@ -1,4 +1,4 @@
-"""Unit tests for transfer_pipeline.param_groups: selectors -> optimizer groups, each param in one group."""
+"""Unit tests for transfer_pipeline.tuning.param_groups: selectors -> optimizer groups, each param in one group."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from transfer_pipeline.batchnorm import apply_bn_policy, bn_param_names
+from transfer_pipeline.tuning.batchnorm import apply_bn_policy, bn_param_names
 from transfer_pipeline.errors import UserError
-from transfer_pipeline.freezing import (
+from transfer_pipeline.tuning.freezing import (
     ResolvedEvent,
     initial_trainable,
     model_blocks,
@@ -19,7 +19,7 @@ from transfer_pipeline.freezing import (
     set_requires_grad,
     unfreeze,
 )
-from transfer_pipeline.param_groups import build_groups, format_groups, make_optimizer, no_decay_names
+from transfer_pipeline.tuning.param_groups import build_groups, format_groups, make_optimizer, no_decay_names
 from transfer_pipeline.schema import (
     BatchNormPolicy,
     FreezeConfig,

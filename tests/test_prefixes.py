@@ -1,4 +1,4 @@
-"""Unit tests for transfer_pipeline.prefixes: strip / add / swap prefixes from names and shapes alone."""
+"""Unit tests for transfer_pipeline.mapping.prefixes: strip / add / swap prefixes from names and shapes alone."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from transfer_pipeline.errors import UserError
-from transfer_pipeline.mapping import TensorMeta, plan_load
-from transfer_pipeline.prefixes import PrefixChoice, choose, count_hits, detect, nothing_loaded_error, side_by_side
+from transfer_pipeline.mapping.plan import TensorMeta, plan_load
+from transfer_pipeline.mapping.prefixes import PrefixChoice, choose, count_hits, detect, nothing_loaded_error, side_by_side
 
 
 def M(*shape: int) -> TensorMeta:
@@ -225,7 +225,7 @@ def test_property_wrapped_source_into_rooted_target_loads_everything(target, wra
 
 
 def test_load_plan_text_and_report_show_the_swap():
-    from transfer_pipeline.report import format_plan, report_dict
+    from transfer_pipeline.mapping.report import format_plan, report_dict
 
     target = under("backbone.", cnn())
     plan = plan_load(under("encoder.", cnn()), target)

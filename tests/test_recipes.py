@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from transfer_pipeline.lr_schedule import lr_at
+from transfer_pipeline.tuning.lr_schedule import lr_at
 from transfer_pipeline.models.digits import PRETRAINED_0TO4
 from transfer_pipeline.schema import SchedulerConfig, SchedulerName
 

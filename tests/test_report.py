@@ -1,4 +1,4 @@
-"""Unit tests for transfer_pipeline.report: load_report.json content and the terminal load plan."""
+"""Unit tests for transfer_pipeline.mapping.report: load_report.json content and the terminal load plan."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import re
 
 import pytest
 
-from transfer_pipeline.mapping import TensorMeta, plan_load
-from transfer_pipeline.report import format_plan, format_table, report_dict
+from transfer_pipeline.mapping.plan import TensorMeta, plan_load
+from transfer_pipeline.mapping.report import format_plan, format_table, report_dict
 
 PUBLIC_KEYS = {"loaded", "missing", "unexpected", "mismatched", "renamed", "loaded_fraction"}
 ALL_KEYS = PUBLIC_KEYS | {"source", "target", "stripped_prefix", "excluded", "rule_hits", "entries"}

@@ -11,11 +11,11 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from transfer_pipeline.freezing import plan_freezing, set_requires_grad
-from transfer_pipeline.lr_schedule import build_schedule
+from transfer_pipeline.tuning.freezing import plan_freezing, set_requires_grad
+from transfer_pipeline.tuning.lr_schedule import build_schedule
 from transfer_pipeline.models import DigitsCNN
-from transfer_pipeline.param_groups import build_groups, make_optimizer, no_decay_names
-from transfer_pipeline.train import train
+from transfer_pipeline.tuning.param_groups import build_groups, make_optimizer, no_decay_names
+from transfer_pipeline.training.loop import train
 
 STEM = ("stem.0.weight", "stem.1.weight", "stem.1.bias", "stem.1.running_mean", "stem.1.running_var",
         "stem.1.num_batches_tracked")
@@ -200,7 +200,7 @@ def test_gradual_unfreezing_one_block_per_epoch_from_the_head(compose):
 
 
 def test_gradual_warns_when_the_run_ends_before_every_block_is_unfrozen(compose, caplog):
-    with caplog.at_level(logging.WARNING, logger="transfer_pipeline.freezing"):
+    with caplog.at_level(logging.WARNING, logger="transfer_pipeline.tuning.freezing"):
         t = run_training(compose, "freeze=gradual", "freeze.gradual.every=2", epochs=5, spe=1)
     assert [int(r["trainable_params"]) for r in t.history] == [325, 325, 18885, 18885, 23557]
     (msg,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]

@@ -1,4 +1,4 @@
-"""transfer_pipeline.source: every checkpoint format and source kind, made by the test, and every bad input.
+"""transfer_pipeline.sources.read: every checkpoint format and source kind, made by the test, and every bad input.
 
 Each test writes its checkpoint into tmp_path, reads it back through `read_path` / `read_source`
 (or the whole pipeline), and checks names, values (torch.equal) and messages.
@@ -17,12 +17,12 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from transfer_pipeline.errors import UserError
-from transfer_pipeline.loading import target_meta
+from transfer_pipeline.mapping.apply import target_meta
 from transfer_pipeline.models import DigitsCNN
 from transfer_pipeline.models.digits import PRETRAINED_0TO4
-from transfer_pipeline.safe_load import Opaque, PlainDict
+from transfer_pipeline.sources.safe_load import Opaque, PlainDict
 from transfer_pipeline.schema import SourceConfig
-from transfer_pipeline.source import pick_nested, read_path, read_source, sniff
+from transfer_pipeline.sources.read import pick_nested, read_path, read_source, sniff
 
 from helpers import read_json, run_cli
 
@@ -165,7 +165,7 @@ def test_safetensors_is_lazy_and_exact(tmp_path, sd, monkeypatch):
 def test_safetensors_meta_comes_from_the_header_without_reading_data(tmp_path):
     path = tmp_path / "big.safetensors"
     save_file({"a": torch.zeros(256, 256, dtype=torch.float16), "b": torch.zeros(3, dtype=torch.bfloat16)}, path)
-    from transfer_pipeline.source import safetensors_header
+    from transfer_pipeline.sources.read import safetensors_header
 
     header, _ = safetensors_header(path)
     assert header["a"]["shape"] == [256, 256]
@@ -293,7 +293,7 @@ def test_missing_file_names_path_and_close_names(tmp_path):
 
 
 def test_unreadable_file(tmp_path, monkeypatch):
-    import transfer_pipeline.source as source
+    import transfer_pipeline.sources.read as source
 
     path = tmp_path / "locked.pt"
     path.write_bytes(b"PK\x03\x04")
@@ -438,7 +438,7 @@ def test_metadata_checkpoint_is_unpickled_once(tmp_path, monkeypatch):
 
     from omegaconf import OmegaConf
 
-    from transfer_pipeline import safe_load
+    from transfer_pipeline.sources import safe_load
 
     path = tmp_path / "c.ckpt"
     torch.save({"state_dict": {"w": torch.ones(2)}, "hparams": OmegaConf.create({"a": 1, "b": [1, 2]}),

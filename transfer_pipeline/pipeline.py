@@ -39,7 +39,7 @@ def run(cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
         summary.update(status="failed", error=str(e))
         raise
     finally:
-        from .outputs import git_commit, versions, write_json
+        from .training.outputs import git_commit, versions, write_json
 
         summary["seconds"] = round(time.perf_counter() - started, 3)
         summary["versions"] = versions()
@@ -49,18 +49,18 @@ def run(cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
 
 
 def _run(cfg: RunConfig, run_dir: Path, summary: dict[str, Any]) -> None:
-    from . import outputs
-    from .batchnorm import apply_bn_policy, format_bn_plan
+    from .training import outputs
+    from .tuning.batchnorm import apply_bn_policy, format_bn_plan
     from .build import build_model
-    from .data import build_data, loaders
-    from .freezing import plan_freezing, set_requires_grad
-    from .loading import load_model, target_meta
-    from .mapping import check_expectations, plan_load
-    from .lr_schedule import build_schedule, initial_lrs, write_lrs
-    from .param_groups import build_groups, format_groups, group_rows, make_optimizer, no_decay_names
-    from .report import format_plan, report_dict
-    from .source import read_source
-    from .train import autocast_context, check_output_size, evaluate, resolve_device, steps_per_epoch, train
+    from .training.data import build_data, loaders
+    from .tuning.freezing import plan_freezing, set_requires_grad
+    from .mapping.apply import load_model, target_meta
+    from .mapping.plan import check_expectations, plan_load
+    from .tuning.lr_schedule import build_schedule, initial_lrs, write_lrs
+    from .tuning.param_groups import build_groups, format_groups, group_rows, make_optimizer, no_decay_names
+    from .mapping.report import format_plan, report_dict
+    from .sources.read import read_source
+    from .training.loop import autocast_context, check_output_size, evaluate, resolve_device, steps_per_epoch, train
 
     # setup: everything that can be checked without data is checked before anything heavy
     device = resolve_device(cfg.device)

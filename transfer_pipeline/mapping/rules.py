@@ -15,8 +15,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import UserError
-from .paths import resolve_path
+from ..errors import UserError
+from ..paths import resolve_path
 
 # op -> the keys it takes besides from/to/op/optional (and their defaults, where one exists)
 OP_KEYS: dict[str, dict[str, Any]] = {

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .mapping import LoadEntry, LoadPlan, TensorMeta
+from .plan import LoadEntry, LoadPlan, TensorMeta
 
 
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], indent: str = "  ") -> str:

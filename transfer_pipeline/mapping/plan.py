@@ -15,12 +15,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import UserError, close_names
+from ..errors import UserError, close_names
 from .prefixes import choose as choose_prefix
 from .prefixes import nothing_loaded_error
-from .op_shapes import plan_op
+from .op_specs import plan_op
 from .rules import Rule, apply_rules, group_outputs, match_rule, parse_rules  # noqa: F401 (apply_rules, parse_rules: re-exported)
-from .selectors import check_selector, select, select_all
+from ..selectors import check_selector, select, select_all
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from .errors import UserError
+from ..errors import UserError
 from .rules import DEFAULT_INTERPOLATE_MODE, INTERPOLATE_MODES, Rule
 
 

@@ -17,8 +17,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import UserError
-from .schema import SchedulerConfig
+from ..errors import UserError
+from ..schema import SchedulerConfig
 
 
 def _constant(step: int, total: int, spe: int, cfg: SchedulerConfig) -> float:

@@ -23,11 +23,11 @@ import torch
 from torch import nn
 
 from .batchnorm import bn_mode_counts
-from .errors import UserError
+from ..errors import UserError
 from .freezing import Block, ResolvedEvent, check_lr_fields
-from .report import format_table
-from .schema import OptimConfig, ParamGroupConfig
-from .selectors import select_all
+from ..mapping.report import format_table
+from ..schema import OptimConfig, ParamGroupConfig
+from ..selectors import select_all
 
 OPTIMIZERS = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam, "sgd": torch.optim.SGD}
 NORM_LAYERS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm,

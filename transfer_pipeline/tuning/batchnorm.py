@@ -15,9 +15,9 @@ from collections.abc import Mapping, Sequence
 
 from torch import nn
 
-from .errors import UserError, did_you_mean
-from .schema import FreezeConfig
-from .selectors import check_selector, matches
+from ..errors import UserError, did_you_mean
+from ..schema import FreezeConfig
+from ..selectors import check_selector, matches
 
 BN_GLOBAL = {"eval": "auto", "train": "train", "frozen": "frozen"}  # freeze.bn -> mode of layers no override names
 

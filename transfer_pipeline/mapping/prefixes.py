@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import UserError
+from ..errors import UserError
 
 MAX_STRIP = 4  # leading name components a detected strip may have ('model.module._orig_mod.')
 MAX_ADD = 3  # leading components a detected target-side prefix may have

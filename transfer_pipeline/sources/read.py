@@ -19,12 +19,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import UserError, did_you_mean
-from .mapping import TensorMeta
-from .paths import resolve_path
-from .prefixes import match_count
+from ..errors import UserError, did_you_mean
+from ..mapping.plan import TensorMeta
+from ..paths import resolve_path
+from ..mapping.prefixes import match_count
 from .safe_load import torch_load
-from .schema import SourceConfig
+from ..schema import SourceConfig
 
 # Nested checkpoint keys, in the order preferred when two fit the target equally well.
 NESTED_KEYS = ("state_dict", "model", "module", "model_ema", "ema", "params", "net", "weights")
@@ -298,7 +298,7 @@ def _read_model(node: Mapping[str, Any]) -> SourceWeights:
     import torch
     from torch import nn
 
-    from .build import instantiate
+    from ..build import instantiate
 
     obj = instantiate(node, "source.model")
     if isinstance(obj, nn.Module):

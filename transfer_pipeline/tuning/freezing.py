@@ -19,9 +19,9 @@ from typing import Any
 from torch import nn
 
 from .batchnorm import frozen_bn_params, resolve_bn_modes
-from .errors import UserError
-from .schema import FreezeConfig
-from .selectors import select_all
+from ..errors import UserError
+from ..schema import FreezeConfig
+from ..selectors import select_all
 
 log = logging.getLogger(__name__)
 

@@ -14,10 +14,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .batchnorm import apply_bn_policy
-from .errors import UserError
-from .freezing import ResolvedEvent, apply_event
-from .lr_schedule import LRSchedule
+from ..tuning.batchnorm import apply_bn_policy
+from ..errors import UserError
+from ..tuning.freezing import ResolvedEvent, apply_event
+from ..tuning.lr_schedule import LRSchedule
 
 log = logging.getLogger(__name__)
 

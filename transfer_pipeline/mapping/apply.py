@@ -22,9 +22,9 @@ from collections.abc import Callable, Mapping
 import torch
 from torch import nn
 
-from .mapping import LoadPlan, TensorMeta
-from .ops import apply_op
-from .source import SourceWeights
+from .plan import LoadPlan, TensorMeta
+from .op_kernels import apply_op
+from ..sources.read import SourceWeights
 
 log = logging.getLogger(__name__)
 
