@@ -17,7 +17,8 @@ from hypothesis import strategies as st
 from torch import nn
 
 from transfer_pipeline.errors import UserError
-from transfer_pipeline.mapping.plan import TensorMeta, plan_load
+from transfer_pipeline.mapping.plan import plan_load
+from transfer_pipeline.tensor_meta import TensorMeta
 from transfer_pipeline.mapping.op_kernels import apply_op
 from transfer_pipeline.mapping.report import format_plan, report_dict
 from transfer_pipeline.mapping.rules import parse_rules

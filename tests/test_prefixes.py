@@ -7,7 +7,8 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from transfer_pipeline.errors import UserError
-from transfer_pipeline.mapping.plan import TensorMeta, plan_load
+from transfer_pipeline.mapping.plan import plan_load
+from transfer_pipeline.tensor_meta import TensorMeta
 from transfer_pipeline.mapping.prefixes import PrefixChoice, choose, count_hits, detect, nothing_loaded_error, side_by_side
 
 

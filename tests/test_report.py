@@ -7,8 +7,10 @@ import re
 
 import pytest
 
-from transfer_pipeline.mapping.plan import TensorMeta, plan_load
-from transfer_pipeline.mapping.report import format_plan, format_table, report_dict
+from transfer_pipeline.mapping.plan import plan_load
+from transfer_pipeline.tensor_meta import TensorMeta
+from transfer_pipeline.mapping.report import format_plan, report_dict
+from transfer_pipeline.tables import format_table
 
 PUBLIC_KEYS = {"loaded", "missing", "unexpected", "mismatched", "renamed", "loaded_fraction"}
 ALL_KEYS = PUBLIC_KEYS | {"source", "target", "stripped_prefix", "excluded", "rule_hits", "entries"}

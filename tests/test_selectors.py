@@ -7,7 +7,8 @@ import re
 import pytest
 
 from transfer_pipeline.errors import UserError
-from transfer_pipeline.selectors import check_selector, matches, module_prefixes, select, select_all
+from transfer_pipeline.names import module_prefixes
+from transfer_pipeline.selectors import check_selector, matches, select, select_all
 
 NAMES = [
     "stem.0.weight",

@@ -12,6 +12,7 @@ from collections.abc import Iterable, Sequence
 from fnmatch import fnmatchcase
 
 from .errors import UserError, did_you_mean
+from .names import module_prefixes
 
 
 def matches(selector: str, name: str) -> bool:
@@ -22,16 +23,6 @@ def matches(selector: str, name: str) -> bool:
 
 def select(selector: str, names: Iterable[str]) -> list[str]:
     return [n for n in names if matches(selector, n)]
-
-
-def module_prefixes(names: Iterable[str]) -> list[str]:
-    """Every module path above the given names ('layer1', 'layer1.0', ...), for hints."""
-    seen: dict[str, None] = {}
-    for name in names:
-        parts = name.split(".")
-        for i in range(1, len(parts)):
-            seen[".".join(parts[:i])] = None
-    return list(seen)
 
 
 def check_selector(selector: str, where: str) -> None:

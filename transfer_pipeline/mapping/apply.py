@@ -22,7 +22,9 @@ from collections.abc import Callable, Mapping
 import torch
 from torch import nn
 
-from .plan import LoadPlan, TensorMeta
+from ..names import join_name, parents, split_name
+from ..tensor_meta import TensorMeta, meta_of
+from .plan import LoadPlan
 from .op_kernels import apply_op
 from ..sources.read import SourceWeights
 
@@ -35,8 +37,7 @@ class CannotInitialise(Exception):
 
 def target_meta(model: nn.Module) -> dict[str, TensorMeta]:
     """Names, shapes and dtypes of everything a state dict of `model` holds (params + buffers; meta is fine)."""
-    return {k: TensorMeta(tuple(v.shape), str(v.dtype).removeprefix("torch."))
-            for k, v in model.state_dict(keep_vars=True).items()}
+    return meta_of(model.state_dict(keep_vars=True))
 
 
 def is_on_meta(model: nn.Module) -> bool:
@@ -78,7 +79,7 @@ def load_weights(model: nn.Module, plan: LoadPlan, source: SourceWeights) -> Non
 
 
 def _owner(model: nn.Module, name: str) -> tuple[str, nn.Module, str]:
-    mod_name, _, leaf = name.rpartition(".")
+    mod_name, leaf = split_name(name)
     return mod_name, model.get_submodule(mod_name), leaf
 
 
@@ -122,7 +123,7 @@ def assign_weights(model: nn.Module, plan: LoadPlan, source: SourceWeights, devi
     fresh: list[tuple[str, torch.Tensor]] = []
     for mod_name, module in owners.items():
         for leaf, p in list(module._parameters.items()):
-            full = f"{mod_name}.{leaf}" if mod_name else leaf
+            full = join_name(mod_name, leaf)
             if p is None or not p.is_meta or full in loaded:
                 continue
             t = torch.empty_like(p, device=device)
@@ -133,9 +134,7 @@ def assign_weights(model: nn.Module, plan: LoadPlan, source: SourceWeights, devi
     position = {name: i for i, (name, _) in enumerate(model.named_modules())}
     to_reset = set(owners)
     for mod_name in owners:  # e.g. MultiheadAttention's reset also zeroes its out_proj.bias
-        parts = mod_name.split(".") if mod_name else []
-        to_reset.update(a for a in (".".join(parts[:k]) for k in range(len(parts)))
-                        if _reset_fn(model.get_submodule(a)) is not None)
+        to_reset.update(a for a in parents(mod_name) if _reset_fn(model.get_submodule(a)) is not None)
     for mod_name in sorted(to_reset, key=lambda n: (-len(n.split(".")) if n else 0, position.get(n, 0))):
         module = model.get_submodule(mod_name)
         try:

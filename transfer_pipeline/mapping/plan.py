@@ -21,16 +21,7 @@ from .prefixes import nothing_loaded_error
 from .op_specs import plan_op
 from .rules import Rule, apply_rules, group_outputs, match_rule, parse_rules  # noqa: F401 (apply_rules, parse_rules: re-exported)
 from ..selectors import check_selector, select, select_all
-
-
-@dataclass(frozen=True)
-class TensorMeta:
-    shape: tuple[int, ...]
-    dtype: str = "float32"
-
-    @property
-    def numel(self) -> int:
-        return math.prod(self.shape)
+from ..tensor_meta import TensorMeta
 
 
 @dataclass(frozen=True)

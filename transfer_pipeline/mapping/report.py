@@ -5,15 +5,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .plan import LoadEntry, LoadPlan, TensorMeta
-
-
-def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], indent: str = "  ") -> str:
-    cells = [[str(h) for h in headers]] + [[str(c) for c in r] for r in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-    lines = [indent + "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells]
-    lines.insert(1, indent + "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+from ..names import group_by_component
+from ..tables import format_table
+from ..tensor_meta import TensorMeta
+from .plan import LoadEntry, LoadPlan
 
 
 def report_dict(plan: LoadPlan, source_description: str | None, target_name: str) -> dict[str, Any]:
@@ -66,12 +61,6 @@ def _tree_rows(names: Sequence[str], kind: Mapping[str, int], ops: Mapping[str, 
     """Rows of the module tree: a module whose tensors all fared alike is one row; others open up."""
     rows: list[list[str]] = []
 
-    def children(members: Sequence[str], depth: int) -> dict[str, list[str]]:
-        groups: dict[str, list[str]] = {}
-        for n in members:
-            groups.setdefault(n.split(".")[depth], []).append(n)
-        return groups
-
     def visit(label: str, members: list[str], depth: int) -> None:
         r, op_counts = [len(members), 0, 0, 0, 0], {}
         for n in members:
@@ -80,11 +69,11 @@ def _tree_rows(names: Sequence[str], kind: Mapping[str, int], ops: Mapping[str, 
                 op_counts[ops[n]] = op_counts.get(ops[n], 0) + 1
         rows.append([label, f"{r[1]}/{r[0]}", _status(r, op_counts)])
         if len({kind[n] for n in members}) > 1:
-            items = list(children(members, depth).items())
+            items = list(group_by_component(members, depth).items())
             for k, (part, sub) in enumerate(items):
                 visit("  " * (depth - 1) + ("└ " if k == len(items) - 1 else "├ ") + part, sub, depth + 1)
 
-    for part, sub in children(names, 0).items():
+    for part, sub in group_by_component(names).items():
         visit(part, sub, 1)
     return rows
 

@@ -19,12 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
-from ..mapping.plan import TensorMeta
-
-BYTES = {"float64": 8, "int64": 8, "uint64": 8, "complex64": 8, "float32": 4, "int32": 4, "uint32": 4,
-         "float16": 2, "bfloat16": 2, "int16": 2, "uint16": 2, "int8": 1, "uint8": 1, "bool": 1,
-         "float8_e4m3fn": 1, "float8_e5m2": 1}
-
+from ..tables import format_table
+from ..tensor_meta import TensorMeta
 
 @dataclass
 class Summary:
@@ -96,11 +92,10 @@ def tree_rows(meta: Mapping[str, TensorMeta], strip: str, depth: int) -> list[li
 
 
 def format_summary(s: Summary, depth: int = 1, max_rows: int = 40) -> str:
-    from ..mapping.report import format_table
 
     meta = s.meta
     numel = sum(m.numel for m in meta.values())
-    nbytes = sum(m.numel * BYTES.get(m.dtype, 4) for m in meta.values())
+    nbytes = sum(m.nbytes for m in meta.values())
     size = s.path.stat().st_size if s.path.is_file() else 0
     lines = [f"Checkpoint: {s.path}" + (f" ({_human(size)})" if size else ""),
              f"  format: {s.format}"]

@@ -20,18 +20,14 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UserError, did_you_mean
-from ..mapping.plan import TensorMeta
 from ..paths import resolve_path
 from ..mapping.prefixes import match_count
 from .safe_load import torch_load
 from ..schema import SourceConfig
+from ..tensor_meta import SAFETENSORS_DTYPES, TensorMeta, meta_of
 
 # Nested checkpoint keys, in the order preferred when two fit the target equally well.
 NESTED_KEYS = ("state_dict", "model", "module", "model_ema", "ema", "params", "net", "weights")
-SAFETENSORS_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16",
-                      "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2", "I64": "int64", "I32": "int32",
-                      "I16": "int16", "I8": "int8", "U64": "uint64", "U32": "uint32", "U16": "uint16",
-                      "U8": "uint8", "BOOL": "bool"}
 # A Hugging Face style folder: the first of these that exists is the checkpoint.
 FOLDER_FILES = ("model.safetensors.index.json", "model.safetensors", "pytorch_model.bin.index.json",
                 "pytorch_model.bin")
@@ -51,14 +47,9 @@ class SourceWeights:
     extra: dict[str, Any] = field(default_factory=dict)  # format metadata (safetensors __metadata__ ...)
 
 
-def _dtype_name(dtype: Any) -> str:
-    return str(dtype).removeprefix("torch.")
-
-
 def _from_state_dict(sd: Mapping[str, Any], description: str, path: Path | None = None,
                      notes: list[str] | None = None, **kw: Any) -> SourceWeights:
-    meta = {k: TensorMeta(tuple(v.shape), _dtype_name(v.dtype)) for k, v in sd.items()}
-    return SourceWeights(description, meta, sd.__getitem__, path, notes or [], **kw)
+    return SourceWeights(description, meta_of(sd), sd.__getitem__, path, notes or [], **kw)
 
 
 # --- sniffing --------------------------------------------------------------------------------------

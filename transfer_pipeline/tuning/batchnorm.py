@@ -17,6 +17,7 @@ from torch import nn
 
 from ..errors import UserError, did_you_mean
 from ..schema import FreezeConfig
+from ..names import join_name
 from ..selectors import check_selector, matches
 
 BN_GLOBAL = {"eval": "auto", "train": "train", "frozen": "frozen"}  # freeze.bn -> mode of layers no override names
@@ -26,12 +27,8 @@ def bn_modules(model: nn.Module) -> dict[str, nn.Module]:
     return {n: m for n, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)}
 
 
-def _qualified(module_name: str, name: str) -> str:
-    return f"{module_name}.{name}" if module_name else name
-
-
 def bn_param_names(model: nn.Module) -> set[str]:
-    return {_qualified(n, p) for n, m in bn_modules(model).items() for p, _ in m.named_parameters(recurse=False)}
+    return {join_name(n, p) for n, m in bn_modules(model).items() for p, _ in m.named_parameters(recurse=False)}
 
 
 def resolve_bn_modes(model: nn.Module, cfg: FreezeConfig) -> dict[str, str]:
@@ -48,7 +45,7 @@ def resolve_bn_modes(model: nn.Module, cfg: FreezeConfig) -> dict[str, str]:
         for sel in override.params:
             check_selector(sel, where)
             hit = [n for n, m in layers.items() if matches(sel, n)
-                   or any(matches(sel, _qualified(n, p)) for p, _ in m.named_parameters(recurse=False))]
+                   or any(matches(sel, join_name(n, p)) for p, _ in m.named_parameters(recurse=False))]
             if not hit:
                 hint = did_you_mean(sel, layers) if layers else " The model has no BatchNorm layer."
                 raise UserError(f"{where}: selector {sel!r} matches no BatchNorm layer.{hint}")
@@ -63,7 +60,7 @@ def resolve_bn_modes(model: nn.Module, cfg: FreezeConfig) -> dict[str, str]:
 
 def frozen_bn_params(model: nn.Module, modes: Mapping[str, str]) -> set[str]:
     layers = bn_modules(model)
-    return {_qualified(n, p) for n, mode in modes.items() if mode == "frozen"
+    return {join_name(n, p) for n, mode in modes.items() if mode == "frozen"
             for p, _ in layers[n].named_parameters(recurse=False)}
 
 
@@ -120,4 +117,4 @@ def bn_mode_counts(model: nn.Module, modes: Mapping[str, str], param_names: Sequ
     layers = bn_modules(model)
     wanted = set(param_names)
     return Counter(effective_bn_mode(layers[n], mode) for n, mode in modes.items()
-                   if any(_qualified(n, p) in wanted for p, _ in layers[n].named_parameters(recurse=False)))
+                   if any(join_name(n, p) in wanted for p, _ in layers[n].named_parameters(recurse=False)))

@@ -21,6 +21,7 @@ from torch import nn
 from .batchnorm import frozen_bn_params, resolve_bn_modes
 from ..errors import UserError
 from ..schema import FreezeConfig
+from ..names import group_by_component
 from ..selectors import select_all
 
 log = logging.getLogger(__name__)
@@ -88,11 +89,8 @@ def model_blocks(param_names: Sequence[str], blocks: Sequence[Any] | None = None
     """
     names = list(param_names)
     if blocks is None:
-        tops: dict[str, list[str]] = {}
         root = [n for n in names if "." not in n]
-        for n in names:
-            if "." in n:
-                tops.setdefault(n.split(".", 1)[0], []).append(n)
+        tops = group_by_component([n for n in names if "." in n])
         if not tops:
             return [Block("*", ("*",), tuple(names))] if names else []
         out = [Block(t, (t,), tuple(ns)) for t, ns in tops.items()]

@@ -25,9 +25,10 @@ from torch import nn
 from .batchnorm import bn_mode_counts
 from ..errors import UserError
 from .freezing import Block, ResolvedEvent, check_lr_fields
-from ..mapping.report import format_table
 from ..schema import OptimConfig, ParamGroupConfig
+from ..names import join_name
 from ..selectors import select_all
+from ..tables import format_table
 
 OPTIMIZERS = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam, "sgd": torch.optim.SGD}
 NORM_LAYERS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm,
@@ -52,7 +53,7 @@ class GroupSpec:
 
 
 def norm_param_names(model: nn.Module) -> set[str]:
-    return {f"{m}.{p}" if m else p for m, mod in model.named_modules() if isinstance(mod, NORM_LAYERS)
+    return {join_name(m, p) for m, mod in model.named_modules() if isinstance(mod, NORM_LAYERS)
             for p, _ in mod.named_parameters(recurse=False)}
 
 
