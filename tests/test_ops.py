@@ -8,13 +8,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from transfer_pipeline.mapping.op_kernels import OPS, apply_op
-from transfer_pipeline.mapping.op_specs import OP_NAMES
-from transfer_pipeline.mapping.rules import OP_KEYS
+from transfer_pipeline.mapping.op_kernels import KERNELS, apply_op
+from transfer_pipeline.mapping.op_specs import OPS
 
 
 def test_every_rule_op_has_a_tensor_op():
-    assert {OP_NAMES.get(op, op) for op in OP_KEYS} <= set(OPS)
+    assert {spec.kernel_name for spec in OPS.values()} == set(KERNELS)
 
 
 def test_copy_returns_the_source():
@@ -145,3 +144,18 @@ def test_interpolate_half_precision_is_computed_in_float():
     t = torch.randn(2, 2, 3, 3, dtype=torch.bfloat16)
     out = apply_op("interpolate", [t], interp_args(dims=(2, 3), size=(5, 5), mode="bicubic"))
     assert out.dtype == torch.bfloat16 and out.shape == (2, 2, 5, 5)
+
+
+def test_a_spec_without_a_kernel_fails_at_import(monkeypatch):
+    import dataclasses
+    import importlib
+
+    from transfer_pipeline.mapping import op_kernels, op_specs
+
+    monkeypatch.setitem(op_specs.OPS, "mirror", dataclasses.replace(op_specs.OPS["transpose"], name="mirror"))
+    try:
+        with pytest.raises(ImportError, match="specs without a kernel \\['mirror'\\]"):
+            importlib.reload(op_kernels)
+    finally:
+        monkeypatch.undo()
+        importlib.reload(op_kernels)

@@ -1,8 +1,9 @@
-"""Tensor ops that a LoadEntry applies when loading (the plan in mapping.py names them).
+"""Mapping ops, torch half: the kernel each LoadEntry applies when loading.
 
-Each op takes the source tensors (in the entry's `sources` order) and the entry's arguments,
-and returns the target tensor. Ops are looked up in a table, so a new rule kind is one function
-here plus its shape check (`plan_<op>` in op_shapes.py). Shapes were checked by the plan already.
+Each kernel takes the source tensors (in the entry's `sources` order) and the arguments its
+spec's shape plan returned (op_specs.py), and returns the target tensor. Shapes were checked by
+the plan already. `KERNELS` is keyed by `OpSpec.kernel_name`; the two tables are checked against
+each other at import, so an op with a spec but no kernel (or the reverse) fails at once.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+
+from .op_specs import OPS
 
 
 def copy(tensors: Sequence[torch.Tensor], **_: Any) -> torch.Tensor:
@@ -99,11 +102,15 @@ def _resize(x: torch.Tensor, size: tuple[int, ...], mode: str, align_corners: bo
     return F.interpolate(x, size=size, mode=mode, align_corners=corners)
 
 
-OPS: dict[str, Callable[..., torch.Tensor]] = {
+KERNELS: dict[str, Callable[..., torch.Tensor]] = {
     "copy": copy, "concat": concat, "split": split, "transpose": transpose, "reshape": reshape,
     "adapt_channels": adapt_channels, "select": select, "interpolate": interpolate,
 }
+_specs = {spec.kernel_name for spec in OPS.values()}
+if _specs != set(KERNELS):
+    raise ImportError(f"mapping ops: specs without a kernel {sorted(_specs - set(KERNELS))}, "
+                      f"kernels without a spec {sorted(set(KERNELS) - _specs)} (op_specs.OPS vs op_kernels.KERNELS)")
 
 
 def apply_op(op: str, tensors: Sequence[torch.Tensor], args: tuple[tuple[str, Any], ...] = ()) -> torch.Tensor:
-    return OPS[op](tensors, **dict(args))
+    return KERNELS[op](tensors, **dict(args))

@@ -1,31 +1,132 @@
-"""Shape planning for the rule ops: one `plan_<op>` per op in rules.OP_KEYS.
+"""Mapping ops, torch-free half: for each op its keys (defaults and checks) and its shape plan.
 
-Each takes (rule, source names, their shapes, target name, target shape, split part), checks
-that the op turns those shapes into the target's, and returns the arguments the op in ops.py
-needs. Pure: no torch, no tensor data; errors name the rule's key, the tensors and both shapes.
+An op is one `OpSpec` in `OPS` plus one kernel of the same `kernel` name in op_kernels.py (the
+torch half, which checks at import that the two tables agree). To add an op: write its
+`plan_<op>` here (check that the op turns the source shapes into the target's, return the
+arguments the kernel needs) and an `OpSpec` with its keys, then its kernel in op_kernels.py.
+rules.py parses and validates a rule's keys through the spec; mapping/plan.py calls `plan_op`.
+Pure: no torch, no tensor data; errors name the rule's key, the tensors and both shapes.
 """
 
 from __future__ import annotations
 
+import json
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import UserError
-from .rules import DEFAULT_INTERPOLATE_MODE, INTERPOLATE_MODES, Rule
+from ..paths import resolve_path
 
+INTERPOLATE_MODES = {"nearest": (1, 2, 3), "area": (1, 2, 3), "linear": (1,), "bilinear": (2,),
+                     "bicubic": (2,), "trilinear": (3,)}
+DEFAULT_INTERPOLATE_MODE = {1: "linear", 2: "bicubic", 3: "trilinear"}
+
+
+# --- key checks: (value, where) -> the checked value ---------------------------------------------------
+
+def _is_list(v: Any) -> bool:
+    return isinstance(v, Sequence) and not isinstance(v, (str, bytes))
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def int_list(what: str, minimum: int | None = None) -> Callable[[Any, str], tuple[int, ...]]:
+    def check(v: Any, where: str) -> tuple[int, ...]:
+        if not _is_list(v) or not all(_is_int(x) for x in v):
+            raise UserError(f"{where}: expected a list of integers ({what}), got {v!r}.")
+        if minimum is not None and any(x < minimum for x in v):
+            raise UserError(f"{where}: every value must be >= {minimum} ({what}), got {list(v)}.")
+        return tuple(v)
+    return check
+
+
+def two_dims(v: Any, where: str) -> tuple[int, ...]:
+    dims = int_list("the dims to swap")(v, where)
+    if len(dims) != 2:
+        raise UserError(f"{where}: transpose swaps two dims, e.g. dims: [0, 1]; got {list(dims)}.")
+    return dims
+
+
+def an_int(minimum: int | None = None) -> Callable[[Any, str], int]:
+    def check(v: Any, where: str) -> int:
+        if not _is_int(v) or (minimum is not None and v < minimum):
+            raise UserError(f"{where}: expected an integer{f' >= {minimum}' if minimum is not None else ''}, got {v!r}.")
+        return v
+    return check
+
+
+def a_bool(v: Any, where: str) -> bool:
+    if not isinstance(v, bool):
+        raise UserError(f"{where}: expected true or false, got {v!r}.")
+    return v
+
+
+def a_mode(v: Any, where: str) -> str:
+    if v not in INTERPOLATE_MODES:
+        raise UserError(f"{where}: {v!r} is not an interpolation mode; choose one of {sorted(INTERPOLATE_MODES)}.")
+    return v
+
+
+def read_label_map(path: Any, where: str) -> tuple[int, ...]:
+    """Source row indices in target order: a JSON list, or text with one index per line (`#` comments).
+
+    A text line may carry the class name after the index (`207 golden retriever`); only the index counts.
+    """
+    p = resolve_path(str(path), where)
+    if not p.is_file():
+        raise UserError(f"{where}: no such label-map file: {p.resolve()}.")
+    text = p.read_text()
+    try:
+        if p.suffix == ".json":
+            data = json.loads(text)
+            return int_list(f"a JSON list of source indices in {p}", minimum=0)(data, where)
+        rows = [ln.split("#", 1)[0].split() for ln in text.splitlines()]
+        return tuple(int(r[0]) for r in rows if r)
+    except (ValueError, json.JSONDecodeError) as e:
+        raise UserError(f"{where}: {p} is not a label map ({e}); write one source index per line "
+                        "(optionally followed by the class name), or a JSON list of indices.") from None
+
+
+@dataclass(frozen=True)
+class Key:
+    default: Any
+    check: Callable[[Any, str], Any]
+
+
+@dataclass(frozen=True)
+class OpSpec:
+    """One rule op: its own keys, its shape plan, the kernel that applies it, and its `from`/`to` form."""
+
+    name: str
+    plan: Callable[..., dict[str, Any]]  # (rule, source names, shapes, target, target shape, part) -> kernel args
+    keys: Mapping[str, Key] = field(default_factory=dict)
+    kernel: str = ""  # the op_kernels.KERNELS entry ('' = the op's own name)
+    many_from: bool = False  # `from` is a list of regexes, one per part (concat)
+    many_to: bool = False  # `to` is a list of templates, one per part (split)
+    finish: Callable[[dict[str, Any], str, int], dict[str, Any]] | None = None  # cross-key checks: (args, where, targets)
+
+    @property
+    def kernel_name(self) -> str:
+        return self.kernel or self.name
+
+
+# --- shape plans ----------------------------------------------------------------------------------
 
 def _fmt(names: Sequence[str], shapes: Sequence[tuple[int, ...]]) -> str:
     return ", ".join(f"{n} {tuple(s)}" for n, s in zip(names, shapes))
 
 
-def _dim(rule: Rule, d: int, ndim: int, names: Sequence[str], shapes: Sequence[tuple[int, ...]], key: str = "dim") -> int:
+def _dim(rule: Any, d: int, ndim: int, names: Sequence[str], shapes: Sequence[tuple[int, ...]], key: str = "dim") -> int:
     if not -ndim <= d < ndim:
         raise UserError(f"{rule.where}.{key}: dim {d} does not exist in {_fmt(names, shapes)} ({ndim}-D).")
     return d % ndim
 
 
-def _result_error(rule: Rule, what: str, names: Sequence[str], shapes: Sequence[tuple[int, ...]],
+def _result_error(rule: Any, what: str, names: Sequence[str], shapes: Sequence[tuple[int, ...]],
                   result: tuple[int, ...], target: str, tshape: tuple[int, ...], fix: str) -> UserError:
     return UserError(f"{rule.where} ({rule.op}): {what} of {_fmt(names, shapes)} gives {tuple(result)}, but target "
                      f"{target} is {tuple(tshape)}. {fix}")
@@ -175,16 +276,44 @@ def plan_rename(rule, names, shapes, target, tshape, part):
     return {}
 
 
-PLANNERS: dict[str, Callable[..., dict[str, Any]]] = {
-    "rename": plan_rename, "concat": plan_concat, "split": plan_split, "transpose": plan_transpose,
-    "reshape": plan_reshape, "adapt_channels": plan_adapt_channels, "select": plan_select,
-    "interpolate": plan_interpolate,
-}
-OP_NAMES = {"rename": "copy"}  # the ops.py function each rule op uses, where the names differ
+def _finish_split(args: dict[str, Any], where: str, n_targets: int) -> dict[str, Any]:
+    sizes = args.get("sizes")
+    if sizes is not None and len(sizes) != n_targets:
+        raise UserError(f"{where}.sizes: {list(sizes)} has {len(sizes)} sizes for {n_targets} targets in `to`; "
+                        "give one size per target.")
+    return args
 
 
-def plan_op(rule: Rule, names: Sequence[str], shapes: Sequence[tuple[int, ...]], target: str,
+def _finish_select(args: dict[str, Any], where: str, n_targets: int) -> dict[str, Any]:
+    if "label_map" in args:
+        if "indices" in args:
+            raise UserError(f"{where}: give either indices or label_map, not both.")
+        args["indices"] = args.pop("label_map")
+    if "indices" not in args:
+        raise UserError(f"{where}: op select needs `indices: [source rows in target order]` or `label_map: <file>`.")
+    return args
+
+
+DIM = Key(0, an_int())
+OPS: dict[str, OpSpec] = {spec.name: spec for spec in (
+    OpSpec("rename", plan_rename, kernel="copy"),
+    OpSpec("concat", plan_concat, {"dim": DIM}, many_from=True),
+    OpSpec("split", plan_split, {"dim": DIM, "sizes": Key(None, int_list("the size of each part along `dim`", 1))},
+           many_to=True, finish=_finish_split),
+    OpSpec("transpose", plan_transpose, {"dims": Key((0, 1), two_dims)}),
+    OpSpec("reshape", plan_reshape, {"shape": Key(None, int_list("the target shape; -1 once for 'the rest'", -1))}),
+    OpSpec("adapt_channels", plan_adapt_channels),
+    OpSpec("select", plan_select, {"dim": DIM, "indices": Key(None, int_list("source rows to keep, in target order", 0)),
+                                   "label_map": Key(None, read_label_map)}, finish=_finish_select),
+    OpSpec("interpolate", plan_interpolate, {"dims": Key(None, int_list("the dims to resize")), "mode": Key(None, a_mode),
+                                             "grid": Key(False, a_bool), "prefix_tokens": Key(0, an_int(0)),
+                                             "align_corners": Key(False, a_bool)}),
+)}
+
+
+def plan_op(rule: Any, names: Sequence[str], shapes: Sequence[tuple[int, ...]], target: str,
             tshape: tuple[int, ...], part: int = 0) -> tuple[str, tuple[tuple[str, Any], ...]]:
-    """(ops.py op name, its arguments) turning the tensors `names` into `target`; shape errors raise here."""
-    args = PLANNERS[rule.op](rule, list(names), [tuple(s) for s in shapes], target, tuple(tshape), part)
-    return OP_NAMES.get(rule.op, rule.op), tuple(sorted(args.items()))
+    """(kernel name, its arguments) turning the tensors `names` into `target`; shape errors raise here."""
+    spec = OPS[rule.op]
+    args = spec.plan(rule, list(names), [tuple(s) for s in shapes], target, tuple(tshape), part)
+    return spec.kernel_name, tuple(sorted(args.items()))

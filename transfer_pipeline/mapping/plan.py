@@ -2,7 +2,7 @@
 
 Pure: no tensor data is read here, which is what makes `mode=plan` instant and plans easy to
 test. Steps: strip wrapper prefixes (`module.`, `_orig_mod.`, `model.` ...), apply the ordered
-rules (renames, and ops that concat/split/transpose/... tensors: op_shapes.py checks their shapes),
+rules (renames, and ops that concat/split/transpose/... tensors: op_specs.py checks their shapes),
 match the rest by name, optionally pair what is left by module order and shape
 (`mapping.auto: shape_order`), then compare shapes with the target.
 """
@@ -33,7 +33,7 @@ class LoadEntry:
     shape: tuple[int, ...]  # the target's shape (what `op` produces)
     source_dtype: str
     target_dtype: str
-    op: str = "copy"  # see ops.py
+    op: str = "copy"  # a kernel in op_kernels.py
     args: tuple[tuple[str, Any], ...] = ()  # the op's arguments, as sorted (key, value) pairs
     rule: int | None = None  # the mapping.rules index that planned it; None: same name (or auto)
 

@@ -1,39 +1,23 @@
 """`mapping.rules`: parse them, match source names, and group what each rule takes into its targets.
 
 A rule is `{from, to, op, optional}` plus the op's own keys. `rename` (the default) maps one
-source name to one target name; the other ops (see OP_KEYS) also transform the tensor, and
-op_shapes.py checks each op's shapes. This module parses the rules, matches source names and
+source name to one target name; the other ops also transform the tensor: op_specs.py holds each
+op's keys and shape plan, op_kernels.py its kernel. This module parses the rules, matches source names and
 groups the tensors a rule takes into the targets it writes. Pure: no torch, no tensor data;
 errors name the rule (`mapping.rules[2].sizes`).
 """
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from ..errors import UserError
-from ..paths import resolve_path
+from .op_specs import OPS, OpSpec, _is_list
 
-# op -> the keys it takes besides from/to/op/optional (and their defaults, where one exists)
-OP_KEYS: dict[str, dict[str, Any]] = {
-    "rename": {},
-    "concat": {"dim": 0},
-    "split": {"dim": 0, "sizes": None},
-    "transpose": {"dims": (0, 1)},
-    "reshape": {"shape": None},
-    "adapt_channels": {},
-    "select": {"dim": 0, "indices": None, "label_map": None},
-    "interpolate": {"dims": None, "mode": None, "grid": False, "prefix_tokens": 0, "align_corners": False},
-}
-RULE_OPS = tuple(OP_KEYS)
-RULE_KEYS = {"from", "to", "op", "optional"} | {k for keys in OP_KEYS.values() for k in keys}
-INTERPOLATE_MODES = {"nearest": (1, 2, 3), "area": (1, 2, 3), "linear": (1,), "bilinear": (2,),
-                     "bicubic": (2,), "trilinear": (3,)}
-DEFAULT_INTERPOLATE_MODE = {1: "linear", 2: "bicubic", 3: "trilinear"}
+RULE_KEYS = {"from", "to", "op", "optional"} | {k for spec in OPS.values() for k in spec.keys}
 
 
 @dataclass(frozen=True)
@@ -51,8 +35,12 @@ class Rule:
     def where(self) -> str:
         return f"mapping.rules[{self.index}]"
 
+    @property
+    def spec(self) -> OpSpec:
+        return OPS[self.op]
+
     def arg(self, key: str) -> Any:
-        return dict(self.args).get(key, OP_KEYS[self.op].get(key))
+        return dict(self.args).get(key, self.spec.keys[key].default if key in self.spec.keys else None)
 
     def match(self, name: str) -> tuple[int, re.Match] | None:
         """(which `from` pattern, its match) for the first pattern that matches all of `name`."""
@@ -71,22 +59,6 @@ class Rule:
 
 # --- parsing -----------------------------------------------------------------------------------------
 
-def _is_list(v: Any) -> bool:
-    return isinstance(v, Sequence) and not isinstance(v, (str, bytes))
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _int_list(v: Any, where: str, what: str, minimum: int | None = None) -> tuple[int, ...]:
-    if not _is_list(v) or not all(_is_int(x) for x in v):
-        raise UserError(f"{where}: expected a list of integers ({what}), got {v!r}.")
-    if minimum is not None and any(x < minimum for x in v):
-        raise UserError(f"{where}: every value must be >= {minimum} ({what}), got {list(v)}.")
-    return tuple(v)
-
-
 def _compile(p: Any, where: str) -> re.Pattern:
     if not isinstance(p, str):
         raise UserError(f"{where}: expected a regex string, got {p!r}.")
@@ -96,64 +68,15 @@ def _compile(p: Any, where: str) -> re.Pattern:
         raise UserError(f"{where}: {p!r} is not a valid regex: {e}.") from None
 
 
-def read_label_map(path: str, where: str) -> tuple[int, ...]:
-    """Source row indices in target order: a JSON list, or text with one index per line (`#` comments).
-
-    A text line may carry the class name after the index (`207 golden retriever`); only the index counts.
-    """
-    p = resolve_path(path, where)
-    if not p.is_file():
-        raise UserError(f"{where}: no such label-map file: {p.resolve()}.")
-    text = p.read_text()
-    try:
-        if p.suffix == ".json":
-            data = json.loads(text)
-            return _int_list(data, where, f"a JSON list of source indices in {p}", minimum=0)
-        rows = [ln.split("#", 1)[0].split() for ln in text.splitlines()]
-        return tuple(int(r[0]) for r in rows if r)
-    except (ValueError, json.JSONDecodeError) as e:
-        raise UserError(f"{where}: {p} is not a label map ({e}); write one source index per line "
-                        "(optionally followed by the class name), or a JSON list of indices.") from None
-
-
-def _parse_args(op: str, r: Mapping[str, Any], where: str) -> tuple[tuple[str, Any], ...]:
-    allowed = OP_KEYS[op]
-    wrong = sorted(k for k in r if k not in {"from", "to", "op", "optional"} and k not in allowed)
+def _parse_args(spec: OpSpec, r: Mapping[str, Any], where: str, n_targets: int) -> tuple[tuple[str, Any], ...]:
+    """The op's own keys of rule `r`, each checked by its spec (and the spec's cross-key check)."""
+    wrong = sorted(k for k in r if k not in {"from", "to", "op", "optional"} and k not in spec.keys)
     if wrong:
-        takes = f"takes {sorted(allowed)}" if allowed else "takes no other keys"
-        raise UserError(f"{where}: key(s) {wrong} do not apply to op {op!r}; {op} {takes}.")
-    args: dict[str, Any] = {}
-    for key in allowed:
-        if key not in r or r[key] is None:
-            continue
-        v, w = r[key], f"{where}.{key}"
-        if key in ("dim", "prefix_tokens"):
-            if not _is_int(v) or (key == "prefix_tokens" and v < 0):
-                raise UserError(f"{w}: expected {'an integer' if key == 'dim' else 'an integer >= 0'}, got {v!r}.")
-        elif key == "sizes":
-            v = _int_list(v, w, "the size of each part along `dim`", minimum=1)
-        elif key == "indices":
-            v = _int_list(v, w, "source rows to keep, in target order", minimum=0)
-        elif key == "shape":
-            v = _int_list(v, w, "the target shape; -1 once for 'the rest'", minimum=-1)
-        elif key == "dims":
-            v = _int_list(v, w, "the dims to swap" if op == "transpose" else "the dims to resize")
-            if op == "transpose" and len(v) != 2:
-                raise UserError(f"{w}: transpose swaps two dims, e.g. dims: [0, 1]; got {list(v)}.")
-        elif key == "mode":
-            if v not in INTERPOLATE_MODES:
-                raise UserError(f"{w}: {v!r} is not an interpolation mode; choose one of {sorted(INTERPOLATE_MODES)}.")
-        elif key in ("grid", "align_corners"):
-            if not isinstance(v, bool):
-                raise UserError(f"{w}: expected true or false, got {v!r}.")
-        elif key == "label_map":
-            if "indices" in r and r["indices"] is not None:
-                raise UserError(f"{where}: give either indices or label_map, not both.")
-            v = read_label_map(str(v), w)
-            key = "indices"
-        args[key] = v
-    if op == "select" and "indices" not in args:
-        raise UserError(f"{where}: op select needs `indices: [source rows in target order]` or `label_map: <file>`.")
+        takes = f"takes {sorted(spec.keys)}" if spec.keys else "takes no other keys"
+        raise UserError(f"{where}: key(s) {wrong} do not apply to op {spec.name!r}; {spec.name} {takes}.")
+    args = {key: spec.keys[key].check(r[key], f"{where}.{key}") for key in spec.keys if r.get(key) is not None}
+    if spec.finish is not None:
+        args = spec.finish(args, where, n_targets)
     return tuple(sorted(args.items()))
 
 
@@ -170,33 +93,31 @@ def parse_rules(raw: Sequence[Mapping[str, Any]]) -> list[Rule]:
         if "from" not in r or "to" not in r:
             raise UserError(f"{where}: a rule needs both 'from' (a regex) and 'to' (a template with \\1 groups).")
         op = r.get("op", "rename") or "rename"
-        if op not in RULE_OPS:
-            raise UserError(f"{where}: op {op!r} is not supported; choose one of {list(RULE_OPS)}.")
+        if op not in OPS:
+            raise UserError(f"{where}: op {op!r} is not supported; choose one of {list(OPS)}.")
+        spec = OPS[op]
         froms, tos = r["from"], r["to"]
-        if op == "concat":
+        if spec.many_from:
             if not _is_list(froms) or len(froms) < 2:
-                raise UserError(f"{where}.from: op concat takes a list of two or more regexes, one per part in "
+                raise UserError(f"{where}.from: op {op} takes a list of two or more regexes, one per part in "
                                 f"order (e.g. the q, k and v weights), got {froms!r}.")
         elif _is_list(froms):
             raise UserError(f"{where}.from: op {op} takes one regex; a list of regexes is for op concat.")
-        if op == "split":
+        if spec.many_to:
             if not _is_list(tos) or len(tos) < 2 or not all(isinstance(t, str) for t in tos):
-                raise UserError(f"{where}.to: op split takes a list of two or more target templates, one per "
+                raise UserError(f"{where}.to: op {op} takes a list of two or more target templates, one per "
                                 f"part in order, got {tos!r}.")
         elif not isinstance(tos, str):
             raise UserError(f"{where}.to: op {op} takes one target template; a list of templates is for op split.")
         froms = list(froms) if _is_list(froms) else [froms]
         tos = list(tos) if _is_list(tos) else [tos]
-        patterns = tuple(_compile(p, f"{where}.from" + (f"[{j}]" if op == "concat" else ""))
+        patterns = tuple(_compile(p, f"{where}.from" + (f"[{j}]" if spec.many_from else ""))
                          for j, p in enumerate(froms))
         if len({p.groups for p in patterns}) > 1:
             raise UserError(f"{where}.from: the patterns capture {[p.groups for p in patterns]} groups; every "
                             "pattern of a concat rule must capture the same groups (the layer index ...), "
                             "which is how the parts of one target are found.")
-        args = _parse_args(op, r, where)
-        if op == "split" and dict(args).get("sizes") is not None and len(dict(args)["sizes"]) != len(tos):
-            raise UserError(f"{where}.sizes: {list(dict(args)['sizes'])} has {len(dict(args)['sizes'])} sizes "
-                            f"for {len(tos)} targets in `to`; give one size per target.")
+        args = _parse_args(spec, r, where, len(tos))
         rules.append(Rule(patterns[0], tos[0], bool(r.get("optional", False)), op, patterns, tuple(tos), args, i))
     return rules
 
