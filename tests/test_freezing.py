@@ -16,8 +16,8 @@ from transfer_pipeline.tuning.batchnorm import (
     resolve_bn_modes,
 )
 from transfer_pipeline.errors import UserError
+from transfer_pipeline.tuning.events import Event, Trigger
 from transfer_pipeline.tuning.freezing import (
-    ResolvedEvent,
     freeze,
     initial_trainable,
     model_blocks,
@@ -27,12 +27,13 @@ from transfer_pipeline.tuning.freezing import (
     unfreeze,
     until_names,
 )
-from transfer_pipeline.schema import BatchNormOverride, BatchNormPolicy, FreezeConfig, UnfreezeEvent
+from transfer_pipeline.schema import (BatchNormMode, BatchNormOverride, BatchNormPolicy, FreezeConfig, GradualConfig,
+                                      GradualOrder, RunConfig, TrainerConfig, UnfreezeEvent)
 
 BN = {"stem.1.weight", "stem.1.bias", "block1.1.weight", "block1.1.bias", "block2.1.weight", "block2.1.bias"}
 
 
-def cfg(trainable=None, frozen=(), bn="eval", schedule=()) -> FreezeConfig:
+def cfg(trainable=None, frozen=(), bn="auto", schedule=()) -> FreezeConfig:
     return FreezeConfig(trainable=None if trainable is None else list(trainable), frozen=list(frozen),
                         bn=BatchNormPolicy(bn), schedule=[UnfreezeEvent(**e) for e in schedule])
 
@@ -139,7 +140,7 @@ def test_schedule_events_in_epoch_order_with_only_new_names(names):
     ])
     trainable = start(names, c)
     events = schedule(names, c, trainable, epochs=5)
-    assert [e.epoch for e in events] == [1, 3]
+    assert [e.trigger.epoch for e in events] == [1, 3]
     assert events[0].names == ("block2.0.weight", "block2.1.weight", "block2.1.bias")
     assert events[0].lr == 1e-4
     assert events[0].selectors == ("block2",)
@@ -165,19 +166,19 @@ def test_schedule_event_past_last_epoch_is_error(names, epoch):
     c = cfg(frozen=["stem"], schedule=[{"epoch": 1, "unfreeze": ["head"]}, {"epoch": epoch, "unfreeze": ["stem"]}])
     with pytest.raises(UserError, match=rf"freeze\.schedule\[1\]\.epoch={epoch}: the run trains epochs 0\.\.2 "
                                         r"\(trainer\.epochs=3\)"):
-        schedule(names, c, start(names, c), epochs=3)
+        RunConfig(model={"_target_": "x"}, freeze=c, trainer=TrainerConfig(epochs=3))
 
 
-def test_schedule_negative_epoch_is_error(names):
-    c = cfg(frozen=["stem"], schedule=[{"epoch": -1, "unfreeze": ["stem"]}])
-    with pytest.raises(UserError, match=r"freeze\.schedule\[0\]\.epoch=-1"):
-        schedule(names, c, set(), epochs=3)
+def test_schedule_negative_epoch_is_error_that_does_not_say_lower_it(names):
+    with pytest.raises(UserError, match=r"freeze\.schedule\[0\]\.epoch=-1: epochs count from 0") as e:
+        cfg(frozen=["stem"], schedule=[{"epoch": -1, "unfreeze": ["stem"]}])
+    assert "Lower" not in str(e.value)
 
 
 def test_schedule_last_epoch_is_allowed(names):
     c = cfg(frozen=["stem"], schedule=[{"epoch": 2, "unfreeze": ["stem"]}])
     (ev,) = schedule(names, c, start(names, c), epochs=3)
-    assert ev.epoch == 2
+    assert ev.trigger.epoch == 2
 
 
 def test_schedule_unmatched_selector_is_error_with_original_index(names):
@@ -334,8 +335,8 @@ def test_custom_blocks_overlap_or_bad_entries_are_errors(names):
 
 # --- BN modes per selector -----------------------------------------------------------------------------
 
-def bn_cfg(bn="eval", overrides=()) -> FreezeConfig:
-    return FreezeConfig(bn=BatchNormPolicy(bn), bn_overrides=[BatchNormOverride(params=list(p), mode=BatchNormPolicy(m))
+def bn_cfg(bn="auto", overrides=()) -> FreezeConfig:
+    return FreezeConfig(bn=BatchNormPolicy(bn), bn_overrides=[BatchNormOverride(params=list(p), mode=BatchNormMode(m))
                                                              for p, m in overrides])
 
 
@@ -375,7 +376,7 @@ def test_apply_bn_policy_per_layer_modes(model, names):
 
 
 def test_bn_frozen_override_drops_its_params_from_trainable_and_events(model, names):
-    c = FreezeConfig(bn_overrides=[BatchNormOverride(params=["block2"], mode=BatchNormPolicy.frozen)], frozen=["block2"],
+    c = FreezeConfig(bn_overrides=[BatchNormOverride(params=["block2"], mode=BatchNormMode.frozen)], frozen=["block2"],
                      schedule=[UnfreezeEvent(epoch=1, unfreeze=["block2"])])
     plan = plan_freezing(model, c, epochs=3)
     assert plan.never == {"block2.1.weight", "block2.1.bias"}
@@ -384,8 +385,8 @@ def test_bn_frozen_override_drops_its_params_from_trainable_and_events(model, na
 
 def test_bn_plan_is_stated(model, names):
     set_requires_grad(model, under(names, "block2", "head"))
-    text = format_bn_plan(model, {"stem.1": "auto", "block1.1": "auto", "block2.1": "frozen"}, "eval")
-    assert text == ("BatchNorm (freeze.bn=eval: statistics fixed while all of a layer's parameters are frozen): "
+    text = format_bn_plan(model, {"stem.1": "auto", "block1.1": "auto", "block2.1": "frozen"}, "auto")
+    assert text == ("BatchNorm (freeze.bn=auto: statistics fixed while all of a layer's parameters are frozen): "
                     "eval 2 (stem.1, block1.1); frozen 1 (block2.1); set by freeze.bn_overrides: block2.1=frozen")
 
 
@@ -423,7 +424,7 @@ def test_refreezing_what_is_frozen_warns(names, caplog):
 def test_step_events_sort_by_step(names):
     c = ev_cfg({"step": 30, "unfreeze": ["stem"]}, {"step": 5, "unfreeze": ["block1"]}, frozen=["stem", "block1"])
     events = schedule(names, c, start(names, c), epochs=2)
-    assert [(e.step, e.epoch, e.where) for e in events] == [(5, None, "freeze.schedule[1]"), (30, None, "freeze.schedule[0]")]
+    assert [(e.trigger.step, e.trigger.epoch, e.where) for e in events] == [(5, None, "freeze.schedule[1]"), (30, None, "freeze.schedule[0]")]
     assert events[0].describe() == "Step 5: unfroze block1 (3 tensors)"
 
 
@@ -442,15 +443,14 @@ def test_step_events_sort_by_step(names):
     ({"epoch": 1, "freeze": ["blok2"]}, r"freeze\.schedule\[0\]\.freeze: selector 'blok2' matches no parameter"),
 ])
 def test_bad_events_are_errors(names, event, match):
-    c = ev_cfg(event, frozen=["stem"])
     with pytest.raises(UserError, match=match):
+        c = ev_cfg(event, frozen=["stem"])  # values: the schema; selectors: resolve_schedule
         schedule(names, c, start(names, c), epochs=3)
 
 
 def test_mixing_epoch_and_step_events_is_error(names):
-    c = ev_cfg({"epoch": 1, "unfreeze": ["stem"]}, {"step": 10, "unfreeze": ["block1"]}, frozen=["stem", "block1"])
     with pytest.raises(UserError, match=r"freeze\.schedule: mixes epoch: and step: events.*use one kind"):
-        schedule(names, c, start(names, c), epochs=3)
+        ev_cfg({"epoch": 1, "unfreeze": ["stem"]}, {"step": 10, "unfreeze": ["block1"]}, frozen=["stem", "block1"])
 
 
 def test_unfreezing_only_frozen_bn_params_warns(names, caplog):
@@ -471,32 +471,30 @@ def test_freeze_drops_the_gradient(model):
 # --- gradual unfreezing ---------------------------------------------------------------------------------
 
 def gradual(names, epochs=6, trainable=("head",), **g):
-    c = FreezeConfig(trainable=list(trainable), gradual=g)
+    c = FreezeConfig(trainable=list(trainable), gradual=GradualConfig(**g))
     return schedule(names, c, start(names, c), epochs)
 
 
 def test_gradual_unfreezes_one_block_per_epoch_from_the_head(names):
-    events = gradual(names, every=1, **{"from": "head"})
-    assert [(e.epoch, e.selectors, e.where) for e in events] == [
+    events = gradual(names, every=1, order=GradualOrder.head_first)
+    assert [(e.trigger.epoch, e.selectors, e.where) for e in events] == [
         (1, ("block2",), "freeze.gradual"), (2, ("block1",), "freeze.gradual"), (3, ("stem",), "freeze.gradual")]
     assert set(events[0].names) == under(names, "block2")
 
 
 def test_gradual_every_start_and_from_stem(names):
-    events = gradual(names, every=2, start=1, lr_mult=0.1, warmup_steps=3, **{"from": "stem"})
-    assert [(e.epoch, e.selectors[0]) for e in events] == [(1, "stem"), (3, "block1"), (5, "block2")]
+    events = gradual(names, every=2, start=1, lr_mult=0.1, warmup_steps=3, order=GradualOrder.stem_first)
+    assert [(e.trigger.epoch, e.selectors[0]) for e in events] == [(1, "stem"), (3, "block1"), (5, "block2")]
     assert {(e.lr_mult, e.warmup_steps) for e in events} == {(0.1, 3)}
 
 
 def test_gradual_skips_blocks_already_trainable(names):
     events = gradual(names, trainable=("block1", "head"), every=1)
-    assert [(e.epoch, e.selectors[0]) for e in events] == [(1, "block2"), (2, "stem")]
+    assert [(e.trigger.epoch, e.selectors[0]) for e in events] == [(1, "block2"), (2, "stem")]
 
 
 @pytest.mark.parametrize(("g", "match"), [
-    ({"evry": 1}, r"freeze\.gradual\.evry: unknown key; valid keys: every, from, start"),
     ({"every": 0}, r"freeze\.gradual\.every=0: unfreeze one block every N epochs, N >= 1"),
-    ({"from": "top"}, r"freeze\.gradual\.from='top': choose head .* or stem"),
     ({"start": -1}, r"freeze\.gradual\.start=-1"),
     ({"lr": 0.1, "lr_mult": 0.1}, r"freeze\.gradual: sets both lr=0\.1 and lr_mult=0\.1"),
 ])
@@ -512,11 +510,27 @@ def test_gradual_with_nothing_frozen_warns(names, caplog):
 
 
 def test_gradual_with_step_events_is_error(names):
-    c = FreezeConfig(trainable=["head"], gradual={"every": 1}, schedule=[UnfreezeEvent(step=3, unfreeze=["stem"])])
     with pytest.raises(UserError, match=r"mixes epoch: and step: events \(freeze\.gradual counts as epoch events\)"):
-        schedule(names, c, start(names, c), 4)
+        FreezeConfig(trainable=["head"], gradual=GradualConfig(), schedule=[UnfreezeEvent(step=3, unfreeze=["stem"])])
+
+
+@pytest.mark.parametrize(("override", "match"), [
+    ("freeze.gradual.evry=1", r"freeze\.gradual\.evry"),
+    ("freeze.gradual.from=head", r"freeze\.gradual\.from"),  # the old spelling of `order`
+    ("freeze.gradual.order=top", r"freeze\.gradual\.order=top"),
+])
+def test_unknown_gradual_keys_and_values_fail_at_composition(compose, override, match):
+    with pytest.raises(Exception, match=match):
+        compose("freeze=gradual", override)
+
+
+def test_freeze_bn_eval_is_the_old_spelling_of_auto(model, names):
+    from transfer_pipeline.tuning.batchnorm import resolve_bn_modes
+
+    assert resolve_bn_modes(model, FreezeConfig(bn=BatchNormPolicy.eval)) == resolve_bn_modes(
+        model, FreezeConfig(bn=BatchNormPolicy.auto)) == {"stem.1": "auto", "block1.1": "auto", "block2.1": "auto"}
 
 
 def test_resolved_event_defaults_keep_the_old_fields():
-    ev = ResolvedEvent(epoch=1, selectors=("head",), names=(), lr=None)
-    assert (ev.step, ev.frozen, ev.sets_lr, ev.when) == (None, (), False, "epoch 1")
+    ev = Event(trigger=Trigger(epoch=1), selectors=("head",), names=())
+    assert (ev.trigger.step, ev.frozen, ev.sets_lr, ev.when) == (None, (), False, "epoch 1")

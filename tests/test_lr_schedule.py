@@ -10,10 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from transfer_pipeline.errors import UserError
-from transfer_pipeline.tuning.freezing import ResolvedEvent
+from transfer_pipeline.tuning.events import Event, Trigger
 from transfer_pipeline.tuning.lr_schedule import (
     build_schedule,
-    check_scheduler,
     initial_lrs,
     lr_at,
     schedule_factor,
@@ -126,8 +125,9 @@ def group(name, names, lr, warmup=None) -> GroupSpec:
     return GroupSpec(name, (name,), list(names), lr=lr, warmup_steps=warmup)
 
 
-def event(epoch=None, names=(), step=None, frozen=(), warmup=None, where="freeze.schedule[0]") -> ResolvedEvent:
-    return ResolvedEvent(epoch, ("x",), tuple(names), step=step, frozen=tuple(frozen), warmup_steps=warmup, where=where)
+def event(epoch=None, names=(), step=None, frozen=(), warmup=None, where="freeze.schedule[0]") -> Event:
+    return Event(trigger=Trigger(epoch=epoch, step=step), selectors=("x",), names=tuple(names), frozen=tuple(frozen),
+                 warmup_steps=warmup, where=where)
 
 
 def test_group_unfrozen_later_warms_up_from_its_unfreeze_on_the_run_wide_cosine():
@@ -207,7 +207,7 @@ def test_initial_lrs_equal_step_zero_of_the_real_schedule(name):
 ])
 def test_bad_scheduler_values_are_errors(key, value, match):
     with pytest.raises(UserError, match=match):
-        check_scheduler(SchedulerConfig(**{key: value}))
+        SchedulerConfig(**{key: value})
 
 
 def test_onecycle_too_short_to_rise_is_an_error():

@@ -11,8 +11,8 @@ import torch.nn.functional as F
 
 from transfer_pipeline.tuning.batchnorm import apply_bn_policy, bn_param_names
 from transfer_pipeline.errors import UserError
+from transfer_pipeline.tuning.events import Event, Trigger
 from transfer_pipeline.tuning.freezing import (
-    ResolvedEvent,
     initial_trainable,
     model_blocks,
     resolve_schedule,
@@ -35,7 +35,7 @@ def ocfg(groups=(), lr=1e-3, weight_decay=0.0, name="adamw", momentum=0.9, layer
                        groups=[ParamGroupConfig(**g) for g in groups], layer_decay=layer_decay)
 
 
-def events_for(names, bn_params, frozen, schedule, epochs=5, bn="eval"):
+def events_for(names, bn_params, frozen, schedule, epochs=5, bn="auto"):
     fc = FreezeConfig(trainable=None, frozen=list(frozen), bn=BatchNormPolicy(bn),
                       schedule=[UnfreezeEvent(**e) for e in schedule])
     never = bn_params if bn == "frozen" else set()
@@ -154,7 +154,7 @@ def test_event_lr_and_group_lr_for_same_param_is_error(model, names):
 
 
 def test_event_group_not_created_when_empty(names):
-    ev = ResolvedEvent(epoch=1, selectors=("head",), names=(), lr=None)
+    ev = Event(trigger=Trigger(epoch=1), selectors=("head",), names=())
     groups = build_groups(names, ocfg(), [ev])
     assert [g.name for g in groups] == ["default"]
 

@@ -65,8 +65,6 @@ def _run(cfg: RunConfig, run_dir: Path, summary: dict[str, Any]) -> None:
     # setup: everything that can be checked without data is checked before anything heavy
     device = resolve_device(cfg.device)
     autocast_context(cfg.trainer.precision, device)
-    if cfg.trainer.epochs < 1 and cfg.mode == Mode.train:
-        raise UserError(f"trainer.epochs={cfg.trainer.epochs}: train at least one epoch (or use mode=plan).")
     seed_everything(cfg.seed)
     summary["device"] = str(device)
 

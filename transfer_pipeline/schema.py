@@ -3,16 +3,29 @@
 Every node is a dataclass registered in Hydra's ConfigStore, so `optim.lrr=0.1` or a misspelt
 `mode=trian` fails at composition time with the key and the valid choices. Only `model`,
 `source.model` and mapping rules are free-form (their keys are the model's own arguments).
+
+Range and consistency checks live here too, next to the fields they check: each node's
+`__post_init__` checks its own values (and its list entries, whose index it knows), and
+`RunConfig.__post_init__` the checks that span nodes (an event after the last epoch). They
+run when the composed config becomes dataclasses (`to_run_config`) and when the Python API
+builds a node from keyword arguments, so a bad value fails before anything runs, naming the
+key, the value and the valid range. What needs the model (selectors, shapes) is checked later.
 This module is light on purpose: no torch import, it runs before every command.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Dict, List, Optional
 
 from omegaconf import MISSING, DictConfig, OmegaConf
+
+from .errors import UserError
+
+PRECISIONS = ("32", "bf16", "16")
+DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 
 class Mode(Enum):
@@ -31,10 +44,22 @@ class AutoAlign(Enum):
     shape_order = "shape_order"  # pair what names leave unmatched by module order and shape
 
 
-class BatchNormPolicy(Enum):
-    eval = "eval"  # BN layers whose parameters are all frozen keep their running statistics
-    train = "train"  # every BN layer updates its statistics while training
-    frozen = "frozen"  # every BN layer: statistics and affine parameters frozen
+class BatchNormPolicy(Enum):  # freeze.bn: every BN layer no override names
+    auto = "auto"  # statistics fixed while all of the layer's parameters are frozen, updated once any trains
+    eval = "eval"  # the old spelling of auto (kept so configs written before `auto` behave as before)
+    train = "train"  # statistics always updated
+    frozen = "frozen"  # statistics and affine parameters fixed for the whole run
+
+
+class BatchNormMode(Enum):  # freeze.bn_overrides[].mode: the layers an override selects
+    train = "train"  # statistics always updated
+    eval = "eval"  # statistics always fixed (the affine parameters train if selected)
+    frozen = "frozen"  # statistics and affine parameters fixed for the whole run
+
+
+class GradualOrder(Enum):
+    head_first = "head_first"  # the block nearest the head first (ULMFiT)
+    stem_first = "stem_first"
 
 
 class OptimizerName(Enum):
@@ -49,6 +74,25 @@ class SchedulerName(Enum):
     linear = "linear"  # linear decay to min_lr_mult x the group's LR, over the whole run
     step = "step"  # x gamma every step_epochs epochs
     onecycle = "onecycle"  # torch OneCycleLR: up from lr/div_factor, cosine down to lr/div_factor/final_div_factor
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _is_count(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def check_lr_fields(where: str, lr: Any, lr_mult: Any, warmup: Any) -> None:
+    """`lr` / `lr_mult` / `warmup_steps` of a group or an event: one of lr and lr_mult, none negative."""
+    if lr is not None and lr_mult is not None:
+        raise UserError(f"{where}: sets both lr={lr} and lr_mult={lr_mult}; give one (lr_mult multiplies optim.lr).")
+    for key, value in (("lr", lr), ("lr_mult", lr_mult)):
+        if value is not None and (not _is_number(value) or value < 0):
+            raise UserError(f"{where}.{key}={value!r}: must be a number >= 0.")
+    if warmup is not None and (not _is_count(warmup) or warmup < 0):
+        raise UserError(f"{where}.warmup_steps={warmup!r}: must be a whole number of steps >= 0.")
 
 
 @dataclass
@@ -67,6 +111,11 @@ class SourceConfig:
 class ExpectConfig:
     missing: Optional[List[str]] = None  # selectors: exactly what may stay unloaded
     min_loaded: float = 0.0  # loaded target elements / all target elements
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.min_loaded <= 1.0:
+            raise UserError(f"mapping.expect.min_loaded={self.min_loaded}: a fraction of the target's elements, "
+                            "in [0, 1].")
 
 
 @dataclass
@@ -89,11 +138,49 @@ class UnfreezeEvent:
     warmup_steps: Optional[int] = None  # linear warmup of the groups this event starts
     name: Optional[str] = None  # name of its group (default unfreeze@<epoch> / unfreeze@step<step>)
 
+    def check(self, where: str) -> None:
+        if (self.epoch is None) == (self.step is None):
+            raise UserError(f"{where}: give epoch: N (applied before epoch N trains) or step: N (before optimizer "
+                            f"step N), {'not both' if self.epoch is not None else 'one of them'}.")
+        if self.epoch is not None and self.epoch < 0:
+            raise UserError(f"{where}.epoch={self.epoch}: epochs count from 0 (epoch: 0 is before the first epoch).")
+        if self.step is not None and self.step < 0:
+            raise UserError(f"{where}.step={self.step}: steps count from 0.")
+        if not self.unfreeze and not self.freeze:
+            raise UserError(f"{where}: does nothing; give unfreeze: [selectors] and/or freeze: [selectors].")
+        check_lr_fields(where, self.lr, self.lr_mult, self.warmup_steps)
+        if not self.unfreeze and (self.lr is not None or self.lr_mult is not None or self.warmup_steps is not None):
+            raise UserError(f"{where}: lr/lr_mult/warmup_steps apply to what an event unfreezes, and this one "
+                            "unfreezes nothing. Drop them or add unfreeze: [selectors].")
+
+
+@dataclass
+class GradualConfig:
+    """`freeze.gradual`: one more block unfrozen every `every` epochs (blocks: `freeze.blocks`)."""
+
+    every: int = 1  # epochs between two unfreezes
+    order: GradualOrder = GradualOrder.head_first  # (formerly `from: head | stem`)
+    start: Optional[int] = None  # epoch of the first unfreeze (default: `every`)
+    lr: Optional[float] = None  # own group LR for the blocks it unfreezes
+    lr_mult: Optional[float] = None
+    warmup_steps: Optional[int] = None
+
+    def __post_init__(self) -> None:
+        if self.every < 1:
+            raise UserError(f"freeze.gradual.every={self.every}: unfreeze one block every N epochs, N >= 1.")
+        if self.start is not None and self.start < 0:
+            raise UserError(f"freeze.gradual.start={self.start}: the epoch of the first unfreeze, >= 0.")
+        check_lr_fields("freeze.gradual", self.lr, self.lr_mult, self.warmup_steps)
+
+    @property
+    def first_epoch(self) -> int:
+        return self.every if self.start is None else self.start
+
 
 @dataclass
 class BatchNormOverride:
     params: List[str] = MISSING  # selectors of BN layers (module names or their parameter names)
-    mode: BatchNormPolicy = MISSING  # train | eval (statistics fixed) | frozen (statistics and affine fixed)
+    mode: BatchNormMode = MISSING  # train | eval (statistics fixed) | frozen (statistics and affine fixed)
 
 
 @dataclass
@@ -101,11 +188,19 @@ class FreezeConfig:
     trainable: Optional[List[str]] = None  # null = everything trainable (minus `frozen`)
     frozen: List[str] = field(default_factory=list)  # wins over `trainable`
     until: Optional[str] = None  # freeze every parameter up to and including this module (module order)
-    bn: BatchNormPolicy = BatchNormPolicy.eval
+    bn: BatchNormPolicy = BatchNormPolicy.auto
     bn_overrides: List[BatchNormOverride] = field(default_factory=list)  # per-selector BN modes
     schedule: List[UnfreezeEvent] = field(default_factory=list)
-    gradual: Optional[Dict[str, Any]] = field(default_factory=dict)  # {every: 1, from: head, ...}; {} = off
+    gradual: Optional[GradualConfig] = None  # {every: 1, order: head_first, ...}; null = off
     blocks: Optional[List[Any]] = None  # blocks stem -> head (selector or list of them); null = top-level modules
+
+    def __post_init__(self) -> None:
+        for i, ev in enumerate(self.schedule):
+            ev.check(f"freeze.schedule[{i}]")
+        by_step = {ev.step is not None for ev in self.schedule} | ({False} if self.gradual else set())
+        if len(by_step) > 1:
+            raise UserError("freeze.schedule: mixes epoch: and step: events (freeze.gradual counts as epoch events); "
+                            "use one kind, since the steps per epoch are only known once the data is loaded.")
 
 
 @dataclass
@@ -120,6 +215,25 @@ class ParamGroupConfig:
     eps: Optional[float] = None  # adam/adamw
     momentum: Optional[float] = None  # sgd (default optim.momentum)
 
+    def check(self, where: str, optim: "OptimConfig") -> None:
+        check_lr_fields(where, self.lr, self.lr_mult, self.warmup_steps)
+        for key in ("weight_decay", "eps"):
+            if getattr(self, key) is not None and getattr(self, key) < 0:
+                raise UserError(f"{where}.{key}={getattr(self, key)}: must be >= 0.")
+        if self.betas is not None:
+            _check_betas(self.betas, f"{where}.betas", optim.name)
+        if self.eps is not None and optim.name == OptimizerName.sgd:
+            raise UserError(f"{where}.eps: eps is for adam/adamw, and optim.name=sgd.")
+        if self.momentum is not None and optim.name != OptimizerName.sgd:
+            raise UserError(f"{where}.momentum: momentum is for sgd; optim.name={optim.name.value} uses betas.")
+
+
+def _check_betas(betas: List[float], where: str, name: OptimizerName) -> None:
+    if name == OptimizerName.sgd:
+        raise UserError(f"{where}: betas are for adam/adamw, and optim.name=sgd (use momentum).")
+    if len(betas) != 2 or not all(0 <= b < 1 for b in betas):
+        raise UserError(f"{where}={list(betas)}: two numbers in [0, 1), e.g. [0.9, 0.999].")
+
 
 @dataclass
 class SchedulerConfig:
@@ -131,6 +245,19 @@ class SchedulerConfig:
     pct_start: float = 0.3  # onecycle: fraction of the run spent going up
     div_factor: float = 25.0  # onecycle: start at lr / div_factor
     final_div_factor: float = 1e4  # onecycle: end at lr / div_factor / final_div_factor
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.warmup_steps >= 0, "warmup_steps", "a number of steps >= 0"),
+            (0.0 <= self.min_lr_mult <= 1.0, "min_lr_mult", "a fraction of the group LR in [0, 1]"),
+            (self.step_epochs >= 1, "step_epochs", "a number of epochs >= 1"),
+            (self.gamma > 0, "gamma", "a factor > 0"),
+            (0.0 < self.pct_start < 1.0, "pct_start", "a fraction of the run in (0, 1)"),
+            (self.div_factor > 0 and self.final_div_factor > 0, "div_factor", "> 0 (and final_div_factor > 0)"),
+        ]
+        for ok, key, want in checks:
+            if not ok:
+                raise UserError(f"optim.scheduler.{key}={getattr(self, key)}: must be {want}.")
 
 
 @dataclass
@@ -144,6 +271,17 @@ class OptimConfig:
     layer_decay: Optional[float] = None  # e.g. 0.75: block i below the head trains at lr x 0.75**i
     no_decay: Optional[List[str]] = None  # no weight decay: `bias`, `norm`, selectors; null = [bias, norm] for adamw
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+
+    def __post_init__(self) -> None:
+        if self.lr < 0 or self.weight_decay < 0:
+            raise UserError(f"optim.lr={self.lr}, optim.weight_decay={self.weight_decay}: both must be >= 0.")
+        if self.layer_decay is not None and not 0 < self.layer_decay <= 1:
+            raise UserError(f"optim.layer_decay={self.layer_decay}: must be in (0, 1]; block k below the head trains "
+                            "at optim.lr x layer_decay**k (0.75 is usual).")
+        if self.betas is not None:
+            _check_betas(self.betas, "optim.betas", self.name)
+        for i, g in enumerate(self.groups):
+            g.check(f"optim.groups[{i}]", self)
 
 
 @dataclass
@@ -172,6 +310,10 @@ class TrainerConfig:
     save_checkpoints: bool = True  # checkpoints/last.safetensors after every epoch
     keep_epoch_checkpoints: bool = False  # also checkpoints/epoch_<N>.safetensors for every epoch
 
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise UserError(f"trainer.precision={self.precision!r}: choose one of {', '.join(PRECISIONS)}.")
+
 
 @dataclass
 class RunConfig:
@@ -186,6 +328,19 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
 
+    def __post_init__(self) -> None:
+        """The checks that span nodes; each node checked its own values when it was built."""
+        if not DEVICE.fullmatch(self.device):
+            raise UserError(f"device={self.device!r}: choose auto, cpu, cuda or cuda:N.")
+        epochs = self.trainer.epochs
+        if self.mode == Mode.train and epochs < 1:
+            raise UserError(f"trainer.epochs={epochs}: train at least one epoch (or use mode=plan).")
+        for i, ev in enumerate(self.freeze.schedule):
+            if self.mode == Mode.train and ev.epoch is not None and ev.epoch >= epochs:
+                raise UserError(f"freeze.schedule[{i}].epoch={ev.epoch}: the run trains epochs 0..{epochs - 1} "
+                                f"(trainer.epochs={epochs}), so this event would never happen. Lower the epoch or "
+                                "raise trainer.epochs.")
+
 
 def register_configs() -> None:
     """Put the schema into Hydra's ConfigStore (conf/config.yaml lists `config_schema` first)."""
@@ -197,8 +352,6 @@ def register_configs() -> None:
 def to_run_config(cfg: DictConfig) -> RunConfig:
     """Composed DictConfig -> plain dataclasses (the only place OmegaConf objects are converted)."""
     from omegaconf.errors import MissingMandatoryValue
-
-    from .errors import UserError
 
     try:
         obj = OmegaConf.to_object(cfg)

@@ -16,7 +16,8 @@ from torch import nn
 
 from ..tuning.batchnorm import apply_bn_policy
 from ..errors import UserError
-from ..tuning.freezing import ResolvedEvent, apply_event
+from ..tuning.events import Event
+from ..tuning.freezing import apply_event
 from ..tuning.lr_schedule import LRSchedule
 
 log = logging.getLogger(__name__)
@@ -43,9 +44,7 @@ def resolve_device(name: str) -> torch.device:
 
 
 def autocast_context(precision: str, device: torch.device) -> Callable[[], Any]:
-    if precision not in PRECISIONS:
-        raise UserError(f"trainer.precision={precision!r}: choose one of {', '.join(PRECISIONS)}.")
-    dtype = PRECISIONS[precision]
+    dtype = PRECISIONS[precision]  # the schema checked the choice
     if dtype is None:
         return contextlib.nullcontext
     if dtype == torch.float16 and device.type != "cuda":
@@ -97,10 +96,10 @@ def steps_per_epoch(loader, limit_train_batches: int | None = None) -> int:
 
 
 def train(model: nn.Module, optimizer: torch.optim.Optimizer, train_loader, val_loader, *, epochs: int,
-          events: Sequence[ResolvedEvent], bn_policy: str | Mapping[str, str], device: torch.device, precision: str,
+          events: Sequence[Event], bn_policy: str | Mapping[str, str], device: torch.device, precision: str,
           grad_clip: float | None = None, limit_train_batches: int | None = None,
           limit_val_batches: int | None = None, schedule: LRSchedule | None = None,
-          on_event: Callable[[list[ResolvedEvent]], None] = lambda evs: None,
+          on_event: Callable[[list[Event]], None] = lambda evs: None,
           on_epoch: Callable[[dict[str, Any]], None] = lambda row: None,
           on_step: Callable[[int, torch.optim.Optimizer], None] = lambda step, opt: None) -> TrainState:
     """Train `epochs` epochs. Before each epoch and each step: fire the events due, set every group's LR.
@@ -113,12 +112,12 @@ def train(model: nn.Module, optimizer: torch.optim.Optimizer, train_loader, val_
     scaler = torch.amp.GradScaler("cuda") if precision == "16" else None
     params = list(model.parameters())
     state = TrainState()
-    by_epoch: dict[int, list[ResolvedEvent]] = {}
-    by_step: dict[int, list[ResolvedEvent]] = {}
+    by_epoch: dict[int, list[Event]] = {}
+    by_step: dict[int, list[Event]] = {}
     for ev in events:
-        (by_epoch.setdefault(ev.epoch, []) if ev.step is None else by_step.setdefault(ev.step, [])).append(ev)
+        (by_step if ev.trigger.by_step else by_epoch).setdefault(ev.trigger.value, []).append(ev)
 
-    def fire(due: list[ResolvedEvent], step: int) -> None:
+    def fire(due: list[Event], step: int) -> None:
         for ev in due:
             apply_event(model, ev)
         model.train()

@@ -3,7 +3,8 @@
 BatchNorm statistics are not parameters, so freezing parameters does not fix them; `freeze.bn`
 (and `freeze.bn_overrides` per layer) decides:
 
-  auto    (`freeze.bn: eval`, the default) statistics fixed where all the layer's parameters are frozen
+  auto    (`freeze.bn: auto`, the default; `eval` is its old spelling) statistics fixed where all
+          the layer's parameters are frozen, updated once any of them trains
   train   statistics always updated      eval    statistics always fixed (affine trains if selected)
   frozen  statistics and affine parameters fixed for the whole run (never unfrozen)
 """
@@ -20,7 +21,7 @@ from ..schema import FreezeConfig
 from ..names import join_name
 from ..selectors import check_selector, matches
 
-BN_GLOBAL = {"eval": "auto", "train": "train", "frozen": "frozen"}  # freeze.bn -> mode of layers no override names
+BN_GLOBAL = {"auto": "auto", "eval": "auto", "train": "train", "frozen": "frozen"}  # freeze.bn -> mode of layers no override names
 
 
 def bn_modules(model: nn.Module) -> dict[str, nn.Module]:
@@ -93,7 +94,8 @@ def apply_bn_policy(model: nn.Module, policy: str | Mapping[str, str]) -> list[s
     return held
 
 
-POLICY_TEXT = {"eval": "statistics fixed while all of a layer's parameters are frozen",
+POLICY_TEXT = {"auto": "statistics fixed while all of a layer's parameters are frozen",
+               "eval": "statistics fixed while all of a layer's parameters are frozen (eval is the old name of auto)",
                "train": "statistics always updated", "frozen": "statistics and affine parameters fixed"}
 
 

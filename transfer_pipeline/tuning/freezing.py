@@ -12,53 +12,20 @@ Blocks (`freeze.blocks`, by default the top-level modules in module order) are w
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from torch import nn
 
+from .events import Event, Trigger
 from .batchnorm import frozen_bn_params, resolve_bn_modes
 from ..errors import UserError
-from ..schema import FreezeConfig
+from ..schema import FreezeConfig, GradualConfig, GradualOrder
 from ..names import group_by_component
 from ..selectors import select_all
 
 log = logging.getLogger(__name__)
-
-GRADUAL_KEYS = ("every", "from", "start", "lr", "lr_mult", "warmup_steps")
-
-
-@dataclass(frozen=True)
-class ResolvedEvent:
-    epoch: int | None  # applied before this epoch trains (None: step-based)
-    selectors: tuple[str, ...]  # what it unfreezes, as written
-    names: tuple[str, ...]  # parameters it makes trainable (those not trainable just before)
-    lr: float | None = None
-    step: int | None = None  # applied before this optimizer step (0-based over the run)
-    frozen: tuple[str, ...] = ()  # parameters it freezes again
-    freeze_selectors: tuple[str, ...] = ()
-    lr_mult: float | None = None
-    warmup_steps: int | None = None
-    name: str | None = None  # its group's name, when the user chose one
-    where: str = "freeze.schedule"  # the config key, for messages
-
-    @property
-    def when(self) -> str:
-        return f"epoch {self.epoch}" if self.step is None else f"step {self.step}"
-
-    @property
-    def sets_lr(self) -> bool:
-        return self.lr is not None or self.lr_mult is not None
-
-    def describe(self) -> str:
-        parts = []
-        if self.selectors:
-            parts.append(f"unfroze {', '.join(self.selectors)} ({len(self.names)} tensors)")
-        if self.freeze_selectors:
-            parts.append(f"froze {', '.join(self.freeze_selectors)} ({len(self.frozen)} tensors)")
-        return f"{self.when.capitalize()}: {'; '.join(parts)}"
-
 
 @dataclass(frozen=True)
 class Block:
@@ -73,7 +40,7 @@ class FreezePlan:
 
     names: list[str]
     trainable: set[str]  # at the start
-    events: list[ResolvedEvent]  # in the order they fire
+    events: list[Event]  # in the order they fire
     bn_modes: dict[str, str]  # BN layer -> auto | train | eval | frozen
     never: set[str] = field(default_factory=set)  # parameters of `frozen` BN layers: never trainable
     blocks: list[Block] = field(default_factory=list)
@@ -132,133 +99,78 @@ def initial_trainable(param_names: Sequence[str], cfg: FreezeConfig, never: set[
 
 # --- the schedule -------------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class _Raw:
-    key: tuple  # sort key: (epoch or step, 0 for freeze.schedule / 1 for gradual, index)
-    where: str
-    epoch: int | None
-    step: int | None
-    unfreeze: tuple[str, ...]  # parameter names it selects to unfreeze
-    selectors: tuple[str, ...]
-    freeze: tuple[str, ...]
-    freeze_selectors: tuple[str, ...]
-    lr: float | None = None
-    lr_mult: float | None = None
-    warmup_steps: int | None = None
-    name: str | None = None
-
-
-def check_lr_fields(where: str, lr: Any, lr_mult: Any, warmup: Any) -> None:
-    """`lr` / `lr_mult` / `warmup_steps` of a group or an event: one of lr and lr_mult, none negative."""
-    if lr is not None and lr_mult is not None:
-        raise UserError(f"{where}: sets both lr={lr} and lr_mult={lr_mult}; give one (lr_mult multiplies optim.lr).")
-    for key, value in (("lr", lr), ("lr_mult", lr_mult)):
-        if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0):
-            raise UserError(f"{where}.{key}={value!r}: must be a number >= 0.")
-    if warmup is not None and (not isinstance(warmup, int) or isinstance(warmup, bool) or warmup < 0):
-        raise UserError(f"{where}.warmup_steps={warmup!r}: must be a whole number of steps >= 0.")
-
-
-def _schedule_raw(names: list[str], cfg: FreezeConfig, epochs: int) -> list[_Raw]:
-    raw = []
+def _schedule_events(names: list[str], cfg: FreezeConfig) -> list[tuple[tuple, Event]]:
+    """`freeze.schedule` entries (values checked by the schema) with their selectors resolved."""
+    out = []
     for i, ev in enumerate(cfg.schedule):
         where = f"freeze.schedule[{i}]"
-        if (ev.epoch is None) == (ev.step is None):
-            raise UserError(f"{where}: give epoch: N (applied before epoch N trains) or step: N (before optimizer "
-                            f"step N), {'not both' if ev.epoch is not None else 'one of them'}.")
-        if ev.epoch is not None and not 0 <= ev.epoch < epochs:
-            raise UserError(f"{where}.epoch={ev.epoch}: the run trains epochs 0..{epochs - 1} "
-                            f"(trainer.epochs={epochs}), so this event would never happen. Lower the epoch or "
-                            "raise trainer.epochs.")
-        if ev.step is not None and ev.step < 0:
-            raise UserError(f"{where}.step={ev.step}: steps count from 0.")
-        if not ev.unfreeze and not ev.freeze:
-            raise UserError(f"{where}: does nothing; give unfreeze: [selectors] and/or freeze: [selectors].")
-        check_lr_fields(where, ev.lr, ev.lr_mult, ev.warmup_steps)
-        if not ev.unfreeze and (ev.lr is not None or ev.lr_mult is not None or ev.warmup_steps is not None):
-            raise UserError(f"{where}: lr/lr_mult/warmup_steps apply to what an event unfreezes, and this one "
-                            "unfreezes nothing. Drop them or add unfreeze: [selectors].")
         up = select_all(ev.unfreeze, names, f"{where}.unfreeze") if ev.unfreeze else []
         down = select_all(ev.freeze, names, f"{where}.freeze") if ev.freeze else []
         both = set(up) & set(down)
         if both:
             raise UserError(f"{where}: unfreezes and freezes {sorted(both)[0]!r} at once; "
                             "make unfreeze and freeze disjoint.")
-        at = ev.epoch if ev.epoch is not None else ev.step
-        raw.append(_Raw((at, 0, i), where, ev.epoch, ev.step, tuple(up), tuple(ev.unfreeze), tuple(down),
-                        tuple(ev.freeze), ev.lr, ev.lr_mult, ev.warmup_steps, ev.name))
-    return raw
+        trigger = Trigger(epoch=ev.epoch, step=ev.step)
+        out.append(((trigger.value, 0, i), Event(
+            trigger=trigger, selectors=tuple(ev.unfreeze), names=tuple(up), freeze_selectors=tuple(ev.freeze),
+            frozen=tuple(down), lr=ev.lr, lr_mult=ev.lr_mult, warmup_steps=ev.warmup_steps, name=ev.name,
+            where=where)))
+    return out
 
 
-def _gradual_raw(gradual: Mapping[str, Any], blocks: list[Block], trainable: set[str], never: set[str],
-                 epochs: int) -> list[_Raw]:
+def _gradual_events(gradual: GradualConfig, blocks: list[Block], trainable: set[str], never: set[str],
+                    epochs: int) -> list[tuple[tuple, Event]]:
     """One event per block still frozen at the start, `every` epochs apart, from the head (or the stem)."""
-    unknown = [k for k in gradual if k not in GRADUAL_KEYS]
-    if unknown:
-        raise UserError(f"freeze.gradual.{unknown[0]}: unknown key; valid keys: {', '.join(GRADUAL_KEYS)}.")
-    every, start, side = gradual.get("every", 1), gradual.get("start"), gradual.get("from", "head")
-    if not isinstance(every, int) or isinstance(every, bool) or every < 1:
-        raise UserError(f"freeze.gradual.every={every!r}: unfreeze one block every N epochs, N >= 1.")
-    start = every if start is None else start
-    if not isinstance(start, int) or isinstance(start, bool) or start < 0:
-        raise UserError(f"freeze.gradual.start={start!r}: the epoch of the first unfreeze, >= 0.")
-    if side not in ("head", "stem"):
-        raise UserError(f"freeze.gradual.from={side!r}: choose head (top block first, ULMFiT) or stem.")
-    check_lr_fields("freeze.gradual", gradual.get("lr"), gradual.get("lr_mult"), gradual.get("warmup_steps"))
-    order = list(reversed(blocks)) if side == "head" else list(blocks)
+    order = list(reversed(blocks)) if gradual.order == GradualOrder.head_first else list(blocks)
     pending = [b for b in order if any(n not in trainable and n not in never for n in b.names)]
     if not pending:
         log.warning("freeze.gradual: every block is already trainable at the start, so it unfreezes nothing. "
                     "Freeze something (freeze.trainable, freeze.frozen, freeze.until) or drop freeze.gradual.")
-    raw, left = [], []
+    out, left = [], []
     for k, b in enumerate(pending):
-        epoch = start + k * every
+        epoch = gradual.first_epoch + k * gradual.every
         if epoch >= epochs:
             left.append(b.name)
             continue
-        raw.append(_Raw((epoch, 1, k), "freeze.gradual", epoch, None, tuple(n for n in b.names if n not in never),
-                        b.selectors, (), (), gradual.get("lr"), gradual.get("lr_mult"), gradual.get("warmup_steps")))
+        out.append(((epoch, 1, k), Event(
+            trigger=Trigger(epoch=epoch), selectors=b.selectors, names=tuple(n for n in b.names if n not in never),
+            lr=gradual.lr, lr_mult=gradual.lr_mult, warmup_steps=gradual.warmup_steps, where="freeze.gradual")))
     if left:
-        need = start + (len(pending) - 1) * every + 1
+        need = gradual.first_epoch + (len(pending) - 1) * gradual.every + 1
         log.warning("freeze.gradual: %d block(s) stay frozen (%s): the run ends before their epoch "
                     "(trainer.epochs=%d; all would be unfrozen with trainer.epochs=%d).",
                     len(left), ", ".join(left), epochs, need)
-    return raw
+    return out
 
 
 def resolve_schedule(param_names: Sequence[str], cfg: FreezeConfig, trainable: set[str], epochs: int,
-                     never: set[str] = frozenset(), blocks: list[Block] | None = None) -> list[ResolvedEvent]:
-    """`freeze.schedule` and `freeze.gradual` -> checked events in firing order.
+                     never: set[str] = frozenset(), blocks: list[Block] | None = None) -> list[Event]:
+    """`freeze.schedule` and `freeze.gradual` -> events in firing order.
 
     Each event's `names` are the parameters it makes trainable (what is already trainable, or a
     frozen BN layer's parameters, are left out); `frozen` are those it freezes again.
     """
     names = list(param_names)
-    raw = _schedule_raw(names, cfg, epochs)
-    if cfg.gradual:
-        raw += _gradual_raw(cfg.gradual, blocks if blocks is not None else model_blocks(names, cfg.blocks),
-                            set(trainable), set(never), epochs)
-    if any(r.step is not None for r in raw) and any(r.epoch is not None for r in raw):
-        raise UserError("freeze.schedule: mixes epoch: and step: events (freeze.gradual counts as epoch events); "
-                        "use one kind, since the steps per epoch are only known once the data is loaded.")
+    keyed = _schedule_events(names, cfg)
+    if cfg.gradual is not None:
+        keyed += _gradual_events(cfg.gradual, blocks if blocks is not None else model_blocks(names, cfg.blocks),
+                                 set(trainable), set(never), epochs)
     now = set(trainable)
     events = []
-    for r in sorted(raw, key=lambda r: r.key):
-        when = f"epoch {r.epoch}" if r.step is None else f"step {r.step}"
-        up = [n for n in r.unfreeze if n not in never]
+    for _, ev in sorted(keyed, key=lambda kv: kv[0]):
+        up = [n for n in ev.names if n not in never]
         new = [n for n in up if n not in now]
-        if r.selectors and not new:
+        if ev.selectors and not new:
             why = ("BatchNorm parameters that freeze.bn / freeze.bn_overrides keep frozen" if not up
-                   else f"already trainable at {when}")
-            log.warning("%s: everything it unfreezes (%s) is %s.", r.where, ", ".join(r.selectors), why)
-        down = [n for n in r.freeze if n in now]
-        if r.freeze_selectors and not down:
-            log.warning("%s: everything it freezes (%s) is already frozen at %s.", r.where,
-                        ", ".join(r.freeze_selectors), when)
+                   else f"already trainable at {ev.when}")
+            log.warning("%s: everything it unfreezes (%s) is %s.", ev.where, ", ".join(ev.selectors), why)
+        down = [n for n in ev.frozen if n in now]
+        if ev.freeze_selectors and not down:
+            log.warning("%s: everything it freezes (%s) is already frozen at %s.", ev.where,
+                        ", ".join(ev.freeze_selectors), ev.when)
         now.difference_update(down)
         now.update(new)
-        events.append(ResolvedEvent(r.epoch, r.selectors, tuple(new), r.lr, r.step, tuple(down), r.freeze_selectors,
-                                    r.lr_mult, r.warmup_steps, r.name, r.where))
+        events.append(replace(ev, names=tuple(new), frozen=tuple(down)))
     return events
 
 
@@ -295,6 +207,6 @@ def freeze(model: nn.Module, names: Sequence[str]) -> None:
         params[n].grad = None
 
 
-def apply_event(model: nn.Module, ev: ResolvedEvent) -> None:
+def apply_event(model: nn.Module, ev: Event) -> None:
     freeze(model, ev.frozen)
     unfreeze(model, ev.names)

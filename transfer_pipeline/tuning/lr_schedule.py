@@ -76,20 +76,6 @@ def lr_at(step: int, *, peak: float, total_steps: int, start: int = 0, warmup_st
     return peak * schedule_factor(step, total_steps, cfg, steps_per_epoch) * warmup_factor(step - start, warmup_steps)
 
 
-def check_scheduler(cfg: SchedulerConfig, where: str = "optim.scheduler") -> None:
-    checks = [
-        (cfg.warmup_steps >= 0, "warmup_steps", "a number of steps >= 0"),
-        (0.0 <= cfg.min_lr_mult <= 1.0, "min_lr_mult", "a fraction of the group LR in [0, 1]"),
-        (cfg.step_epochs >= 1, "step_epochs", "a number of epochs >= 1"),
-        (cfg.gamma > 0, "gamma", "a factor > 0"),
-        (0.0 < cfg.pct_start < 1.0, "pct_start", "a fraction of the run in (0, 1)"),
-        (cfg.div_factor > 0 and cfg.final_div_factor > 0, "div_factor", "> 0 (and final_div_factor > 0)"),
-    ]
-    for ok, key, want in checks:
-        if not ok:
-            raise UserError(f"{where}.{key}={getattr(cfg, key)}: must be {want}.")
-
-
 @dataclass(frozen=True)
 class GroupTimeline:
     """One group: its peak LR and the steps at which it starts training, each with its warmup."""
@@ -139,16 +125,12 @@ def write_lrs(optimizer: Any, lrs: Mapping[str, float]) -> None:
         pg["lr"] = lrs[pg["name"]]
 
 
-def event_step(ev: Any, steps_per_epoch: int) -> int:
-    return ev.step if ev.step is not None else ev.epoch * steps_per_epoch
-
-
 def group_timelines(groups: Sequence[Any], trainable: Iterable[str], events: Sequence[Any], steps_per_epoch: int,
                     default_warmup: int) -> tuple[GroupTimeline, ...]:
     """Replay the freeze timeline: a group starts when it goes from nothing trainable to something.
 
     The warmup of a start is the starting event's `warmup_steps`, else the group's own, else the
-    scheduler's. Groups and events are duck-typed (param_groups.GroupSpec, freezing.ResolvedEvent).
+    scheduler's. Groups and events are duck-typed (param_groups.GroupSpec, events.Event).
     """
     now = set(trainable)
     own = {g.name: g.warmup_steps if g.warmup_steps is not None else default_warmup for g in groups}
@@ -156,8 +138,8 @@ def group_timelines(groups: Sequence[Any], trainable: Iterable[str], events: Seq
     for g in groups:
         if any(n in now for n in g.names):
             starts[g.name].append((0, own[g.name]))
-    for ev in sorted(events, key=lambda e: event_step(e, steps_per_epoch)):
-        at = event_step(ev, steps_per_epoch)
+    for ev in sorted(events, key=lambda e: e.trigger.at_step(steps_per_epoch)):
+        at = ev.trigger.at_step(steps_per_epoch)
         before = {g.name: any(n in now for n in g.names) for g in groups}
         now.difference_update(ev.frozen)
         now.update(ev.names)
@@ -171,11 +153,10 @@ def group_timelines(groups: Sequence[Any], trainable: Iterable[str], events: Seq
 def build_schedule(groups: Sequence[Any], trainable: Iterable[str], events: Sequence[Any], scheduler: SchedulerConfig,
                    epochs: int, steps_per_epoch: int) -> LRSchedule:
     """The LR of every group at every step of a run of `epochs` x `steps_per_epoch` steps."""
-    check_scheduler(scheduler)
     total = epochs * steps_per_epoch
     for ev in events:
-        if ev.step is not None and not 0 <= ev.step < total:
-            raise UserError(f"{ev.where}.step={ev.step}: the run trains steps 0..{total - 1} ({epochs} epochs x "
+        if ev.trigger.by_step and not ev.trigger.step < total:
+            raise UserError(f"{ev.where}.step={ev.trigger.step}: the run trains steps 0..{total - 1} ({epochs} epochs x "
                             f"{steps_per_epoch} steps), so this event would never happen. Lower the step or "
                             "raise trainer.epochs.")
     if scheduler.name.value == "onecycle" and scheduler.pct_start * total <= 1:

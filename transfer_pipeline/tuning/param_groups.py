@@ -24,7 +24,8 @@ from torch import nn
 
 from .batchnorm import bn_mode_counts
 from ..errors import UserError
-from .freezing import Block, ResolvedEvent, check_lr_fields
+from .events import Event
+from .freezing import Block
 from ..schema import OptimConfig, ParamGroupConfig
 from ..names import join_name
 from ..selectors import select_all
@@ -72,23 +73,6 @@ def no_decay_names(model: nn.Module, cfg: OptimConfig) -> set[str]:
     return out
 
 
-def _check_optim(cfg: OptimConfig) -> None:
-    if cfg.lr < 0 or cfg.weight_decay < 0:
-        raise UserError(f"optim.lr={cfg.lr}, optim.weight_decay={cfg.weight_decay}: both must be >= 0.")
-    if cfg.layer_decay is not None and not 0 < cfg.layer_decay <= 1:
-        raise UserError(f"optim.layer_decay={cfg.layer_decay}: must be in (0, 1]; block k below the head trains at "
-                        "optim.lr x layer_decay**k (0.75 is usual).")
-    if cfg.betas is not None:
-        _check_betas(cfg.betas, "optim.betas", cfg)
-
-
-def _check_betas(betas: Sequence[float], where: str, cfg: OptimConfig) -> None:
-    if cfg.name.value == "sgd":
-        raise UserError(f"{where}: betas are for adam/adamw, and optim.name=sgd (use momentum).")
-    if len(betas) != 2 or not all(0 <= b < 1 for b in betas):
-        raise UserError(f"{where}={list(betas)}: two numbers in [0, 1), e.g. [0.9, 0.999].")
-
-
 def _user_group(i: int, g: ParamGroupConfig, cfg: OptimConfig) -> GroupSpec:
     where = f"optim.groups[{i}]"
     name = g.name or g.params[0]
@@ -96,16 +80,6 @@ def _user_group(i: int, g: ParamGroupConfig, cfg: OptimConfig) -> GroupSpec:
         how = f"name={name!r}" if g.name else f"name defaults to its first selector {name!r}, which"
         raise UserError(f"{where}: {how} is reserved for generated groups ('{DEFAULT}': what no entry selects; "
                         f"'{EVENT_PREFIX}<epoch>': what a freeze.schedule event unfreezes). Choose another name.")
-    check_lr_fields(where, g.lr, g.lr_mult, g.warmup_steps)
-    for key in ("weight_decay", "eps"):
-        if getattr(g, key) is not None and getattr(g, key) < 0:
-            raise UserError(f"{where}.{key}={getattr(g, key)}: must be >= 0.")
-    if g.betas is not None:
-        _check_betas(g.betas, f"{where}.betas", cfg)
-    if g.eps is not None and cfg.name.value == "sgd":
-        raise UserError(f"{where}.eps: eps is for adam/adamw, and optim.name=sgd.")
-    if g.momentum is not None and cfg.name.value != "sgd":
-        raise UserError(f"{where}.momentum: momentum is for sgd; optim.name={cfg.name.value} uses betas.")
     lr = g.lr if g.lr is not None else cfg.lr * (g.lr_mult if g.lr_mult is not None else 1.0)
     return GroupSpec(name, tuple(g.params), lr=lr,
                      weight_decay=cfg.weight_decay if g.weight_decay is None else g.weight_decay,
@@ -113,15 +87,14 @@ def _user_group(i: int, g: ParamGroupConfig, cfg: OptimConfig) -> GroupSpec:
                      eps=g.eps, momentum=g.momentum)
 
 
-def _event_lr(ev: ResolvedEvent, cfg: OptimConfig) -> float:
+def _event_lr(ev: Event, cfg: OptimConfig) -> float:
     return ev.lr if ev.lr is not None else cfg.lr * (ev.lr_mult if ev.lr_mult is not None else 1.0)
 
 
-def build_groups(param_names: Sequence[str], cfg: OptimConfig, events: Sequence[ResolvedEvent] = (),
+def build_groups(param_names: Sequence[str], cfg: OptimConfig, events: Sequence[Event] = (),
                  blocks: Sequence[Block] | None = None,
                  no_decay: set[str] | frozenset[str] = frozenset()) -> list[GroupSpec]:
     """Partition the parameters into groups (order: optim.groups, events, layer-decay blocks, default)."""
-    _check_optim(cfg)
     names = list(param_names)
     owner: dict[str, GroupSpec] = {}
     groups: list[GroupSpec] = []
@@ -138,7 +111,7 @@ def build_groups(param_names: Sequence[str], cfg: OptimConfig, events: Sequence[
             spec.names.append(n)
         groups.append(spec)
 
-    event_groups: list[tuple[ResolvedEvent, GroupSpec]] = []
+    event_groups: list[tuple[Event, GroupSpec]] = []
     for ev in events:
         if ev.sets_lr:
             key = f"{ev.where}.{'lr' if ev.lr is not None else 'lr_mult'}"
@@ -181,10 +154,9 @@ def build_groups(param_names: Sequence[str], cfg: OptimConfig, events: Sequence[
     return groups
 
 
-def _name_event_groups(pairs: list[tuple[ResolvedEvent, GroupSpec]], taken: set[str]) -> list[GroupSpec]:
+def _name_event_groups(pairs: list[tuple[Event, GroupSpec]], taken: set[str]) -> list[GroupSpec]:
     """`unfreeze@<epoch>` (or `unfreeze@step<N>`); events sharing it add their first selector; user names as given."""
-    base = {id(s): ev.name or (f"{EVENT_PREFIX}{ev.epoch}" if ev.step is None else f"{EVENT_PREFIX}step{ev.step}")
-            for ev, s in pairs}
+    base = {id(s): ev.name or f"{EVENT_PREFIX}{ev.trigger.tag}" for ev, s in pairs}
     count: dict[str, int] = {}
     for ev, s in pairs:
         if not ev.name:
