@@ -21,6 +21,7 @@ from transfer_pipeline.mapping.apply import assign_weights, is_on_meta, load_mod
 from transfer_pipeline.mapping.plan import LoadEntry, LoadPlan, plan_load
 from transfer_pipeline.models import DigitsCNN
 from transfer_pipeline.models.digits import PRETRAINED_0TO4
+from transfer_pipeline.mapping.nested import choose_nested
 from transfer_pipeline.sources.read import read_path
 
 from helpers import read_json
@@ -34,7 +35,7 @@ def fast_load(node, path, seed=0, device=CPU, **plan_kw):
     torch.manual_seed(seed)
     model = build_model(node, meta=True)
     target = target_meta(model)
-    src = read_path(path, target=target)
+    src = choose_nested(read_path(path), target)
     plan = plan_load(src.meta, target, **plan_kw)
 
     def rebuild():

@@ -22,7 +22,8 @@ from transfer_pipeline.models import DigitsCNN
 from transfer_pipeline.models.digits import PRETRAINED_0TO4
 from transfer_pipeline.sources.safe_load import Opaque, PlainDict
 from transfer_pipeline.schema import SourceConfig
-from transfer_pipeline.sources.read import pick_nested, read_path, read_source, sniff
+from transfer_pipeline.mapping.nested import choose_nested
+from transfer_pipeline.sources.read import preferred, read_path, read_source, sniff
 
 from helpers import read_json, run_cli
 
@@ -69,7 +70,7 @@ def test_legacy_torch_format(tmp_path, sd):
 def test_nested_key_found_automatically_and_said(tmp_path, sd, target, key):
     path = tmp_path / "ckpt.pt"
     torch.save({key: sd, "epoch": 3, "optimizer": {"lr": 0.1}}, path)
-    src = read_path(path, target=target)
+    src = choose_nested(read_path(path), target)
     same(src, sd)
     assert src.key == key and src.nested == {key: len(sd)}
     assert any(key in n for n in src.notes)
@@ -80,7 +81,7 @@ def test_auto_picks_the_nested_dict_that_fits_the_target(tmp_path, sd, target):
     ema = {k: v + 1 if v.is_floating_point() else v for k, v in sd.items()}
     path = tmp_path / "ckpt.pt"
     torch.save({"state_dict": other, "model_ema": ema}, path)
-    src = read_path(path, target=target)
+    src = choose_nested(read_path(path), target)
     assert src.key == "model_ema"
     assert torch.equal(src.get("stem.0.weight"), ema["stem.0.weight"])
     note = src.notes[0]
@@ -91,8 +92,8 @@ def test_equal_fit_prefers_state_dict_over_ema_and_explicit_key_overrides(tmp_pa
     ema = {k: v * 2 for k, v in sd.items()}
     path = tmp_path / "ckpt.pt"
     torch.save({"ema": ema, "state_dict": sd}, path)
-    assert read_path(path, target=target).key == "state_dict"
-    src = read_path(path, key="ema", target=target)
+    assert choose_nested(read_path(path), target).key == "state_dict"
+    src = choose_nested(read_path(path, key="ema"), target)
     assert src.key == "ema" and torch.equal(src.get("stem.0.weight"), ema["stem.0.weight"])
     assert "source.key" in src.notes[0]
 
@@ -100,7 +101,7 @@ def test_equal_fit_prefers_state_dict_over_ema_and_explicit_key_overrides(tmp_pa
 def test_deeper_nested_key_path(tmp_path, sd, target):
     path = tmp_path / "ckpt.pt"
     torch.save({"model": {"state_dict": sd}, "epoch": 1}, path)
-    assert read_path(path, target=target).key == "model.state_dict"
+    assert choose_nested(read_path(path), target).key == "model.state_dict"
     assert read_path(path, key="model.state_dict").key == "model.state_dict"
 
 
@@ -135,7 +136,7 @@ def test_lightning_ckpt_with_omegaconf_and_metadata_loads_weights_only(tmp_path,
     calls = []
     real_load = torch.load
     monkeypatch.setattr(torch, "load", lambda *a, **k: calls.append(k.get("weights_only")) or real_load(*a, **k))
-    src = read_path(path, target=target_meta(DigitsCNN()))
+    src = choose_nested(read_path(path), target_meta(DigitsCNN()))
     assert calls and all(w is True for w in calls)  # never the unsafe fallback
     assert src.key == "state_dict" and src.format.startswith("Lightning checkpoint")
     assert any("inert placeholders" in n for n in src.notes)
@@ -220,7 +221,7 @@ def test_torchvision_weights_enum_reads_the_cached_file_lazily(torch_home_with_r
     calls = []
     real_load = torch.load
     monkeypatch.setattr(torch, "load", lambda *a, **k: calls.append((k.get("weights_only"), k.get("mmap"))) or real_load(*a, **k))
-    src = read_source(SourceConfig(weights="ResNet18_Weights.IMAGENET1K_V1"), None)
+    src = read_source(SourceConfig(weights="ResNet18_Weights.IMAGENET1K_V1"))
     assert src.description == "torchvision weights ResNet18_Weights.IMAGENET1K_V1"
     assert calls == [(True, True)]
     expected = real_load(ckpt, weights_only=True)
@@ -229,7 +230,7 @@ def test_torchvision_weights_enum_reads_the_cached_file_lazily(torch_home_with_r
 
 def test_torchvision_weights_not_an_enum():
     with pytest.raises(UserError, match=r"source\.weights: 'ResNet18_Weights\.NOPE' is not a torchvision weights enum"):
-        read_source(SourceConfig(weights="ResNet18_Weights.NOPE"), None)
+        read_source(SourceConfig(weights="ResNet18_Weights.NOPE"))
 
 
 def tiny_state_dict(scale: float = 1.0) -> dict[str, torch.Tensor]:
@@ -238,25 +239,25 @@ def tiny_state_dict(scale: float = 1.0) -> dict[str, torch.Tensor]:
 
 
 def test_target_callable_returning_a_state_dict():
-    src = read_source(SourceConfig(model={"_target_": "test_source.tiny_state_dict", "scale": 2.0}), None)
+    src = read_source(SourceConfig(model={"_target_": "test_source.tiny_state_dict", "scale": 2.0}))
     assert src.description == "state dict from test_source.tiny_state_dict"
     assert torch.equal(src.get("fc0.weight"), torch.full((32, 64), 2.0))
 
 
 def test_target_callable_returning_a_module():
-    src = read_source(SourceConfig(model={"_target_": "torch.nn.Linear", "in_features": 3, "out_features": 2}), None)
+    src = read_source(SourceConfig(model={"_target_": "torch.nn.Linear", "in_features": 3, "out_features": 2}))
     assert set(src.meta) == {"weight", "bias"} and src.meta["weight"].shape == (2, 3)
 
 
 def test_target_callable_returning_something_else():
     with pytest.raises(UserError, match=r"source\.model\._target_: builtins\.list returned list; expected an nn\.Module "
                                         r"or a state dict"):
-        read_source(SourceConfig(model={"_target_": "builtins.list"}), None)
+        read_source(SourceConfig(model={"_target_": "builtins.list"}))
 
 
 def test_only_one_source_kind():
     with pytest.raises(UserError, match="set only one of source.path, source.model, source.weights"):
-        read_source(SourceConfig(path="x.pt", weights="ResNet18_Weights.IMAGENET1K_V1"), None)
+        read_source(SourceConfig(path="x.pt", weights="ResNet18_Weights.IMAGENET1K_V1"))
 
 
 def test_full_pickled_module_needs_trust_pickle(tmp_path, sd):
@@ -404,9 +405,22 @@ def test_folder_without_a_checkpoint(tmp_path):
         read_path(tmp_path)
 
 
-def test_pick_nested_without_a_target_uses_key_preference(sd):
-    picked, key, _ = pick_nested({"ema": sd, "state_dict": sd}, "auto", None, Path("x.pt"))
-    assert key == "state_dict"
+def test_reading_needs_no_target_and_returns_every_nested_candidate(tmp_path, sd):
+    path = tmp_path / "ckpt.pt"
+    torch.save({"ema": sd, "state_dict": {k: v for k, v in list(sd.items())[:3]}, "epoch": 2}, path)
+    src = read_path(path)
+    assert set(src.candidates) == {"ema", "state_dict"} and src.meta == {}
+    assert src.candidates["ema"].key == "ema" and len(src.candidates["state_dict"].meta) == 3
+    # without a target the usual key wins (inspect); with one, the fit decides (the plan)
+    assert preferred(read_path(path)).key == "state_dict"
+    assert choose_nested(src, target_meta(DigitsCNN())).key == "ema"
+
+
+def test_an_explicit_key_returns_that_state_dict_alone(tmp_path, sd):
+    path = tmp_path / "ckpt.pt"
+    torch.save({"ema": sd, "state_dict": sd}, path)
+    src = read_path(path, key="ema")
+    assert not src.candidates and src.key == "ema" and "source.key" in src.notes[0]
 
 
 def test_names_that_match_nothing_show_both_sides(run_pipeline, tmp_path, sd):

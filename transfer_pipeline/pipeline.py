@@ -55,6 +55,7 @@ def _run(cfg: RunConfig, run_dir: Path, summary: dict[str, Any]) -> None:
     from .training.data import build_data, loaders
     from .tuning.freezing import plan_freezing, set_requires_grad
     from .mapping.apply import load_model, target_meta
+    from .mapping.nested import choose_nested
     from .mapping.plan import check_expectations, plan_load
     from .tuning.lr_schedule import build_schedule, initial_lrs, write_lrs
     from .tuning.param_groups import build_groups, format_groups, group_rows, make_optimizer, no_decay_names
@@ -74,7 +75,8 @@ def _run(cfg: RunConfig, run_dir: Path, summary: dict[str, Any]) -> None:
     on_meta = cfg.source.meta_init and (cfg.source.path is not None or cfg.source.weights is not None)
     model = build_model(cfg.model, meta=on_meta)
     target = target_meta(model)
-    source = read_source(cfg.source, target)
+    source = read_source(cfg.source)
+    source = choose_nested(source, target) if source else None
     plan = plan_load(source.meta if source else {}, target, cfg.mapping.rules, cfg.mapping.on_mismatch.value,
                      cfg.mapping.exclude, cfg.source.strip_prefixes, add_prefix=cfg.source.add_prefix,
                      auto=cfg.mapping.auto)

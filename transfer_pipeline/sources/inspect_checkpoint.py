@@ -43,7 +43,7 @@ def _human(n: float) -> str:
 
 def read(path: Path, key: str = "auto", trust_pickle: bool = False) -> Summary:
     """What `inspect` shows, read lazily (headers, pickles, no tensor data)."""
-    from .read import find_in_folder, read_path, safetensors_meta, sniff
+    from .read import find_in_folder, preferred, read_path, safetensors_meta, sniff
 
     if not path.exists():
         read_path(path)  # raises the usual 'no such file' message
@@ -52,7 +52,7 @@ def read(path: Path, key: str = "auto", trust_pickle: bool = False) -> Summary:
         meta, extra = safetensors_meta(file)  # no torch import: instant on any size
         meta = dict(sorted(meta.items(), key=lambda kv: natural_key(kv[0])))
         return Summary(file, "safetensors", meta, extra=extra)
-    src = read_path(path, key, trust_pickle)
+    src = preferred(read_path(path, key, trust_pickle))
     return Summary(src.path or file, src.format, src.meta, src.nested, src.key, src.notes, src.extra)
 
 

@@ -1,7 +1,10 @@
 """Read the source weights: a checkpoint file or folder, a model built in memory, or torchvision weights.
 
 Whatever the format, the result is a `SourceWeights`: names, shapes and dtypes up front (all the
-plan needs) and a getter that returns one tensor when loading asks for it. Nothing is read
+plan needs) and a getter that returns one tensor when loading asks for it. Reading needs no
+target: a torch checkpoint that nests several state dicts (`state_dict`, `ema` ...) under
+`source.key: auto` comes back with all of them as `candidates`, and the plan picks the one that
+fits the target (mapping/nested.py). Nothing is read
 eagerly: safetensors through their header and memory map, torch zip files with
 `torch.load(mmap=True)`, so a tensor's bytes are read from the page cache only when it is used.
 
@@ -21,7 +24,6 @@ from typing import Any
 
 from ..errors import UserError, did_you_mean
 from ..paths import resolve_path
-from ..mapping.prefixes import match_count
 from .safe_load import torch_load
 from ..schema import SourceConfig
 from ..tensor_meta import SAFETENSORS_DTYPES, TensorMeta, meta_of
@@ -45,6 +47,18 @@ class SourceWeights:
     nested: dict[str, int] = field(default_factory=dict)  # key path -> tensors, for nested torch checkpoints
     key: str = ""  # the nested key path the weights came from ('' = top level)
     extra: dict[str, Any] = field(default_factory=dict)  # format metadata (safetensors __metadata__ ...)
+    # key path -> its weights, when source.key=auto leaves a choice (then `meta` is empty until one is chosen)
+    candidates: dict[str, SourceWeights] = field(default_factory=dict)
+
+
+def nested_preference(keypath: str) -> int:
+    """Higher for the nested keys that usually hold the weights to train from (ties in fit)."""
+    last = keypath.rsplit(".", 1)[-1]
+    return -NESTED_KEYS.index(last) if last in NESTED_KEYS else -len(NESTED_KEYS)
+
+
+def _unchosen(name: str) -> Any:
+    raise RuntimeError(f"bug: tensor {name} read before a nested key was chosen (mapping.nested.choose_nested)")
 
 
 def _from_state_dict(sd: Mapping[str, Any], description: str, path: Path | None = None,
@@ -127,43 +141,16 @@ def _candidates(obj: Any, keypath: str = "", depth: int = 0) -> list[tuple[str, 
     return found
 
 
-def pick_nested(obj: Any, key: str, target: Mapping[str, TensorMeta] | None, where: Path,
-                found: list[tuple[str, dict]] | None = None) -> tuple[dict, str, list[str]]:
-    """The state dict inside a checkpoint: `key` if given, else the candidate that fits the target best.
-
-    `found`: `_candidates(obj)` when the caller has it already. Returns (state dict, its key
-    path, notes saying what was picked and why).
-    """
-    found = _candidates(obj) if found is None else found
-    if not found:
-        kind = type(obj).__name__
-        keys = f" (keys: {', '.join(map(str, list(obj)[:10]))})" if isinstance(obj, Mapping) else ""
-        raise UserError(f"source.path: {where} holds a {kind}{keys} with no tensors in it; "
-                        "expected a state dict or a dict that nests one.")
-    listing = ", ".join(f"{kp or '<top level>'!r} ({len(sd)} tensors)" for kp, sd in found)
-    if key != "auto":
-        for kp, sd in found:
-            if kp == key or (key in ("", "<top level>") and kp == ""):
-                return sd, kp, ([f"weights under nested key {kp!r} (source.key)"] if kp else [])
-        raise UserError(f"source.key={key!r}: {where} has no such nested key. Keys holding tensors: {listing}. "
-                        "Set source.key to one of them, or to auto.")
-    if len(found) == 1:
-        kp, sd = found[0]
-        return sd, kp, ([f"weights under nested key {kp!r}"] if kp else [])
-
-    def preference(kp: str) -> int:
-        last = kp.rsplit(".", 1)[-1]
-        return -NESTED_KEYS.index(last) if last in NESTED_KEYS else -len(NESTED_KEYS)
-
-    fits = {}
+def _nested(found: list[tuple[str, dict]], key: str, where: Path) -> list[tuple[str, dict]]:
+    """The candidates `source.key` allows: the one it names, or every one for `auto`."""
+    if key == "auto":
+        return found
     for kp, sd in found:
-        meta = {k: TensorMeta(tuple(v.shape)) for k, v in sd.items()}
-        fits[kp] = match_count(meta, target) if target else 0
-    best = max(found, key=lambda item: (fits[item[0]], preference(item[0]), len(item[1])))
-    others = ", ".join(f"{kp or '<top level>'!r} {fits[kp]}" for kp, _ in found if kp != best[0])
-    note = (f"source.key=auto picked nested key {best[0] or '<top level>'!r}: {fits[best[0]]} of its "
-            f"{len(best[1])} tensors match the target (others: {others}); set source.key to choose another")
-    return best[1], best[0], [note]
+        if kp == key or (key in ("", "<top level>") and kp == ""):
+            return [(kp, sd)]
+    listing = ", ".join(f"{kp or '<top level>'!r} ({len(sd)} tensors)" for kp, sd in found)
+    raise UserError(f"source.key={key!r}: {where} has no such nested key. Keys holding tensors: {listing}. "
+                    "Set source.key to one of them, or to auto.")
 
 
 # --- formats ---------------------------------------------------------------------------------------
@@ -183,19 +170,28 @@ def _read_safetensors(path: Path, key: str = "auto") -> SourceWeights:
     return SourceWeights(f"file {path}", meta, f.get_tensor, path, format="safetensors", extra=extra)
 
 
-def _read_torch(path: Path, key: str, trust_pickle: bool, target: Mapping[str, TensorMeta] | None,
-                zipped: bool) -> SourceWeights:
+def _read_torch(path: Path, key: str, trust_pickle: bool, zipped: bool) -> SourceWeights:
     obj, notes = torch_load(path, trust_pickle, zipped)
     found = _candidates(obj)
-    sd, keypath, picked = pick_nested(obj, key, target, path, found)
+    if not found:
+        kind = type(obj).__name__
+        keys = f" (keys: {', '.join(map(str, list(obj)[:10]))})" if isinstance(obj, Mapping) else ""
+        raise UserError(f"source.path: {path} holds a {kind}{keys} with no tensors in it; "
+                        "expected a state dict or a dict that nests one.")
     nested = {kp: len(d) for kp, d in found}
     kind = "torch zip (mmap)" if zipped else "torch legacy (read whole)"
     if isinstance(obj, Mapping) and {"pytorch-lightning_version", "state_dict"} <= set(obj):
         kind = f"Lightning checkpoint, {kind}"
-    return _from_state_dict(sd, f"file {path}", path, picked + notes, format=kind, nested=nested, key=keypath)
+    allowed = _nested(found, key, path)
+    by_key = " (source.key)" if key != "auto" else ""
+    options = {kp: _from_state_dict(sd, f"file {path}", path, ([f"weights under nested key {kp!r}{by_key}"] if kp else [])
+                                    + notes, format=kind, nested=nested, key=kp) for kp, sd in allowed}
+    if len(options) == 1:
+        return next(iter(options.values()))
+    return SourceWeights(f"file {path}", {}, _unchosen, path, notes, format=kind, nested=nested, candidates=options)
 
 
-def _read_sharded(index: Path, trust_pickle: bool, target: Mapping[str, TensorMeta] | None) -> SourceWeights:
+def _read_sharded(index: Path, trust_pickle: bool) -> SourceWeights:
     try:
         weight_map = json.loads(index.read_text())["weight_map"]
         assert isinstance(weight_map, dict)
@@ -208,7 +204,7 @@ def _read_sharded(index: Path, trust_pickle: bool, target: Mapping[str, TensorMe
         if not p.is_file():
             raise UserError(f"source.path: {index} names shard {shard!r}, which is missing from {index.parent}. "
                             "Download every shard the index lists (or point source.path at a complete checkpoint).")
-        shards[shard] = _read_file(p, "auto", trust_pickle, target)
+        shards[shard] = preferred(_read_file(p, "auto", trust_pickle))
     meta = {}
     for n, s in weight_map.items():
         if n not in shards[s].meta:
@@ -238,30 +234,41 @@ def find_in_folder(folder: Path) -> Path:
                     f"(it has: {', '.join(files) or 'nothing'}). Point source.path at the checkpoint file.")
 
 
-def _read_file(path: Path, key: str, trust_pickle: bool, target: Mapping[str, TensorMeta] | None) -> SourceWeights:
+def preferred(src: SourceWeights) -> SourceWeights:
+    """Without a target to fit: of nested candidates the usual key (`state_dict` before `ema` ...), said in a note."""
+    if not src.candidates:
+        return src
+    best = max(src.candidates, key=lambda kp: (nested_preference(kp), len(src.candidates[kp].meta)))
+    others = ", ".join(repr(k or "<top level>") for k in src.candidates if k != best)
+    chosen = src.candidates[best]
+    chosen.notes.insert(0, f"source.key=auto: nested key {best or '<top level>'!r} by name (others: {others}); "
+                           "set source.key to choose another")
+    return chosen
+
+
+def _read_file(path: Path, key: str, trust_pickle: bool) -> SourceWeights:
     kind = sniff(path)
     if path.name.endswith(".json") or kind == "json":
-        return _read_sharded(path, trust_pickle, target)
+        return _read_sharded(path, trust_pickle)
     if kind == "safetensors":
         return _read_safetensors(path, key)
     if kind in ("torch", "pickle"):
-        return _read_torch(path, key, trust_pickle, target, zipped=kind == "torch")
+        return _read_torch(path, key, trust_pickle, zipped=kind == "torch")
     what = "is empty" if kind == "empty" else f"is not a checkpoint format this pipeline reads (first bytes {_read_head(path, 8)!r})"
     raise UserError(f"source.path: {path} {what}. Expected {FORMATS}.")
 
 
-def read_path(path: Path, key: str = "auto", trust_pickle: bool = False,
-              target: Mapping[str, TensorMeta] | None = None) -> SourceWeights:
+def read_path(path: Path, key: str = "auto", trust_pickle: bool = False) -> SourceWeights:
     """A checkpoint file or folder -> SourceWeights (nothing but headers and pickles read yet)."""
     if not path.exists():
         near = [p.name for p in path.parent.iterdir()] if path.parent.is_dir() else []
         raise UserError(f"source.path: no such file: {path.resolve()}.{did_you_mean(path.name, near)}")
     if path.is_dir():
         path = find_in_folder(path)
-    return _read_file(path, key, trust_pickle, target)
+    return _read_file(path, key, trust_pickle)
 
 
-def _read_torchvision_weights(name: str, target: Mapping[str, TensorMeta] | None) -> SourceWeights:
+def _read_torchvision_weights(name: str) -> SourceWeights:
     import torch
     from torchvision.models import get_weight
 
@@ -279,7 +286,7 @@ def _read_torchvision_weights(name: str, target: Mapping[str, TensorMeta] | None
         except OSError as e:  # URLError is an OSError: no internet
             raise UserError(f"source.weights: cannot download {weights.url} ({e}). Without internet, put the file "
                             f"at {cache} (the torch hub cache; TORCH_HOME moves it).") from None
-    src = _read_file(cache, "auto", False, target)
+    src = preferred(_read_file(cache, "auto", False))
     src.description = f"torchvision weights {short}"
     return src
 
@@ -300,8 +307,8 @@ def _read_model(node: Mapping[str, Any]) -> SourceWeights:
                     "nn.Module or a state dict ({name: tensor}).")
 
 
-def read_source(cfg: SourceConfig, target: Mapping[str, TensorMeta] | None) -> SourceWeights | None:
-    """The source named by the config, or None for 'architecture only'."""
+def read_source(cfg: SourceConfig) -> SourceWeights | None:
+    """The source named by the config, or None for 'architecture only' (its nested candidates unchosen)."""
     given = [k for k in ("path", "model", "weights") if getattr(cfg, k) is not None]
     if len(given) > 1:
         raise UserError(f"source: set only one of source.path, source.model, source.weights (got {', '.join(given)}).")
@@ -310,5 +317,5 @@ def read_source(cfg: SourceConfig, target: Mapping[str, TensorMeta] | None) -> S
     if cfg.model is not None:
         return _read_model(cfg.model)
     if cfg.weights is not None:
-        return _read_torchvision_weights(cfg.weights, target)
-    return read_path(resolve_path(cfg.path), cfg.key, cfg.trust_pickle, target)
+        return _read_torchvision_weights(cfg.weights)
+    return read_path(resolve_path(cfg.path), cfg.key, cfg.trust_pickle)
