@@ -37,10 +37,8 @@ import json, resource, sys, time
 sys.path.insert(0, {root!r})
 import torch
 from safetensors.torch import load_file
+import transfer_pipeline as tp
 from transfer_pipeline.build import build_model
-from transfer_pipeline.mapping.apply import load_model, target_meta
-from transfer_pipeline.mapping.plan import plan_load
-from transfer_pipeline.sources.read import read_path
 from pathlib import Path
 
 def rss():  # this process's high-water mark (VmHWM: not inherited from the parent, unlike ru_maxrss)
@@ -62,10 +60,7 @@ if method.startswith("naive"):
     del sd
 else:
     model = build_model(node, meta=True)
-    target = target_meta(model)
-    src = read_path(path, target=target)
-    plan = plan_load(src.meta, target)
-    model = load_model(model, plan, src, torch.device("cpu"), lambda: build_model(node))
+    tp.load_weights(model, path)  # the Python API: plan, then assign from the memory map
     if method.endswith("use"):
         total = sum(float(p.detach().sum()) for p in model.parameters())
 seconds = time.perf_counter() - start

@@ -51,3 +51,14 @@ def nan_after(steps: int = 3, num_classes: int = 5):
             return out * float("nan") if self.calls > steps else out
 
     return NaNAfter()
+
+
+def make_plan(source, target, rules=(), on_mismatch="error", exclude=(), strip_prefixes=None, auto=None,
+              add_prefix=None):
+    """`plan_load` from plain values, converted as the Python API converts its keyword arguments."""
+    from transfer_pipeline.mapping.plan import plan_load
+    from transfer_pipeline.schema import load_options
+
+    mapping, prefixes = load_options(rules=list(rules), on_mismatch=on_mismatch, exclude=list(exclude),
+                                     strip_prefixes=strip_prefixes, auto=auto, add_prefix=add_prefix)
+    return plan_load(source, target, mapping, prefixes)

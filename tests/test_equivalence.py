@@ -9,13 +9,11 @@ them in that order after `torch.manual_seed(0)` gives the source the same weight
 
 from __future__ import annotations
 
-import inspect
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from transfer_pipeline import pipeline
 from transfer_pipeline.errors import UserError
 from transfer_pipeline.models import (BackboneNet, DigitsCNN, FeaturesNet, GPT2StyleTransformer, MHATransformer,
                                       QKVTransformer, pretrained_digits_cnn)
@@ -97,11 +95,6 @@ def test_adapted_heads_and_inputs_score_like_the_source_without_training(run_pip
     assert not (run_dir / "metrics.csv").exists()
 
 
-PIPELINE_PASSES_AUTO = "mapping.auto" in inspect.getsource(pipeline)
-
-
-@pytest.mark.xfail(not PIPELINE_PASSES_AUTO, strict=True,
-                   reason="pipeline.py does not pass cfg.mapping.auto to plan_load(auto=...) yet")
 def test_auto_align_by_shape_order_computes_the_same(run_pipeline):
     weights, report = exported(run_pipeline, "auto_align")
     assert report["missing"] == [] and all(e["auto"] for e in report["entries"])

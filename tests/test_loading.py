@@ -17,14 +17,14 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from transfer_pipeline.build import build_model, parameters_on_meta
-from transfer_pipeline.mapping.apply import assign_weights, is_on_meta, load_model, load_weights, planned_tensors, target_meta
-from transfer_pipeline.mapping.plan import LoadEntry, LoadPlan, plan_load
+from transfer_pipeline.mapping.apply import assign_weights, is_on_meta, load_model, copy_weights, planned_tensors, target_meta
+from transfer_pipeline.mapping.plan import LoadEntry, LoadPlan
 from transfer_pipeline.models import DigitsCNN
 from transfer_pipeline.models.digits import PRETRAINED_0TO4
 from transfer_pipeline.mapping.nested import choose_nested
 from transfer_pipeline.sources.read import read_path
 
-from helpers import read_json
+from helpers import make_plan, read_json
 
 DIGITS = {"_target_": "transfer_pipeline.models.DigitsCNN", "num_classes": 5}
 CPU = torch.device("cpu")
@@ -36,7 +36,7 @@ def fast_load(node, path, seed=0, device=CPU, **plan_kw):
     model = build_model(node, meta=True)
     target = target_meta(model)
     src = choose_nested(read_path(path), target)
-    plan = plan_load(src.meta, target, **plan_kw)
+    plan = make_plan(src.meta, target, **plan_kw)
 
     def rebuild():
         torch.manual_seed(seed)
@@ -253,7 +253,7 @@ def test_assign_raises_before_changing_anything():
 
     model = build_model({"_target_": "test_loading.OwnInit"}, meta=True)
     src = SourceWeights("t", {}, {}.__getitem__)
-    plan = plan_load({}, target_meta(model))
+    plan = make_plan({}, target_meta(model))
     with pytest.raises(CannotInitialise, match=r"scale is not in the plan and its module <root> \(OwnInit\) has no "
                                                r"reset_parameters"):
         assign_weights(model, plan, src, CPU)
@@ -263,7 +263,7 @@ def test_assign_raises_before_changing_anything():
 def test_nothing_to_load_gives_the_normal_build():
     torch.manual_seed(1)
     meta = build_model(DIGITS, meta=True)
-    model = load_model(meta, plan_load({}, target_meta(meta)), None, CPU, lambda: DigitsCNN(num_classes=5))
+    model = load_model(meta, make_plan({}, target_meta(meta)), None, CPU, lambda: DigitsCNN(num_classes=5))
     assert all_real(model)
 
 
@@ -272,7 +272,7 @@ def test_normal_path_copies_into_an_initialised_model():
     model = DigitsCNN(num_classes=5)
     src = read_path(PRETRAINED_0TO4)
     before = model.stem[0].weight
-    load_weights(model, plan_load(src.meta, target_meta(model)), src)
+    copy_weights(model, make_plan(src.meta, target_meta(model)), src)
     assert model.stem[0].weight is before and torch.equal(before, sd["stem.0.weight"])
 
 

@@ -6,6 +6,7 @@ import math
 import re
 
 import pytest
+from helpers import make_plan
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
@@ -15,7 +16,6 @@ from transfer_pipeline.mapping.plan import (
     apply_rules,
     check_expectations,
     parse_rules,
-    plan_load,
 )
 from transfer_pipeline.mapping.prefixes import detect
 
@@ -90,7 +90,7 @@ def test_tensor_meta_numel():
 def test_exact_load_loads_everything_in_target_order():
     target = small_cnn()
     source = dict(reversed(list(small_cnn().items())))  # source order must not matter
-    plan = plan_load(source, target)
+    plan = make_plan(source, target)
     assert plan.loaded == list(target)
     assert plan.missing == []
     assert plan.unexpected == []
@@ -107,27 +107,27 @@ def test_exact_load_loads_everything_in_target_order():
 def test_entries_carry_source_and_target_dtypes():
     source = {"w": M(2, 2, dtype="float16")}
     target = {"w": M(2, 2, dtype="float32")}
-    (entry,) = plan_load(source, target).entries
+    (entry,) = make_plan(source, target).entries
     assert (entry.source_dtype, entry.target_dtype) == ("float16", "float32")
 
 
 def test_loaded_fraction_is_by_elements_not_tensors():
     target = {"big": M(10, 10), "small": M(10), "other": M(90)}  # 100 + 10 + 90 = 200 elements
     source = {"big": M(10, 10)}
-    plan = plan_load(source, target)
+    plan = make_plan(source, target)
     assert plan.loaded == ["big"]
     assert plan.missing == ["small", "other"]
     assert plan.loaded_fraction == pytest.approx(100 / 200)
 
-    plan = plan_load({"small": M(10), "other": M(90)}, target)
+    plan = make_plan({"small": M(10), "other": M(90)}, target)
     assert plan.loaded_fraction == pytest.approx(100 / 200)
-    plan = plan_load({"small": M(10)}, target)
+    plan = make_plan({"small": M(10)}, target)
     assert plan.loaded_fraction == pytest.approx(10 / 200)
 
 
 def test_empty_source_loads_nothing():
     target = small_cnn()
-    plan = plan_load({}, target)
+    plan = make_plan({}, target)
     assert plan.entries == []
     assert plan.missing == list(target)
     assert plan.loaded_fraction == 0.0
@@ -135,7 +135,7 @@ def test_empty_source_loads_nothing():
 
 
 def test_empty_target_has_zero_fraction_not_division_error():
-    plan = plan_load({"a": M(2)}, {})
+    plan = make_plan({"a": M(2)}, {})
     assert plan.loaded_fraction == 0.0
     assert plan.unexpected == ["a"]
 
@@ -143,7 +143,7 @@ def test_empty_target_has_zero_fraction_not_division_error():
 def test_unexpected_lists_unused_source_names_in_source_order():
     target = small_cnn()
     source = {**small_cnn(), "aux.weight": M(3, 3), "head2.bias": M(5)}
-    plan = plan_load(source, target)
+    plan = make_plan(source, target)
     assert plan.unexpected == ["aux.weight", "head2.bias"]
     assert plan.loaded == list(target)
 
@@ -151,7 +151,7 @@ def test_unexpected_lists_unused_source_names_in_source_order():
 # --- rename rules -----------------------------------------------------------------------------------
 
 def test_rename_rules_with_capture_groups():
-    plan = plan_load(features_net(), backbone_net(), FEATURES_TO_BACKBONE)
+    plan = make_plan(features_net(), backbone_net(), FEATURES_TO_BACKBONE)
     assert plan.loaded == list(backbone_net())
     assert plan.missing == []
     assert plan.unexpected == []
@@ -175,7 +175,7 @@ def test_rename_rules_with_capture_groups():
 def test_rules_leave_unmatched_names_alone():
     source = {"features.0.weight": M(16, 1, 3, 3), "head.weight": M(5, 32)}
     target = {"backbone.0.weight": M(16, 1, 3, 3), "head.weight": M(5, 32)}
-    plan = plan_load(source, target, [{"from": r"features\.(.*)", "to": r"backbone.\1"}])
+    plan = make_plan(source, target, [{"from": r"features\.(.*)", "to": r"backbone.\1"}])
     assert set(plan.loaded) == {"backbone.0.weight", "head.weight"}
     assert plan.renamed == {"features.0.weight": "backbone.0.weight"}  # unchanged names are not 'renamed'
 
@@ -187,13 +187,13 @@ def test_first_matching_rule_wins():
         {"from": r"layer1\.(.*)", "to": r"fc1.\1"},
         {"from": r"layer(\d)\.(.*)", "to": r"other.\2", "optional": True},
     ]
-    plan = plan_load(source, target, rules)
+    plan = make_plan(source, target, rules)
     assert plan.renamed == {"layer1.weight": "fc1.weight"}
     assert plan.missing == ["other.weight"]
     assert plan.rule_hits == [1, 0]
 
     # reversed order: the other rule wins
-    plan = plan_load(source, target, [dict(rules[1], optional=False), dict(rules[0], optional=True)])
+    plan = make_plan(source, target, [dict(rules[1], optional=False), dict(rules[0], optional=True)])
     assert plan.renamed == {"layer1.weight": "other.weight"}
     assert plan.rule_hits == [1, 0]
 
@@ -210,7 +210,7 @@ def test_rule_matching_nothing_is_error_naming_close_source_names():
     rules = [{"from": r"feature\.(\d+)\.(.*)", "to": r"backbone.\1.\2"},  # typo: 'feature' vs 'features'
              {"from": r"layer1\.(.*)", "to": r"fc1.\1"}]
     with pytest.raises(UserError, match=r"mapping\.rules\[0\]: 'from: feature\\\.\(\\d\+\)") as e:
-        plan_load(features_net(), backbone_net(), rules)
+        make_plan(features_net(), backbone_net(), rules)
     msg = str(e.value)
     assert "matches no source tensor" in msg
     assert re.search(r"Closest source names: features\.\d\.\w+", msg)  # close source names are offered
@@ -221,19 +221,19 @@ def test_rule_matching_nothing_names_close_source_names_for_plain_names():
     source = {"classifier.weight": M(5, 32), "classifier.bias": M(5), "stem.weight": M(3)}
     target = {"head.weight": M(5, 32), "head.bias": M(5), "stem.weight": M(3)}
     with pytest.raises(UserError, match=r"mapping\.rules\[0\].*Closest source names: classifier\.weight"):
-        plan_load(source, target, [{"from": "classifer.weight", "to": "head.weight"}])
+        make_plan(source, target, [{"from": "classifer.weight", "to": "head.weight"}])
 
 
 def test_optional_rule_matching_nothing_is_fine():
     rules = FEATURES_TO_BACKBONE + [{"from": r"aux\.(.*)", "to": r"aux_head.\1", "optional": True}]
-    plan = plan_load(features_net(), backbone_net(), rules)
+    plan = make_plan(features_net(), backbone_net(), rules)
     assert plan.rule_hits == [4, 2, 2, 0]
     assert plan.loaded_fraction == 1.0
 
 
 def test_rule_counts_hits_even_when_renamed_target_does_not_exist():
     # a rule that matches but renames into a name the target lacks: no error, source is unexpected
-    plan = plan_load({"a.w": M(2)}, {"b.w": M(2)}, [{"from": r"a\.(.*)", "to": r"c.\1"}])
+    plan = make_plan({"a.w": M(2)}, {"b.w": M(2)}, [{"from": r"a\.(.*)", "to": r"c.\1"}])
     assert plan.rule_hits == [1]
     assert plan.unexpected == ["a.w"]
     assert plan.missing == ["b.w"]
@@ -241,7 +241,7 @@ def test_rule_counts_hits_even_when_renamed_target_does_not_exist():
 
 def test_unknown_rule_key_is_error():
     with pytest.raises(UserError, match=r"mapping\.rules\[1\]: unknown key\(s\) \['form'\]"):
-        plan_load(features_net(), backbone_net(), [FEATURES_TO_BACKBONE[0], {"form": "x", "to": "y"}])
+        make_plan(features_net(), backbone_net(), [FEATURES_TO_BACKBONE[0], {"form": "x", "to": "y"}])
 
 
 def test_rule_without_from_or_to_is_error():
@@ -271,21 +271,21 @@ def test_rule_with_unknown_op_is_error():
 def test_rule_template_with_missing_group_is_error():
     to = r"fc1.\2"
     with pytest.raises(UserError, match=re.escape(f"mapping.rules[0].to: {to!r} cannot be filled from 'layer1.weight'")):
-        plan_load({"layer1.weight": M(2)}, {"fc1.weight": M(2)}, [{"from": r"layer1\.(.*)", "to": to}])
+        make_plan({"layer1.weight": M(2)}, {"fc1.weight": M(2)}, [{"from": r"layer1\.(.*)", "to": to}])
 
 
 def test_two_sources_mapping_to_one_target_is_error():
     source = {"layer1.weight": M(32, 32), "fc1.weight": M(32, 32)}
     target = {"fc1.weight": M(32, 32)}
     with pytest.raises(UserError, match=r"'layer1\.weight' and 'fc1\.weight' both map to target 'fc1\.weight'"):
-        plan_load(source, target, [{"from": r"layer1\.(.*)", "to": r"fc1.\1"}])
+        make_plan(source, target, [{"from": r"layer1\.(.*)", "to": r"fc1.\1"}])
 
 
 def test_two_sources_renamed_by_rules_to_one_target_is_error():
     source = {"features.0.weight": M(4), "features.1.weight": M(4)}
     target = {"backbone.weight": M(4)}
     with pytest.raises(UserError, match="both map to target 'backbone.weight'"):
-        plan_load(source, target, [{"from": r"features\.\d+\.(.*)", "to": r"backbone.\1"}])
+        make_plan(source, target, [{"from": r"features\.\d+\.(.*)", "to": r"backbone.\1"}])
 
 
 # --- prefixes ---------------------------------------------------------------------------------------
@@ -294,7 +294,7 @@ def test_two_sources_renamed_by_rules_to_one_target_is_error():
 def test_single_wrapper_prefix_detected_and_stripped(prefix):
     target = small_cnn()
     source = {prefix + k: v for k, v in target.items()}
-    plan = plan_load(source, target)
+    plan = make_plan(source, target)
     assert plan.stripped_prefix == prefix
     assert plan.loaded == list(target)
     assert plan.missing == [] and plan.unexpected == []
@@ -306,7 +306,7 @@ def test_single_wrapper_prefix_detected_and_stripped(prefix):
 def test_multi_level_wrapper_prefix_detected_and_stripped(prefix):
     target = small_cnn()
     source = {prefix + k: v for k, v in target.items()}
-    plan = plan_load(source, target)
+    plan = make_plan(source, target)
     assert plan.stripped_prefix == prefix
     assert plan.loaded == list(target)
 
@@ -321,7 +321,7 @@ def test_detect_prefix_directly():
 def test_prefix_detection_takes_rules_into_account():
     # only after the rules rename 'features.' to 'backbone.' does stripping 'module.' help
     source = {"module." + k: v for k, v in features_net().items()}
-    plan = plan_load(source, backbone_net(), FEATURES_TO_BACKBONE)
+    plan = make_plan(source, backbone_net(), FEATURES_TO_BACKBONE)
     assert plan.stripped_prefix == "module."
     assert plan.loaded_fraction == 1.0
     assert plan.renamed["module.features.0.weight"] == "backbone.0.weight"
@@ -332,7 +332,7 @@ def test_prefix_detection_uses_shapes_not_just_names():
     # that does not count as a better match, so nothing is stripped
     target = {"fc.weight": M(5, 32)}
     source = {"model.fc.weight": M(10, 32)}
-    plan = plan_load(source, target, on_mismatch="skip")
+    plan = make_plan(source, target, on_mismatch="skip")
     assert plan.stripped_prefix == ""
     assert plan.unexpected == ["model.fc.weight"]
 
@@ -340,7 +340,7 @@ def test_prefix_detection_uses_shapes_not_just_names():
 def test_prefix_not_stripped_when_target_also_has_it():
     # the target itself has a top-level 'model' module: source names already match
     target = {"model.fc.weight": M(5, 3), "model.fc.bias": M(5)}
-    plan = plan_load(dict(target), target)
+    plan = make_plan(dict(target), target)
     assert plan.stripped_prefix == ""
     assert plan.loaded == list(target)
 
@@ -348,7 +348,7 @@ def test_prefix_not_stripped_when_target_also_has_it():
 def test_manual_strip_prefixes():
     target = small_cnn()
     source = {"module." + k: v for k, v in target.items()}
-    plan = plan_load(source, target, strip_prefixes=["module."])
+    plan = make_plan(source, target, strip_prefixes=["module."])
     assert plan.stripped_prefix == "module."
     assert plan.loaded_fraction == 1.0
 
@@ -356,7 +356,7 @@ def test_manual_strip_prefixes():
 def test_manual_strip_prefixes_empty_list_disables_detection():
     target = small_cnn()
     source = {"module." + k: v for k, v in target.items()}
-    plan = plan_load(source, target, strip_prefixes=[])
+    plan = make_plan(source, target, strip_prefixes=[])
     assert plan.stripped_prefix == ""
     assert plan.entries == []
     assert plan.unexpected == list(source)
@@ -365,7 +365,7 @@ def test_manual_strip_prefixes_empty_list_disables_detection():
 def test_manual_strip_prefixes_two_level():
     target = small_cnn()
     source = {"module._orig_mod." + k: v for k, v in target.items()}
-    plan = plan_load(source, target, strip_prefixes=["module._orig_mod."])
+    plan = make_plan(source, target, strip_prefixes=["module._orig_mod."])
     assert plan.stripped_prefix == "module._orig_mod."
     assert plan.loaded == list(target)
 
@@ -375,7 +375,7 @@ def test_manual_strip_prefix_that_no_name_has_is_error():
     source = {"module." + k: v for k, v in target.items()}
     with pytest.raises(UserError, match=r"source\.strip_prefixes: no source name starts with 'model\.' "
                                         r"\(first names: module\.stem\.0\.weight"):
-        plan_load(source, target, strip_prefixes=["model."])
+        make_plan(source, target, strip_prefixes=["model."])
 
 
 # --- shapes -----------------------------------------------------------------------------------------
@@ -384,7 +384,7 @@ def test_mismatched_shape_error_names_both_shapes():
     source = small_cnn(num_classes=5)
     target = small_cnn(num_classes=10)
     with pytest.raises(UserError, match=r"mapping\.on_mismatch=error: 2 tensor\(s\)") as e:
-        plan_load(source, target)
+        make_plan(source, target)
     msg = str(e.value)
     assert "head.weight: source (5, 32) vs target (10, 32)" in msg
     assert "head.bias: source (5,) vs target (10,)" in msg
@@ -394,7 +394,7 @@ def test_mismatched_shape_error_names_both_shapes():
 def test_mismatched_shape_skip_reports_and_leaves_target_missing():
     source = small_cnn(num_classes=5)
     target = small_cnn(num_classes=10)
-    plan = plan_load(source, target, on_mismatch="skip")
+    plan = make_plan(source, target, on_mismatch="skip")
     assert plan.mismatched == [
         {"source": "head.weight", "target": "head.weight", "source_shape": [5, 32], "target_shape": [10, 32]},
         {"source": "head.bias", "target": "head.bias", "source_shape": [5], "target_shape": [10]},
@@ -409,7 +409,7 @@ def test_mismatched_shape_skip_reports_and_leaves_target_missing():
 def test_mismatch_after_rename_reports_source_and_target_names():
     source = {"layer2.weight": M(5, 32)}
     target = {"fc2.weight": M(10, 32)}
-    plan = plan_load(source, target, [{"from": r"layer2\.(.*)", "to": r"fc2.\1"}], on_mismatch="skip")
+    plan = make_plan(source, target, [{"from": r"layer2\.(.*)", "to": r"fc2.\1"}], on_mismatch="skip")
     assert plan.mismatched == [{"source": "layer2.weight", "target": "fc2.weight",
                                 "source_shape": [5, 32], "target_shape": [10, 32]}]
     assert plan.missing == ["fc2.weight"]
@@ -419,7 +419,7 @@ def test_mismatch_after_rename_reports_source_and_target_names():
 
 def test_exclude_keeps_targets_out_and_sources_unexpected():
     target = small_cnn()
-    plan = plan_load(small_cnn(), target, exclude=["head"])
+    plan = make_plan(small_cnn(), target, exclude=["head"])
     assert plan.excluded == ["head.weight", "head.bias"]
     assert "head.weight" in plan.missing and "head.bias" in plan.missing
     assert "head.weight" not in plan.loaded
@@ -428,14 +428,14 @@ def test_exclude_keeps_targets_out_and_sources_unexpected():
 
 
 def test_exclude_avoids_mismatch_error():
-    plan = plan_load(small_cnn(5), small_cnn(10), exclude=["head.*"])  # on_mismatch=error by default
+    plan = make_plan(small_cnn(5), small_cnn(10), exclude=["head.*"])  # on_mismatch=error by default
     assert plan.mismatched == []
     assert plan.excluded == ["head.weight", "head.bias"]
 
 
 def test_exclude_selector_matching_nothing_is_error():
     with pytest.raises(UserError, match=r"mapping\.exclude: selector 'haed' matches no parameter.*head"):
-        plan_load(small_cnn(), small_cnn(), exclude=["haed"])
+        make_plan(small_cnn(), small_cnn(), exclude=["haed"])
 
 
 # --- check_expectations -----------------------------------------------------------------------------
@@ -443,7 +443,7 @@ def test_exclude_selector_matching_nothing_is_error():
 def test_expectations_nothing_loaded_is_error():
     target = small_cnn()
     source = {"other." + k: M(1) for k in target}
-    plan = plan_load(source, target)
+    plan = make_plan(source, target)
     assert plan.entries == []
     with pytest.raises(UserError, match="loaded nothing into the target") as e:
         check_expectations(plan, None, 0.0, source, target)
@@ -452,13 +452,13 @@ def test_expectations_nothing_loaded_is_error():
 
 
 def test_expectations_nothing_loaded_without_source_is_fine():
-    plan = plan_load({}, small_cnn())
+    plan = make_plan({}, small_cnn())
     check_expectations(plan, None, 0.0, source=None)
 
 
 def test_expectations_min_loaded():
     target = {"a": M(30), "b": M(70)}
-    plan = plan_load({"a": M(30)}, target)
+    plan = make_plan({"a": M(30)}, target)
     assert plan.loaded_fraction == pytest.approx(0.3)
     check_expectations(plan, None, 0.3)  # exactly at the bar is fine
     check_expectations(plan, None, 0.25)
@@ -467,21 +467,21 @@ def test_expectations_min_loaded():
 
 
 def test_expectations_min_loaded_full_load():
-    plan = plan_load(small_cnn(), small_cnn())
+    plan = make_plan(small_cnn(), small_cnn())
     check_expectations(plan, None, 1.0)
 
 
 def test_expect_missing_exact_match_passes():
-    plan = plan_load(small_cnn(), small_cnn(), exclude=["head"])
+    plan = make_plan(small_cnn(), small_cnn(), exclude=["head"])
     check_expectations(plan, ["head"], 0.0)
     check_expectations(plan, ["head.weight", "head.bias"], 0.0)
     check_expectations(plan, [r"re:head\..*"], 0.0)
 
 
 def test_expect_missing_empty_list_means_everything_must_load():
-    full = plan_load(small_cnn(), small_cnn())
+    full = make_plan(small_cnn(), small_cnn())
     check_expectations(full, [], 0.0)
-    partial = plan_load(small_cnn(), small_cnn(), exclude=["head"])
+    partial = make_plan(small_cnn(), small_cnn(), exclude=["head"])
     with pytest.raises(UserError, match=r"2 target tensor\(s\) were not loaded but are not declared missing: "
                                         r"head\.weight, head\.bias"):
         check_expectations(partial, [], 0.0)
@@ -490,33 +490,33 @@ def test_expect_missing_empty_list_means_everything_must_load():
 def test_expect_missing_more_missing_than_declared_is_error():
     target = small_cnn()
     source = {k: v for k, v in small_cnn().items() if not k.startswith(("head", "block1"))}
-    plan = plan_load(source, target)
+    plan = make_plan(source, target)
     with pytest.raises(UserError, match=r"mapping\.expect\.missing: 3 target tensor\(s\) were not loaded but are not "
                                         r"declared missing: block1\.0\.weight, block1\.1\.weight, block1\.1\.bias"):
         check_expectations(plan, ["head"], 0.0)
 
 
 def test_expect_missing_declared_but_loaded_is_error():
-    plan = plan_load(small_cnn(), small_cnn(), exclude=["head"])
+    plan = make_plan(small_cnn(), small_cnn(), exclude=["head"])
     with pytest.raises(UserError, match=r"mapping\.expect\.missing: 'block1' was expected to stay unloaded.*"
                                         r"Unloaded: head\.weight, head\.bias"):
         check_expectations(plan, ["head", "block1"], 0.0)
 
 
 def test_expect_missing_selector_naming_no_parameter_is_error():
-    plan = plan_load(small_cnn(), small_cnn(), exclude=["head"])
+    plan = make_plan(small_cnn(), small_cnn(), exclude=["head"])
     with pytest.raises(UserError, match=r"'classifier' was expected to stay unloaded"):
         check_expectations(plan, ["head", "classifier"], 0.0)
 
 
 def test_expect_missing_when_all_loaded_and_something_declared_is_error():
-    plan = plan_load(small_cnn(), small_cnn())
+    plan = make_plan(small_cnn(), small_cnn())
     with pytest.raises(UserError, match=r"'head' was expected to stay unloaded.*Unloaded: none"):
         check_expectations(plan, ["head"], 0.0)
 
 
 def test_expect_missing_bad_regex_is_user_error():
-    plan = plan_load(small_cnn(), small_cnn(), exclude=["head"])
+    plan = make_plan(small_cnn(), small_cnn(), exclude=["head"])
     with pytest.raises(UserError, match=r"mapping\.expect\.missing.*not a valid regex"):
         check_expectations(plan, ["re:head("], 0.0)
 
@@ -541,7 +541,7 @@ def _no_name_starts_with_prefix_component(meta, prefix):
 def test_property_wrapper_prefix_is_stripped_and_everything_loads(target, prefix):
     assume(_no_name_starts_with_prefix_component(target, prefix))
     source = {prefix + k: v for k, v in target.items()}
-    plan = plan_load(source, target)
+    plan = make_plan(source, target)
     assert plan.stripped_prefix == prefix
     assert sorted(plan.loaded) == sorted(target)
     assert plan.missing == []
@@ -558,7 +558,7 @@ def test_property_loaded_and_missing_partition_target(target, data):
     extra = data.draw(_meta, label="extra")
     source = {n: (TensorMeta(target[n].shape + (2,)) if n in reshape else target[n]) for n in keep}
     source.update({k: v for k, v in extra.items() if k not in target})
-    plan = plan_load(source, target, on_mismatch="skip", strip_prefixes=[])
+    plan = make_plan(source, target, on_mismatch="skip", strip_prefixes=[])
     loaded, missing = plan.loaded, plan.missing
     assert set(loaded).isdisjoint(missing)
     assert sorted(loaded + missing) == sorted(target)
@@ -582,7 +582,7 @@ def test_property_rename_roundtrip(target):
     """Renaming every target name under a new top-level component and a rule back loads everything."""
     assume(not any(n.split(".")[0] == "old" for n in target))
     source = {"old." + k: v for k, v in target.items()}
-    plan = plan_load(source, target, [{"from": r"old\.(.*)", "to": r"\1"}], strip_prefixes=[])
+    plan = make_plan(source, target, [{"from": r"old\.(.*)", "to": r"\1"}], strip_prefixes=[])
     assert sorted(plan.loaded) == sorted(target)
     assert plan.renamed == {"old." + k: k for k in target}
     assert plan.rule_hits == [len(target)]

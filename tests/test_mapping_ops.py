@@ -11,13 +11,13 @@ import sys
 from types import SimpleNamespace
 
 import pytest
+from helpers import make_plan
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
 from transfer_pipeline.errors import UserError
-from transfer_pipeline.mapping.plan import plan_load
 from transfer_pipeline.tensor_meta import TensorMeta
 from transfer_pipeline.mapping.op_kernels import apply_op
 from transfer_pipeline.mapping.report import format_plan, report_dict
@@ -62,7 +62,7 @@ def mha_target(layers: int = 2, d: int = 4) -> dict[str, TensorMeta]:
 # --- concat -----------------------------------------------------------------------------------------
 
 def test_concat_plans_fused_targets_from_the_parts_in_pattern_order():
-    plan = plan_load(qkv_source(), mha_target(), [CONCAT])
+    plan = make_plan(qkv_source(), mha_target(), [CONCAT])
     assert plan.loaded == list(mha_target()) and plan.missing == [] and plan.unexpected == []
     (entry,) = [e for e in plan.entries if e.target == "layers.1.attn.in_proj_weight"]
     assert entry.sources == ("enc.1.q.weight", "enc.1.k.weight", "enc.1.v.weight")
@@ -74,7 +74,7 @@ def test_concat_plans_fused_targets_from_the_parts_in_pattern_order():
 
 def test_concat_along_dim_1():
     source = {"a.weight": M(3, 2), "b.weight": M(3, 5)}
-    plan = plan_load(source, {"ab.weight": M(3, 7)},
+    plan = make_plan(source, {"ab.weight": M(3, 7)},
                      [{"from": [r"a\.(weight)", r"b\.(weight)"], "to": r"ab.\1", "op": "concat", "dim": -1}])
     assert dict(plan.entries[0].args) == {"dim": 1}
 
@@ -85,7 +85,7 @@ def test_concat_group_missing_a_member_is_an_error_naming_it():
     with pytest.raises(UserError, match=r"mapping\.rules\[0\]: concat group \\1='1', \\2='weight' has no source "
                                         r"tensor for from\[2\] 'enc\\\\\.\(\\\\d\+\)\\\\\.v.*found enc\.1\.q\.weight "
                                         r"\(from\[0\]\), enc\.1\.k\.weight \(from\[1\]\)"):
-        plan_load(source, mha_target(), [CONCAT])
+        make_plan(source, mha_target(), [CONCAT])
 
 
 def test_concat_patterns_must_capture_the_same_groups():
@@ -97,7 +97,7 @@ def test_concat_two_sources_for_one_slot_is_an_error():
     rule = dict(CONCAT, **{"from": [r"enc\.\d+\.q\.(weight|bias)", r"enc\.\d+\.k\.(weight|bias)",
                                     r"enc\.\d+\.v\.(weight|bias)"], "to": r"layers.0.attn.in_proj_\1"})
     with pytest.raises(UserError, match=r"'enc\.0\.q\.weight' and 'enc\.1\.q\.weight' both match .* same groups"):
-        plan_load(qkv_source(), mha_target(), [rule])
+        make_plan(qkv_source(), mha_target(), [rule])
 
 
 def test_concat_result_shape_differs_from_target_names_rule_tensors_and_shapes():
@@ -106,19 +106,19 @@ def test_concat_result_shape_differs_from_target_names_rule_tensors_and_shapes()
     with pytest.raises(UserError, match=re.escape(
             "mapping.rules[0] (concat): concatenating along dim 0 of enc.0.q.weight (4, 4), enc.0.k.weight (4, 4), "
             "enc.0.v.weight (4, 4) gives (12, 4), but target layers.0.attn.in_proj_weight is (8, 4).")):
-        plan_load(qkv_source(), target, [CONCAT])
+        make_plan(qkv_source(), target, [CONCAT])
 
 
 def test_concat_parts_that_differ_in_another_dim_is_an_error():
     source = {"a.w": M(3, 2), "b.w": M(4, 2)}
     with pytest.raises(UserError, match=r"mapping\.rules\[0\]\.dim: cannot concatenate a\.w \(3, 2\), b\.w \(4, 2\) "
                                         r"along dim 1: they differ in dim 0"):
-        plan_load(source, {"ab.w": M(3, 4)}, [{"from": [r"a\.(w)", r"b\.(w)"], "to": r"ab.\1", "op": "concat", "dim": 1}])
+        make_plan(source, {"ab.w": M(3, 4)}, [{"from": [r"a\.(w)", r"b\.(w)"], "to": r"ab.\1", "op": "concat", "dim": 1}])
 
 
 def test_concat_dim_out_of_range_is_an_error():
     with pytest.raises(UserError, match=r"mapping\.rules\[0\]\.dim: dim 2 does not exist"):
-        plan_load(qkv_source(1), mha_target(1), [dict(CONCAT, dim=2)])
+        make_plan(qkv_source(1), mha_target(1), [dict(CONCAT, dim=2)])
 
 
 @pytest.mark.parametrize("bad, message", [
@@ -153,32 +153,32 @@ SPLIT = {"from": r"h\.(\d+)\.qkv\.weight", "to": [r"b.\1.q.weight", r"b.\1.k.wei
 
 
 def test_split_into_equal_parts_and_given_sizes():
-    plan = plan_load({"h.0.qkv.weight": M(12, 4)}, {f"b.0.{p}.weight": M(4, 4) for p in "qkv"}, [SPLIT])
+    plan = make_plan({"h.0.qkv.weight": M(12, 4)}, {f"b.0.{p}.weight": M(4, 4) for p in "qkv"}, [SPLIT])
     assert [(e.target, e.sources, dict(e.args)["index"]) for e in plan.entries] == [
         ("b.0.q.weight", ("h.0.qkv.weight",), 0), ("b.0.k.weight", ("h.0.qkv.weight",), 1),
         ("b.0.v.weight", ("h.0.qkv.weight",), 2)]
     assert dict(plan.entries[0].args)["sizes"] == (4, 4, 4) and plan.unexpected == []
     gqa = {"b.0.q.weight": M(8, 4), "b.0.k.weight": M(2, 4), "b.0.v.weight": M(2, 4)}  # grouped-query attention
-    plan = plan_load({"h.0.qkv.weight": M(12, 4)}, gqa, [dict(SPLIT, sizes=[8, 2, 2])])
+    plan = make_plan({"h.0.qkv.weight": M(12, 4)}, gqa, [dict(SPLIT, sizes=[8, 2, 2])])
     assert [e.shape for e in plan.entries] == [(8, 4), (2, 4), (2, 4)]
 
 
 def test_split_sizes_that_do_not_sum_is_an_error():
     with pytest.raises(UserError, match=re.escape("mapping.rules[0].sizes: [8, 2, 1] sum to 11, but h.0.qkv.weight "
                                                   "(12, 4) has 12 along dim 0.")):
-        plan_load({"h.0.qkv.weight": M(12, 4)}, {f"b.0.{p}.weight": M(4, 4) for p in "qkv"}, [dict(SPLIT, sizes=[8, 2, 1])])
+        make_plan({"h.0.qkv.weight": M(12, 4)}, {f"b.0.{p}.weight": M(4, 4) for p in "qkv"}, [dict(SPLIT, sizes=[8, 2, 1])])
 
 
 def test_split_into_unequal_parts_needs_sizes():
     with pytest.raises(UserError, match=r"has 10 along dim 0, which does not split into 3 equal parts; give `sizes:`"):
-        plan_load({"h.0.qkv.weight": M(10, 4)}, {f"b.0.{p}.weight": M(4, 4) for p in "qkv"}, [SPLIT])
+        make_plan({"h.0.qkv.weight": M(10, 4)}, {f"b.0.{p}.weight": M(4, 4) for p in "qkv"}, [SPLIT])
 
 
 def test_split_part_with_another_shape_than_its_target_is_an_error():
     target = {"b.0.q.weight": M(4, 4), "b.0.k.weight": M(4, 4), "b.0.v.weight": M(4, 5)}
     with pytest.raises(UserError, match=r"mapping\.rules\[0\] \(split\): part 2 .* gives \(4, 4\), but target "
                                         r"b\.0\.v\.weight is \(4, 5\)"):
-        plan_load({"h.0.qkv.weight": M(12, 4)}, target, [SPLIT])
+        make_plan({"h.0.qkv.weight": M(12, 4)}, target, [SPLIT])
 
 
 # --- transpose, reshape -----------------------------------------------------------------------------
@@ -188,34 +188,34 @@ def test_transpose_conv1d_weights_and_rename_biases():
     target = {"blocks.0.fc1.weight": M(32, 8), "blocks.0.fc1.bias": M(32)}
     rules = [{"from": r"h\.(\d+)\.c_fc\.weight", "to": r"blocks.\1.fc1.weight", "op": "transpose"},
              {"from": r"h\.(\d+)\.c_fc\.bias", "to": r"blocks.\1.fc1.bias"}]
-    plan = plan_load(source, target, rules)
+    plan = make_plan(source, target, rules)
     assert [(e.op, e.rule) for e in plan.entries] == [("transpose", 0), ("copy", 1)]
     assert dict(plan.entries[0].args) == {"dims": (0, 1)}
 
 
 def test_transpose_of_a_bias_is_an_error():
     with pytest.raises(UserError, match=r"mapping\.rules\[0\] \(transpose\): c\.bias \(4,\) has fewer than 2 dims"):
-        plan_load({"c.bias": M(4)}, {"l.bias": M(4)}, [{"from": r"c\.(bias)", "to": r"l.\1", "op": "transpose"}])
+        make_plan({"c.bias": M(4)}, {"l.bias": M(4)}, [{"from": r"c\.(bias)", "to": r"l.\1", "op": "transpose"}])
 
 
 def test_transpose_result_shape_mismatch_names_both_shapes():
     with pytest.raises(UserError, match=re.escape("mapping.rules[0] (transpose): transposing dims 0 and 1 of c.weight "
                                                   "(8, 32) gives (32, 8), but target l.weight is (16, 8).")):
-        plan_load({"c.weight": M(8, 32)}, {"l.weight": M(16, 8)},
+        make_plan({"c.weight": M(8, 32)}, {"l.weight": M(16, 8)},
                   [{"from": r"c\.(weight)", "to": r"l.\1", "op": "transpose"}])
 
 
 def test_reshape_to_the_target_shape_and_numel_check():
-    plan = plan_load({"wpe.weight": M(8, 32)}, {"pos": M(1, 8, 32)}, [{"from": r"wpe\.weight", "to": "pos", "op": "reshape"}])
+    plan = make_plan({"wpe.weight": M(8, 32)}, {"pos": M(1, 8, 32)}, [{"from": r"wpe\.weight", "to": "pos", "op": "reshape"}])
     assert dict(plan.entries[0].args) == {"shape": (1, 8, 32)}
-    plan = plan_load({"c.weight": M(6, 4, 1, 1)}, {"l.weight": M(6, 4)},
+    plan = make_plan({"c.weight": M(6, 4, 1, 1)}, {"l.weight": M(6, 4)},
                      [{"from": r"c\.(weight)", "to": r"l.\1", "op": "reshape", "shape": [-1, 4]}])
     assert dict(plan.entries[0].args) == {"shape": (6, 4)}
     with pytest.raises(UserError, match=r"mapping\.rules\[0\] \(reshape\): wpe\.weight \(8, 32\) has 256 elements, "
                                         r"target pos \(1, 9, 32\) has 288"):
-        plan_load({"wpe.weight": M(8, 32)}, {"pos": M(1, 9, 32)}, [{"from": r"wpe\.weight", "to": "pos", "op": "reshape"}])
+        make_plan({"wpe.weight": M(8, 32)}, {"pos": M(1, 9, 32)}, [{"from": r"wpe\.weight", "to": "pos", "op": "reshape"}])
     with pytest.raises(UserError, match=r"mapping\.rules\[0\]\.shape: \[8, 32\] means \(8, 32\) for wpe\.weight"):
-        plan_load({"wpe.weight": M(8, 32)}, {"pos": M(1, 8, 32)},
+        make_plan({"wpe.weight": M(8, 32)}, {"pos": M(1, 8, 32)},
                   [{"from": r"wpe\.weight", "to": "pos", "op": "reshape", "shape": [8, 32]}])
 
 
@@ -225,7 +225,7 @@ ADAPT = [{"from": r"stem\.0\.weight", "to": "stem.0.weight", "op": "adapt_channe
 
 
 def test_adapt_channels_plans_the_target_channels():
-    plan = plan_load({"stem.0.weight": M(16, 3, 3, 3), "head.weight": M(5, 16)},
+    plan = make_plan({"stem.0.weight": M(16, 3, 3, 3), "head.weight": M(5, 16)},
                      {"stem.0.weight": M(16, 1, 3, 3), "head.weight": M(5, 16)}, ADAPT)
     assert [(e.target, e.op, dict(e.args)) for e in plan.entries] == [
         ("stem.0.weight", "adapt_channels", {"channels": 1}), ("head.weight", "copy", {})]
@@ -234,17 +234,17 @@ def test_adapt_channels_plans_the_target_channels():
 def test_adapt_channels_only_changes_dim_1_of_a_conv_weight():
     with pytest.raises(UserError, match=r"mapping\.rules\[0\] \(adapt_channels\): adapts dim 1 \(input channels\) of a "
                                         r"conv weight \[out, in, \*kernel\]; stem\.0\.weight is \(16, 3\)"):
-        plan_load({"stem.0.weight": M(16, 3)}, {"stem.0.weight": M(16, 1)}, ADAPT)
+        make_plan({"stem.0.weight": M(16, 3)}, {"stem.0.weight": M(16, 1)}, ADAPT)
     with pytest.raises(UserError, match=r"stem\.0\.weight \(16, 3, 3, 3\) and target stem\.0\.weight \(8, 1, 3, 3\) "
                                         r"differ in dim 0; only the input channels \(dim 1\) can change"):
-        plan_load({"stem.0.weight": M(16, 3, 3, 3)}, {"stem.0.weight": M(8, 1, 3, 3)}, ADAPT)
+        make_plan({"stem.0.weight": M(16, 3, 3, 3)}, {"stem.0.weight": M(8, 1, 3, 3)}, ADAPT)
 
 
 SELECT = {"from": r"head\.(weight|bias)", "to": r"head.\1", "op": "select", "indices": [4, 1, 3]}
 
 
 def test_select_rows_of_a_classifier():
-    plan = plan_load({"head.weight": M(5, 64), "head.bias": M(5)}, {"head.weight": M(3, 64), "head.bias": M(3)}, [SELECT])
+    plan = make_plan({"head.weight": M(5, 64), "head.bias": M(5)}, {"head.weight": M(3, 64), "head.bias": M(3)}, [SELECT])
     assert [dict(e.args) for e in plan.entries] == [{"dim": 0, "indices": (4, 1, 3)}] * 2
     assert plan.loaded == ["head.weight", "head.bias"] and plan.renamed == {}
 
@@ -252,13 +252,13 @@ def test_select_rows_of_a_classifier():
 def test_select_index_out_of_range_is_an_error():
     with pytest.raises(UserError, match=re.escape("mapping.rules[0].indices: [5] out of range for head.weight (5, 64), "
                                                   "which has 5 rows along dim 0 (valid 0..4).")):
-        plan_load({"head.weight": M(5, 64)}, {"head.weight": M(3, 64)}, [dict(SELECT, indices=[4, 5, 3])])
+        make_plan({"head.weight": M(5, 64)}, {"head.weight": M(3, 64)}, [dict(SELECT, indices=[4, 5, 3])])
 
 
 def test_select_count_must_match_the_target_rows():
     with pytest.raises(UserError, match=r"keeping 3 rows along dim 0 of head\.weight \(5, 64\) gives \(3, 64\), but "
                                         r"target head\.weight is \(4, 64\)\. Give one index per target row \(4\)"):
-        plan_load({"head.weight": M(5, 64)}, {"head.weight": M(4, 64)}, [SELECT])
+        make_plan({"head.weight": M(5, 64)}, {"head.weight": M(4, 64)}, [SELECT])
 
 
 def test_select_from_a_label_map_file(tmp_path):
@@ -268,7 +268,7 @@ def test_select_from_a_label_map_file(tmp_path):
     as_json.write_text(json.dumps([4, 1, 3]))
     for path in (text, as_json):
         rule = {"from": r"head\.(weight|bias)", "to": r"head.\1", "op": "select", "label_map": str(path)}
-        plan = plan_load({"head.weight": M(5, 64)}, {"head.weight": M(3, 64)}, [rule])
+        plan = make_plan({"head.weight": M(5, 64)}, {"head.weight": M(3, 64)}, [rule])
         assert dict(plan.entries[0].args)["indices"] == (4, 1, 3)
     with pytest.raises(UserError, match=r"mapping\.rules\[0\]\.label_map: no such label-map file"):
         parse_rules([{"from": "a", "to": "b", "op": "select", "label_map": str(tmp_path / "nope.txt")}])
@@ -283,10 +283,10 @@ POS = {"from": r"pos_embed", "to": "pos_embed", "op": "interpolate", "grid": Tru
 
 
 def test_interpolate_position_embedding_and_kernel():
-    plan = plan_load({"pos_embed": M(1, 197, 768)}, {"pos_embed": M(1, 257, 768)}, [POS])
+    plan = make_plan({"pos_embed": M(1, 197, 768)}, {"pos_embed": M(1, 257, 768)}, [POS])
     assert dict(plan.entries[0].args) == {"align_corners": False, "dims": (1,), "grid": True, "mode": "bicubic",
                                           "prefix_tokens": 1, "size": (257,)}
-    plan = plan_load({"c.weight": M(8, 4, 3, 3)}, {"c.weight": M(8, 4, 5, 5)},
+    plan = make_plan({"c.weight": M(8, 4, 3, 3)}, {"c.weight": M(8, 4, 5, 5)},
                      [{"from": r"c\.weight", "to": "c.weight", "op": "interpolate", "mode": "bilinear"}])
     assert dict(plan.entries[0].args)["dims"] == (2, 3) and dict(plan.entries[0].args)["size"] == (5, 5)
 
@@ -294,15 +294,15 @@ def test_interpolate_position_embedding_and_kernel():
 def test_interpolate_errors():
     with pytest.raises(UserError, match=r"mapping\.rules\[0\]\.grid: pos_embed has 197 tokens and target pos_embed 200 "
                                         r"along dim 1; minus prefix_tokens=1 both must be square grids"):
-        plan_load({"pos_embed": M(1, 197, 768)}, {"pos_embed": M(1, 200, 768)}, [POS])
+        make_plan({"pos_embed": M(1, 197, 768)}, {"pos_embed": M(1, 200, 768)}, [POS])
     with pytest.raises(UserError, match=r"mapping\.rules\[0\]\.dims: pos_embed \(1, 197, 768\) and target pos_embed "
                                         r"\(1, 257, 512\) differ in dim 2, which is not resized \(dims: \[1\]\)"):
-        plan_load({"pos_embed": M(1, 197, 768)}, {"pos_embed": M(1, 257, 512)}, [dict(POS, dims=[1])])
+        make_plan({"pos_embed": M(1, 197, 768)}, {"pos_embed": M(1, 257, 512)}, [dict(POS, dims=[1])])
     with pytest.raises(UserError, match=r"mapping\.rules\[0\]\.mode: 'linear' resizes \(1,\) dim\(s\), here 2"):
-        plan_load({"c.weight": M(8, 4, 3, 3)}, {"c.weight": M(8, 4, 5, 5)},
+        make_plan({"c.weight": M(8, 4, 3, 3)}, {"c.weight": M(8, 4, 5, 5)},
                   [{"from": r"c\.weight", "to": "c.weight", "op": "interpolate", "mode": "linear"}])
     with pytest.raises(UserError, match=r"prefix_tokens: only applies with grid: true"):
-        plan_load({"c.weight": M(8, 4, 3, 3)}, {"c.weight": M(8, 4, 5, 5)},
+        make_plan({"c.weight": M(8, 4, 3, 3)}, {"c.weight": M(8, 4, 5, 5)},
                   [{"from": r"c\.weight", "to": "c.weight", "op": "interpolate", "prefix_tokens": 1}])
 
 
@@ -311,8 +311,8 @@ def test_interpolate_errors():
 def test_op_rule_matching_nothing_is_an_error_with_close_names_unless_optional():
     with pytest.raises(UserError, match=r"mapping\.rules\[0\]: 'from: \['encoder\\\.\(\\d\+\)\\\.q.*' matches no "
                                         r"source tensor.*Closest source names: enc\.\d\.q\.weight"):
-        plan_load(qkv_source(), mha_target(), [dict(CONCAT, **{"from": [p.replace("enc", "encoder") for p in QKV]})])
-    plan = plan_load(qkv_source(), mha_target(), [CONCAT, dict(SPLIT, optional=True)])
+        make_plan(qkv_source(), mha_target(), [dict(CONCAT, **{"from": [p.replace("enc", "encoder") for p in QKV]})])
+    plan = make_plan(qkv_source(), mha_target(), [CONCAT, dict(SPLIT, optional=True)])
     assert plan.rule_hits == [12, 0]
 
 
@@ -320,7 +320,7 @@ def test_op_rule_whose_targets_do_not_exist_is_an_error_naming_close_targets():
     with pytest.raises(UserError, match=r"mapping\.rules\[0\] \(concat\): matched 12 source tensor\(s\) .* none of its "
                                         r"targets is in the target model \(e\.g\. 'layer\.0\.attn\.in_proj_weight'\)\. "
                                         r"Closest target names: layers\.0\.attn\.in_proj_weight"):
-        plan_load(qkv_source(), mha_target(), [dict(CONCAT, to=r"layer.\1.attn.in_proj_\2")])
+        make_plan(qkv_source(), mha_target(), [dict(CONCAT, to=r"layer.\1.attn.in_proj_\2")])
 
 
 def test_two_rules_writing_one_target_is_an_error():
@@ -328,23 +328,23 @@ def test_two_rules_writing_one_target_is_an_error():
     rules = [{"from": r"a\.weight", "to": "l.weight"}, {"from": r"b\.weight", "to": "l.weight", "op": "transpose"}]
     with pytest.raises(UserError, match=r"source tensors 'a\.weight' and 'b\.weight' both map to target 'l\.weight' "
                                         r"\(by mapping\.rules\[0\] and by mapping\.rules\[1\]\)"):
-        plan_load(source, {"l.weight": M(4, 2)}, rules)
+        make_plan(source, {"l.weight": M(4, 2)}, rules)
     source = {"l.weight": M(4, 2), "b.weight": M(2, 4)}  # a rule and a plain name match
     with pytest.raises(UserError, match=r"both map to target 'l\.weight' \(by name and by mapping\.rules\[0\]\)"):
-        plan_load(source, {"l.weight": M(4, 2)}, rules[1:])
+        make_plan(source, {"l.weight": M(4, 2)}, rules[1:])
 
 
 def test_first_matching_rule_wins_across_rule_kinds():
     source = {"h.0.w": M(2, 3), "h.1.w": M(2, 3)}
     target = {"l.0.w": M(3, 2), "l.1.w": M(2, 3)}
     rules = [{"from": r"h\.(0)\.w", "to": r"l.\1.w", "op": "transpose"}, {"from": r"h\.(\d)\.w", "to": r"l.\1.w"}]
-    plan = plan_load(source, target, rules)
+    plan = make_plan(source, target, rules)
     assert [(e.target, e.op) for e in plan.entries] == [("l.0.w", "transpose"), ("l.1.w", "copy")]
     assert plan.rule_hits == [1, 1]
 
 
 def test_excluded_targets_of_op_rules_are_not_loaded():
-    plan = plan_load(qkv_source(), mha_target(), [CONCAT], exclude=["layers.1"])
+    plan = make_plan(qkv_source(), mha_target(), [CONCAT], exclude=["layers.1"])
     assert plan.loaded == ["layers.0.attn.in_proj_weight", "layers.0.attn.in_proj_bias"]
     assert plan.excluded == ["layers.1.attn.in_proj_weight", "layers.1.attn.in_proj_bias"]
     assert plan.unexpected == [n for n in qkv_source() if n.startswith("enc.1.")]
@@ -353,7 +353,7 @@ def test_excluded_targets_of_op_rules_are_not_loaded():
 def test_op_rules_see_names_after_the_wrapper_prefix_is_stripped():
     # the prefix is detected from the tensors that match by name (op rules change shapes)
     source = {"module." + k: v for k, v in {**qkv_source(), "head.weight": M(3, 4)}.items()}
-    plan = plan_load(source, {**mha_target(), "head.weight": M(3, 4)}, [CONCAT])
+    plan = make_plan(source, {**mha_target(), "head.weight": M(3, 4)}, [CONCAT])
     assert plan.stripped_prefix == "module." and plan.missing == []
     assert plan.entries[0].sources == ("module.enc.0.q.weight", "module.enc.0.k.weight", "module.enc.0.v.weight")
 
@@ -361,7 +361,7 @@ def test_op_rules_see_names_after_the_wrapper_prefix_is_stripped():
 def test_report_lists_ops_per_entry_and_the_plan_shows_each_rule():
     target = {**mha_target(), "head.weight": M(3, 4)}
     source = {**qkv_source(), "head.weight": M(5, 4)}
-    plan = plan_load(source, target, [CONCAT, dict(SELECT, **{"from": r"head\.(weight)"})])
+    plan = make_plan(source, target, [CONCAT, dict(SELECT, **{"from": r"head\.(weight)"})])
     d = json.loads(json.dumps(report_dict(plan, "file x", "MHA")))
     by_target = {e["target"]: e for e in d["entries"]}
     assert by_target["layers.0.attn.in_proj_bias"] == {
@@ -380,7 +380,7 @@ def test_plan_tree_opens_modules_that_loaded_partly():
     target = {"enc.0.a.weight": M(2), "enc.0.a.bias": M(2), "enc.1.a.weight": M(2), "enc.1.b.weight": M(3),
               "head.weight": M(2)}
     source = {"enc.0.a.weight": M(2), "enc.0.a.bias": M(2), "enc.1.a.weight": M(2), "head.weight": M(2)}
-    text = format_plan(plan_load(source, target), target, "file x")
+    text = format_plan(make_plan(source, target), target, "file x")
     lines = text.splitlines()
     rows = [ln for ln in lines if ln.startswith("  ") and ("/" in ln)]
     assert re.search(r"^  enc\s+3/4\s+partly loaded: 1 not in source$", rows[0])
@@ -406,8 +406,8 @@ def backbone() -> dict[str, TensorMeta]:
 
 
 def test_auto_shape_order_pairs_by_shape_in_module_order_and_shows_every_pair():
-    assert plan_load(features(), backbone()).entries == []  # off by default
-    plan = plan_load(features(), backbone(), auto="shape_order")
+    assert make_plan(features(), backbone()).entries == []  # off by default
+    plan = make_plan(features(), backbone(), auto="shape_order")
     assert plan.auto_pairs == dict(zip(features(), backbone()))
     assert plan.loaded == list(backbone()) and plan.unexpected == [] and plan.notes == []
     assert report_dict(plan, None, "x")["entries"][3]["auto"] is True
@@ -420,7 +420,7 @@ def test_auto_shape_order_pairs_by_shape_in_module_order_and_shows_every_pair():
 def test_auto_refuses_ambiguous_shapes_and_says_so():
     source = features()
     source["extra.bias"] = M(32)  # now 3 source tensors of shape (32,) for 2 target tensors
-    plan = plan_load(source, backbone(), auto="shape_order")
+    plan = make_plan(source, backbone(), auto="shape_order")
     assert "backbone.3.bias" in plan.missing and "fc1.bias" in plan.missing
     assert set(plan.unexpected) == {"features.3.bias", "layer1.bias", "extra.bias"}
     (note,) = plan.notes
@@ -432,7 +432,7 @@ def test_auto_refuses_ambiguous_shapes_and_says_so():
 def test_auto_only_pairs_what_rules_and_names_leave():
     source = {**features(), "fc2.bias": M(5)}
     source.pop("layer2.bias")
-    plan = plan_load(source, backbone(), [{"from": r"layer1\.(.*)", "to": r"fc1.\1"}], auto="shape_order")
+    plan = make_plan(source, backbone(), [{"from": r"layer1\.(.*)", "to": r"fc1.\1"}], auto="shape_order")
     assert plan.auto_pairs == {"features.0.weight": "backbone.0.weight", "features.0.bias": "backbone.0.bias",
                                "features.3.weight": "backbone.3.weight", "features.3.bias": "backbone.3.bias",
                                "layer2.weight": "fc2.weight"}
@@ -440,8 +440,8 @@ def test_auto_only_pairs_what_rules_and_names_leave():
 
 
 def test_auto_unknown_value_is_an_error():
-    with pytest.raises(UserError, match=r"mapping\.auto: 'by_shape' is not a way to align tensors; choose shape_order"):
-        plan_load(features(), backbone(), auto="by_shape")
+    with pytest.raises(UserError, match=r"mapping\.auto='by_shape': choose one of shape_order"):
+        make_plan(features(), backbone(), auto="by_shape")
 
 
 def test_mapping_auto_in_the_schema(compose):
@@ -476,14 +476,14 @@ def test_concat_then_split_round_trips(parts, rest, dim, layers, seed):
     tensors = {f"blk.{i}.{n}": torch.randn(shape(s), generator=g) for i in range(layers) for n, s in zip(names, parts)}
     fused = {f"blk.{i}.fused": M(*shape(sum(parts))) for i in range(layers)}
     concat = {"from": [rf"blk\.(\d+)\.{n}" for n in names], "to": r"blk.\1.fused", "op": "concat", "dim": dim}
-    plan = plan_load(meta(tensors), fused, [concat])
+    plan = make_plan(meta(tensors), fused, [concat])
     assert plan.missing == [] and plan.unexpected == []
     merged = apply_plan(plan, tensors)
     assert {k: tuple(v.shape) for k, v in merged.items()} == {k: m.shape for k, m in fused.items()}
 
     split = {"from": r"blk\.(\d+)\.fused", "to": [rf"blk.\1.{n}" for n in names], "op": "split", "dim": dim,
              "sizes": parts}
-    back_plan = plan_load(meta(merged), meta(tensors), [split])
+    back_plan = make_plan(meta(merged), meta(tensors), [split])
     back = apply_plan(back_plan, merged)
     assert back.keys() == tensors.keys()
     for k, v in tensors.items():
@@ -496,11 +496,11 @@ def test_transpose_twice_round_trips(shapes, seed):
     g = torch.Generator().manual_seed(seed)
     tensors = {f"h.{i}.c.weight": torch.randn(s, generator=g) for i, s in enumerate(shapes)}
     linear = {f"l.{i}.weight": M(b, a) for i, (a, b) in enumerate(shapes)}
-    there = plan_load(meta(tensors), linear, [{"from": r"h\.(\d+)\.c\.weight", "to": r"l.\1.weight", "op": "transpose"}])
+    there = make_plan(meta(tensors), linear, [{"from": r"h\.(\d+)\.c\.weight", "to": r"l.\1.weight", "op": "transpose"}])
     out = apply_plan(there, tensors)
     for i, (a, b) in enumerate(shapes):
         assert torch.equal(out[f"l.{i}.weight"], tensors[f"h.{i}.c.weight"].T)
-    back = apply_plan(plan_load(meta(out), meta(tensors),
+    back = apply_plan(make_plan(meta(out), meta(tensors),
                                 [{"from": r"l\.(\d+)\.weight", "to": r"h.\1.c.weight", "op": "transpose"}]), out)
     assert all(torch.equal(back[k], v) for k, v in tensors.items()) and back.keys() == tensors.keys()
 
@@ -515,11 +515,11 @@ def test_rename_there_and_back_is_the_identity(names, seed):
     g = torch.Generator().manual_seed(seed)
     tensors = {f"{a}.{i}.{b}": torch.randn(i + 1, generator=g) for a, i, b in names}
     renamed_meta = {"new_" + k: m for k, m in meta(tensors).items()}
-    there = plan_load(meta(tensors), renamed_meta, [{"from": r"([a-h]+)\.(\d+)\.([a-h]+)", "to": r"new_\1.\2.\3"}],
+    there = make_plan(meta(tensors), renamed_meta, [{"from": r"([a-h]+)\.(\d+)\.([a-h]+)", "to": r"new_\1.\2.\3"}],
                       strip_prefixes=[])
     assert there.renamed == {k: "new_" + k for k in tensors} and there.missing == [] and there.unexpected == []
     moved = apply_plan(there, tensors)
-    back = plan_load(meta(moved), meta(tensors), [{"from": r"new_(.*)", "to": r"\1"}], strip_prefixes=[])
+    back = make_plan(meta(moved), meta(tensors), [{"from": r"new_(.*)", "to": r"\1"}], strip_prefixes=[])
     returned = apply_plan(back, moved)
     assert returned.keys() == tensors.keys() and all(torch.equal(returned[k], v) for k, v in tensors.items())
 
@@ -568,7 +568,7 @@ def test_random_module_trees_load_exactly_what_the_plan_says(spec, data):
     rules.append({"from": r"old_net\.(.*)", "to": r"net.\1", "optional": True})
     target = meta(tgt_model.state_dict())
 
-    plan = plan_load(meta(source), target, rules, strip_prefixes=[])
+    plan = make_plan(meta(source), target, rules, strip_prefixes=[])
 
     expected_loaded = [t for t in target if "old_" + t not in dropped]
     assert plan.loaded == expected_loaded
@@ -581,9 +581,9 @@ def test_random_module_trees_load_exactly_what_the_plan_says(spec, data):
         reads.append(name)
         return source[name]
 
-    from transfer_pipeline.mapping.apply import load_weights
+    from transfer_pipeline.mapping.apply import copy_weights
 
-    load_weights(tgt_model, plan, SimpleNamespace(get=get))
+    copy_weights(tgt_model, plan, SimpleNamespace(get=get))
     assert sorted(reads) == sorted(s for e in plan.entries for s in e.sources)  # exactly what the plan names
     after = tgt_model.state_dict()
     for t in target:

@@ -19,7 +19,7 @@ from transfer_pipeline.tuning.freezing import (
     set_requires_grad,
     unfreeze,
 )
-from transfer_pipeline.tuning.param_groups import build_groups, format_groups, make_optimizer, no_decay_names
+from transfer_pipeline.tuning.param_groups import build_groups, current_lrs, format_groups, make_optimizer, no_decay_names
 from transfer_pipeline.schema import (
     BatchNormPolicy,
     FreezeConfig,
@@ -177,7 +177,7 @@ def test_group_names_are_unique_with_two_events_at_one_epoch(model, names):
     g = by_name(groups)
     assert (g["unfreeze@1:block2"].lr, g["unfreeze@1:block1"].lr) == (1e-4, 1e-5)
     opt = make_optimizer(model, groups, ocfg())
-    rows = {ln.split()[0]: ln.split() for ln in format_groups(model, groups, opt).splitlines()[2:]}
+    rows = {ln.split()[0]: ln.split() for ln in format_groups(model, groups, current_lrs(opt)).splitlines()[2:]}
     assert rows["unfreeze@1:block2"][4] == "0.0001" and rows["unfreeze@1:block1"][4] == "1e-05"
 
 
@@ -265,7 +265,7 @@ def test_format_groups_shows_state_lr_and_bn(model, names):
         if pg["name"] == "head":
             pg["lr"] = 0.005
     modes = {"stem.1": "auto", "block1.1": "frozen", "block2.1": "eval"}
-    rows = table(format_groups(model, groups, opt, modes))
+    rows = table(format_groups(model, groups, current_lrs(opt), modes))
     assert list(rows) == ["head", "block2", "default"]
     assert rows["head"] == {"group": "head", "selectors": "head", "tensors": "2", "params": "325", "lr": "0.005",
                             "peak": "0.01", "wd": "0.05 (0 on 1)", "state": "trainable", "bn": "-"}

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from helpers import make_plan
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from transfer_pipeline.errors import UserError
-from transfer_pipeline.mapping.plan import plan_load
 from transfer_pipeline.tensor_meta import TensorMeta
 from transfer_pipeline.mapping.prefixes import PrefixChoice, choose, count_hits, detect, nothing_loaded_error, side_by_side
 
@@ -168,7 +168,7 @@ def test_count_hits():
 def test_plan_shows_the_swap():
     source = {**under("encoder.", cnn()), "head.weight": M(10, 64)}
     target = {**under("backbone.", cnn()), "head.weight": M(5, 64)}
-    plan = plan_load(source, target, on_mismatch="skip")
+    plan = make_plan(source, target, on_mismatch="skip")
     assert plan.stripped_prefix == "encoder." and plan.added_prefix == "backbone."
     assert sorted(plan.loaded) == sorted(under("backbone.", cnn()))
     assert plan.renamed["encoder.stem.0.weight"] == "backbone.stem.0.weight"
@@ -176,12 +176,12 @@ def test_plan_shows_the_swap():
 
 
 def test_plan_with_manual_add_prefix():
-    plan = plan_load(cnn(), under("backbone.", cnn()), strip_prefixes=[], add_prefix="backbone.")
+    plan = make_plan(cnn(), under("backbone.", cnn()), strip_prefixes=[], add_prefix="backbone.")
     assert plan.added_prefix == "backbone." and len(plan.loaded) == len(cnn())
 
 
 def test_plan_strip_only_keeps_added_prefix_empty():
-    plan = plan_load(under("module.", cnn()), cnn())
+    plan = make_plan(under("module.", cnn()), cnn())
     assert (plan.stripped_prefix, plan.added_prefix) == ("module.", "")
 
 
@@ -229,8 +229,8 @@ def test_load_plan_text_and_report_show_the_swap():
     from transfer_pipeline.mapping.report import format_plan, report_dict
 
     target = under("backbone.", cnn())
-    plan = plan_load(under("encoder.", cnn()), target)
+    plan = make_plan(under("encoder.", cnn()), target)
     assert "prefix swap: 'encoder.' -> 'backbone.'" in format_plan(plan, target, "file x")
     d = report_dict(plan, "file x", "Net")
     assert d["stripped_prefix"] == "encoder." and d["added_prefix"] == "backbone."
-    assert "added_prefix" not in report_dict(plan_load(under("module.", cnn()), cnn()), "file x", "Net")
+    assert "added_prefix" not in report_dict(make_plan(under("module.", cnn()), cnn()), "file x", "Net")

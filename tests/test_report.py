@@ -6,8 +6,8 @@ import json
 import re
 
 import pytest
+from helpers import make_plan
 
-from transfer_pipeline.mapping.plan import plan_load
 from transfer_pipeline.tensor_meta import TensorMeta
 from transfer_pipeline.mapping.report import format_plan, report_dict
 from transfer_pipeline.tables import format_table
@@ -40,7 +40,7 @@ def wrapped_plan():
     target = target_cnn(10)
     source = {"module." + k: v for k, v in target_cnn(5).items() if not k.startswith("neck")}
     source["module.aux.weight"] = M(3)
-    plan = plan_load(source, target, on_mismatch="skip")
+    plan = make_plan(source, target, on_mismatch="skip")
     return plan, target
 
 
@@ -81,7 +81,7 @@ def test_report_dict_round_trips_through_json(wrapped_plan):
 
 def test_report_dict_for_no_source():
     target = target_cnn()
-    d = report_dict(plan_load({}, target), None, "DigitsCNN")
+    d = report_dict(make_plan({}, target), None, "DigitsCNN")
     assert d["source"] is None
     assert d["loaded"] == []
     assert d["missing"] == list(target)
@@ -92,7 +92,7 @@ def test_report_dict_for_no_source():
 def test_report_dict_with_rules_and_excludes_is_json():
     source = {"features.0.weight": M(4, 1), "layer1.weight": M(2, 4)}
     target = {"backbone.0.weight": M(4, 1), "fc1.weight": M(2, 4), "head.weight": M(3, 2)}
-    plan = plan_load(source, target, [{"from": r"features\.(.*)", "to": r"backbone.\1"},
+    plan = make_plan(source, target, [{"from": r"features\.(.*)", "to": r"backbone.\1"},
                                       {"from": r"layer1\.(.*)", "to": r"fc1.\1"}], exclude=["head"])
     d = json.loads(json.dumps(report_dict(plan, "model x", "BackboneNet")))
     assert d["renamed"] == {"features.0.weight": "backbone.0.weight", "layer1.weight": "fc1.weight"}
@@ -131,7 +131,7 @@ def test_format_plan_per_module_status(wrapped_plan):
 
 def test_format_plan_partly_loaded_and_excluded():
     target = {"head.weight": M(3, 2), "head.bias": M(3), "body.weight": M(2)}
-    plan = plan_load({"head.weight": M(3, 2), "head.bias": M(3), "body.weight": M(2)}, target, exclude=["head.bias"])
+    plan = make_plan({"head.weight": M(3, 2), "head.bias": M(3), "body.weight": M(2)}, target, exclude=["head.bias"])
     text = format_plan(plan, target, "file f")
     head = _row(text, "head")
     assert "1/2" in head and "partly loaded" in head and "1 excluded" in head
@@ -140,7 +140,7 @@ def test_format_plan_partly_loaded_and_excluded():
 
 def test_format_plan_without_source_or_prefix():
     target = target_cnn()
-    text = format_plan(plan_load({}, target), target, None)
+    text = format_plan(make_plan({}, target), target, None)
     assert "no source (architecture only)" in text
     assert "stripped prefix" not in text
     assert "mismatch" not in text
@@ -150,7 +150,7 @@ def test_format_plan_without_source_or_prefix():
 def test_format_plan_shows_rule_renames():
     source = {"features.0.weight": M(4, 1), "layer1.weight": M(2, 4)}
     target = {"backbone.0.weight": M(4, 1), "fc1.weight": M(2, 4)}
-    plan = plan_load(source, target, [{"from": r"features\.(.*)", "to": r"backbone.\1"},
+    plan = make_plan(source, target, [{"from": r"features\.(.*)", "to": r"backbone.\1"},
                                       {"from": r"layer1\.(.*)", "to": r"fc1.\1"}])
     text = format_plan(plan, target, "model FeaturesNet")
     assert "features.0.weight -> backbone.0.weight" in text

@@ -1,7 +1,8 @@
 """The recipe: config -> source -> build -> plan -> load -> report -> freeze -> groups -> train -> outputs.
 
-Reads top to bottom. Takes plain dataclasses (no Hydra) and a run folder, so tests and other
-programs can call `run()` directly.
+`run(cfg, run_dir)` does the steps its mode lists in `STEPS`, top to bottom, each a plain
+function of one `Run` (the config, the run folder and what the steps before it made). Takes
+plain dataclasses (no Hydra), so tests and other programs can call it directly.
 """
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ from __future__ import annotations
 import logging
 import random
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +30,24 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+@dataclass
+class Run:
+    """What the steps share: the inputs, then what each step made for the next."""
+
+    cfg: RunConfig
+    run_dir: Path
+    summary: dict[str, Any]
+    device: Any = None  # torch.device
+    model: Any = None  # the target nn.Module
+    report: Any = None  # mapping.report.LoadReport
+    weights: Any = None  # sources.read.SourceWeights (None: architecture only)
+    freeze: Any = None  # tuning.freezing.FreezePlan
+    groups: list = field(default_factory=list)  # tuning.param_groups.GroupSpec
+    optimizer: Any = None
+    data: Any = None  # training.data.DataBundle
+    loaders: tuple = ()  # (train, val)
+
+
 def run(cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
     """Do what `cfg.mode` says; returns the summary (also written to summary.json)."""
     run_dir = Path(run_dir)
@@ -34,7 +55,9 @@ def run(cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
     summary: dict[str, Any] = {"status": "running", "mode": cfg.mode.value}
     started = time.perf_counter()
     try:
-        _run(cfg, run_dir, summary)
+        state = Run(cfg, run_dir, summary)
+        for step in STEPS[cfg.mode]:
+            step(state)
     except UserError as e:
         summary.update(status="failed", error=str(e))
         raise
@@ -48,103 +71,126 @@ def run(cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
     return summary
 
 
-def _run(cfg: RunConfig, run_dir: Path, summary: dict[str, Any]) -> None:
-    from .training import outputs
-    from .tuning.batchnorm import apply_bn_policy, format_bn_plan
+# --- the steps ---------------------------------------------------------------------------------------
+
+def setup(r: Run) -> None:
+    """Everything that can be checked without the model or the data, before anything heavy."""
+    from .training.loop import autocast_context, resolve_device
+
+    r.device = resolve_device(r.cfg.device)
+    autocast_context(r.cfg.trainer.precision, r.device)
+    seed_everything(r.cfg.seed)
+    r.summary["device"] = str(r.device)
+
+
+def plan(r: Run) -> None:
+    """Build the target (on the meta device when weights will be assigned), read the source, plan, report."""
+    from .api import plan_report
     from .build import build_model
-    from .training.data import build_data, loaders
-    from .tuning.freezing import plan_freezing, set_requires_grad
-    from .mapping.apply import load_model, target_meta
-    from .mapping.nested import choose_nested
-    from .mapping.plan import check_expectations, plan_load
-    from .tuning.lr_schedule import build_schedule, initial_lrs, write_lrs
-    from .tuning.param_groups import build_groups, format_groups, group_rows, make_optimizer, no_decay_names
-    from .mapping.report import format_plan, report_dict
     from .sources.read import read_source
-    from .training.loop import autocast_context, check_output_size, evaluate, resolve_device, steps_per_epoch, train
+    from .training import outputs
 
-    # setup: everything that can be checked without data is checked before anything heavy
-    device = resolve_device(cfg.device)
-    autocast_context(cfg.trainer.precision, device)
-    seed_everything(cfg.seed)
-    summary["device"] = str(device)
-
-    # source -> build -> plan -> load -> report
-    # weights from a checkpoint: build the target on the meta device (no random init of what gets
-    # loaded), plan from names and shapes, then assign loaded tensors and initialise only the rest
+    cfg = r.cfg
     on_meta = cfg.source.meta_init and (cfg.source.path is not None or cfg.source.weights is not None)
-    model = build_model(cfg.model, meta=on_meta)
-    target = target_meta(model)
-    source = read_source(cfg.source)
-    source = choose_nested(source, target) if source else None
-    plan = plan_load(source.meta if source else {}, target, cfg.mapping.rules, cfg.mapping.on_mismatch.value,
-                     cfg.mapping.exclude, cfg.source.strip_prefixes, add_prefix=cfg.source.add_prefix,
-                     auto=cfg.mapping.auto)
-    target_name = type(model).__name__
-    log.info(format_plan(plan, target, source.description if source else None, source.notes if source else ()))
-    outputs.write_json(run_dir / "load_report.json", report_dict(plan, source.description if source else None, target_name))
-    summary.update(source=source.description if source else None, loaded_fraction=plan.loaded_fraction,
-                   loaded_tensors=len(plan.entries), missing_tensors=len(plan.missing))
-    if source is not None and source.path is not None and source.path.is_file():
-        summary["source_sha256"] = outputs.sha256_file(source.path)
-    check_expectations(plan, cfg.mapping.expect.missing, cfg.mapping.expect.min_loaded,
-                       source.meta if source else None, target)
+    r.model = build_model(cfg.model, meta=on_meta)
+    r.report, r.weights = plan_report(r.model, read_source(cfg.source), cfg.mapping, cfg.source)
+    log.info(r.report.table())
+    outputs.write_json(r.run_dir / "load_report.json", r.report.to_dict())
+    r.summary.update(source=r.report.source, loaded_fraction=r.report.loaded_fraction,
+                     loaded_tensors=len(r.report.loaded), missing_tensors=len(r.report.missing))
+    if r.weights is not None and r.weights.path is not None and r.weights.path.is_file():
+        r.summary["source_sha256"] = outputs.sha256_file(r.weights.path)
+    r.report.check(cfg.mapping.expect)  # after the plan is shown and written: the person sees why
+
+
+def load(r: Run) -> None:
+    """Put the planned tensors into the model (assign from the memory map, or copy), on the device."""
+    from .build import build_model
+    from .mapping.apply import load_model
 
     def build_normally():  # load_model's fallback: full random init, seeded as a first build would be
-        seed_everything(cfg.seed)
-        return build_model(cfg.model)
+        seed_everything(r.cfg.seed)
+        return build_model(r.cfg.model)
 
-    if cfg.mode != Mode.plan:  # a plan reads no tensor data: freezing and groups need names only
-        model = load_model(model, plan, source, device, build_normally)
+    r.model = load_model(r.model, r.report.plan, r.weights, r.device, build_normally)
 
-    if cfg.mode == Mode.export:
-        outputs.save_weights(run_dir / "model.safetensors", model.state_dict(), {"source": str(summary["source"])})
-        summary["status"] = "exported"
-        log.info("Exported %s weights to %s", target_name, run_dir / "model.safetensors")
-        return
 
-    # freezing -> param groups
-    freeze = plan_freezing(model, cfg.freeze, max(cfg.trainer.epochs, 1))
-    set_requires_grad(model, freeze.trainable)
-    groups = build_groups(freeze.names, cfg.optim, freeze.events, freeze.blocks, no_decay_names(model, cfg.optim))
-    if cfg.mode != Mode.plan:
-        model.to(device)
-    optimizer = make_optimizer(model, groups, cfg.optim)
-    write_lrs(optimizer, initial_lrs(groups, freeze.trainable, freeze.events, cfg.optim.scheduler))
+def export(r: Run) -> None:
+    from .training import outputs
+
+    path = r.run_dir / "model.safetensors"
+    outputs.save_weights(path, r.model.state_dict(), {"source": str(r.summary["source"])})
+    r.summary["status"] = "exported"
+    log.info("Exported %s weights to %s", r.report.target_name, path)
+
+
+def tune(r: Run) -> None:
+    """Freezing (requires_grad, BN policy, events) and the parameter groups with their first LRs."""
+    from .tuning.batchnorm import apply_bn_policy, format_bn_plan
+    from .tuning.freezing import plan_freezing, set_requires_grad
+    from .tuning.lr_schedule import initial_lrs
+    from .tuning.param_groups import build_groups, format_groups, group_rows, no_decay_names
+
+    cfg, model = r.cfg, r.model
+    r.freeze = plan_freezing(model, cfg.freeze, max(cfg.trainer.epochs, 1))
+    set_requires_grad(model, r.freeze.trainable)
+    r.groups = build_groups(r.freeze.names, cfg.optim, r.freeze.events, r.freeze.blocks, no_decay_names(model, cfg.optim))
+    lrs = initial_lrs(r.groups, r.freeze.trainable, r.freeze.events, cfg.optim.scheduler)
     params = dict(model.named_parameters())
-    summary.update(trainable_params=sum(params[n].numel() for n in freeze.trainable),
-                   frozen_params=sum(p.numel() for n, p in params.items() if n not in freeze.trainable))
+    r.summary.update(trainable_params=sum(params[n].numel() for n in r.freeze.trainable),
+                     frozen_params=sum(p.numel() for n, p in params.items() if n not in r.freeze.trainable))
     model.train()
-    apply_bn_policy(model, freeze.bn_modes)
-    summary["param_groups"] = group_rows(model, groups, optimizer, freeze.bn_modes)
-    log.info("Parameter groups (before epoch 0):\n%s", format_groups(model, groups, optimizer, freeze.bn_modes))
-    log.info(format_bn_plan(model, freeze.bn_modes, cfg.freeze.bn.value))
-    if cfg.mode == Mode.plan:
-        summary["status"] = "planned"
-        return
+    apply_bn_policy(model, r.freeze.bn_modes)
+    r.summary["param_groups"] = group_rows(model, r.groups, lrs, r.freeze.bn_modes)
+    log.info("Parameter groups (before epoch 0):\n%s", format_groups(model, r.groups, lrs, r.freeze.bn_modes))
+    log.info(format_bn_plan(model, r.freeze.bn_modes, cfg.freeze.bn.value))
 
-    # data
-    bundle = build_data(cfg.data, cfg.seed)
-    train_loader, val_loader = loaders(bundle, cfg.trainer.batch_size, cfg.seed, cfg.data.num_workers,
-                                       pin_memory=device.type == "cuda")
-    check_output_size(model, val_loader, bundle.num_classes, device)
-    summary.update(num_classes=bundle.num_classes, train_samples=len(bundle.train), val_samples=len(bundle.val))
 
-    if cfg.mode == Mode.eval:
-        val_loss, val_acc = evaluate(model, val_loader, device, autocast_context(cfg.trainer.precision, device),
-                                     cfg.trainer.limit_val_batches)
-        summary.update(status="evaluated", val_loss=val_loss, val_acc=val_acc)
-        log.info("val_loss %.4f  val_acc %.4f", val_loss, val_acc)
-        return
+def planned(r: Run) -> None:
+    r.summary["status"] = "planned"
 
-    # train
-    history: list[dict[str, Any]] = []
-    schedule = build_schedule(groups, freeze.trainable, freeze.events, cfg.optim.scheduler, cfg.trainer.epochs,
+
+def data(r: Run) -> None:
+    from .training.data import build_data, loaders
+    from .training.loop import check_output_size
+
+    cfg = r.cfg
+    r.data = build_data(cfg.data, cfg.seed)
+    r.loaders = loaders(r.data, cfg.trainer.batch_size, cfg.seed, cfg.data.num_workers,
+                        pin_memory=r.device.type == "cuda")
+    check_output_size(r.model, r.loaders[1], r.data.num_classes, r.device)
+    r.summary.update(num_classes=r.data.num_classes, train_samples=len(r.data.train), val_samples=len(r.data.val))
+
+
+def evaluate(r: Run) -> None:
+    from .training.loop import autocast_context, evaluate as evaluate_loader
+
+    cfg = r.cfg
+    val_loss, val_acc = evaluate_loader(r.model, r.loaders[1], r.device, autocast_context(cfg.trainer.precision, r.device),
+                                        cfg.trainer.limit_val_batches)
+    r.summary.update(status="evaluated", val_loss=val_loss, val_acc=val_acc)
+    log.info("val_loss %.4f  val_acc %.4f", val_loss, val_acc)
+
+
+def fit(r: Run) -> None:
+    """Train every epoch: events, per-step LRs, metrics.csv and checkpoints after each epoch, final weights."""
+    from .training import outputs
+    from .training.loop import steps_per_epoch, train
+    from .tuning.lr_schedule import build_schedule, write_lrs
+    from .tuning.param_groups import current_lrs, format_groups, make_optimizer
+
+    cfg, model, run_dir = r.cfg, r.model, r.run_dir
+    model.to(r.device)
+    r.optimizer = make_optimizer(model, r.groups, cfg.optim)
+    train_loader, val_loader = r.loaders
+    schedule = build_schedule(r.groups, r.freeze.trainable, r.freeze.events, cfg.optim.scheduler, cfg.trainer.epochs,
                               steps_per_epoch(train_loader, cfg.trainer.limit_train_batches))
+    write_lrs(r.optimizer, schedule.lrs(0))
+    history: list[dict[str, Any]] = []
 
     def on_event(evs) -> None:
         log.info("%s\n%s", "\n".join(ev.describe() for ev in evs),
-                 format_groups(model, groups, optimizer, freeze.bn_modes))
+                 format_groups(model, r.groups, current_lrs(r.optimizer), r.freeze.bn_modes))
 
     def on_epoch(row: dict[str, Any]) -> None:
         history.append(row)
@@ -159,14 +205,23 @@ def _run(cfg: RunConfig, run_dir: Path, summary: dict[str, Any]) -> None:
                  row["epoch"], cfg.trainer.epochs - 1, row["train_loss"], row["train_acc"], row["val_loss"],
                  row["val_acc"], f"{row['trainable_params']:,}", row["samples_per_s"])
 
-    state = train(model, optimizer, train_loader, val_loader, epochs=cfg.trainer.epochs, events=freeze.events,
-                  bn_policy=freeze.bn_modes, device=device, precision=cfg.trainer.precision,
+    state = train(model, r.optimizer, train_loader, val_loader, epochs=cfg.trainer.epochs, events=r.freeze.events,
+                  bn_policy=r.freeze.bn_modes, device=r.device, precision=cfg.trainer.precision,
                   grad_clip=cfg.trainer.grad_clip, limit_train_batches=cfg.trainer.limit_train_batches,
                   limit_val_batches=cfg.trainer.limit_val_batches, schedule=schedule, on_event=on_event,
                   on_epoch=on_epoch)
-    outputs.save_weights(run_dir / "model.safetensors", model.state_dict(), {"source": str(summary["source"])})
+    outputs.save_weights(run_dir / "model.safetensors", model.state_dict(), {"source": str(r.summary["source"])})
     last = state.history[-1]
-    summary.update(status="completed", epochs=cfg.trainer.epochs, val_acc=last["val_acc"], val_loss=last["val_loss"],
-                   train_samples_per_s=state.samples / state.seconds if state.seconds else None,
-                   final_trainable_params=last["trainable_params"])
+    r.summary.update(status="completed", epochs=cfg.trainer.epochs, val_acc=last["val_acc"], val_loss=last["val_loss"],
+                     train_samples_per_s=state.samples / state.seconds if state.seconds else None,
+                     final_trainable_params=last["trainable_params"])
     log.info("Done: val_acc %.4f, weights in %s", last["val_acc"], run_dir / "model.safetensors")
+
+
+# Each mode's steps, in order: a plan reads no tensor data (freezing and groups need names only).
+STEPS: dict[Mode, tuple[Callable[[Run], None], ...]] = {
+    Mode.plan: (setup, plan, tune, planned),
+    Mode.export: (setup, plan, load, export),
+    Mode.eval: (setup, plan, load, tune, data, evaluate),
+    Mode.train: (setup, plan, load, tune, data, fit),
+}

@@ -67,7 +67,7 @@ def planned_tensors(plan: LoadPlan, source: SourceWeights, device: torch.device 
 
 
 @torch.no_grad()
-def load_weights(model: nn.Module, plan: LoadPlan, source: SourceWeights) -> None:
+def copy_weights(model: nn.Module, plan: LoadPlan, source: SourceWeights) -> None:
     """Normal path: copy what the plan says into the model's (initialised) tensors.
 
     Writing into the existing tensors (rather than load_state_dict) keeps parameters, their
@@ -181,5 +181,5 @@ def load_model(model: nn.Module, plan: LoadPlan, source: SourceWeights | None, d
     elif is_on_meta(model):
         model = rebuild()  # nothing to load: the normal build is the model
     if source is not None:
-        load_weights(model, plan, source)
+        copy_weights(model, plan, source)
     return model.to(device)

@@ -20,6 +20,7 @@ from .prefixes import choose as choose_prefix
 from .prefixes import nothing_loaded_error
 from .op_specs import plan_op
 from .rules import Rule, apply_rules, group_outputs, match_rule, parse_rules  # noqa: F401 (apply_rules, parse_rules: re-exported)
+from ..schema import MappingConfig, SourceConfig
 from ..selectors import check_selector, select, select_all
 from ..tensor_meta import TensorMeta
 
@@ -68,12 +69,18 @@ def _renamer(rules: Sequence[Rule]):
 
 
 def plan_load(source: Mapping[str, TensorMeta], target: Mapping[str, TensorMeta],
-              rules: Sequence[Mapping[str, Any]] = (), on_mismatch: str = "error",
-              exclude: Sequence[str] = (), strip_prefixes: Sequence[str] | None = None,
-              auto: Any = None, add_prefix: str | None = None) -> LoadPlan:
-    """Plan the load of `source` into `target` (both {name: TensorMeta}); `auto`: None or 'shape_order'."""
-    parsed = parse_rules(rules)
-    prefix = choose_prefix(source, target, strip_prefixes, add_prefix, _renamer(parsed))  # see prefixes.py
+              mapping: MappingConfig | None = None, prefixes: SourceConfig | None = None) -> LoadPlan:
+    """Plan the load of `source` into `target` (both {name: TensorMeta}).
+
+    `mapping`: the `mapping.*` keys (rules, exclude, on_mismatch, auto); `prefixes`: the
+    `source.*` node, of which `strip_prefixes` / `add_prefix` are read. Defaults: the schema's.
+    `mapping.expect` is checked separately (`check_expectations`), after the plan is shown.
+    """
+    mapping = mapping or MappingConfig()
+    prefixes = prefixes or SourceConfig()
+    on_mismatch, exclude = mapping.on_mismatch.value, mapping.exclude
+    parsed = parse_rules(mapping.rules)
+    prefix = choose_prefix(source, target, prefixes.strip_prefixes, prefixes.add_prefix, _renamer(parsed))
     excluded = set(select_all(exclude, list(target), "mapping.exclude")) if exclude else set()
 
     hits = [0] * len(parsed)
@@ -124,10 +131,7 @@ def plan_load(source: Mapping[str, TensorMeta], target: Mapping[str, TensorMeta]
 
     auto_pairs: dict[str, str] = {}
     notes: list[str] = []
-    if auto is not None:
-        auto = getattr(auto, "value", auto)
-        if auto != "shape_order":
-            raise UserError(f"mapping.auto: {auto!r} is not a way to align tensors; choose shape_order or null.")
+    if mapping.auto is not None:  # shape_order, the one way there is (the schema checked the value)
         free = [t for t in target if t not in writers and t not in excluded]
         pairs, notes = auto_pair(unclaimed, free, source, target)
         for s, t in pairs:

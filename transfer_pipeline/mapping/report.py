@@ -1,14 +1,16 @@
-"""LoadPlan -> a short table on the terminal and load_report.json in the run folder."""
+"""LoadPlan -> a short table on the terminal and load_report.json in the run folder; the API's LoadReport."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..names import group_by_component
+from ..schema import ExpectConfig
 from ..tables import format_table
 from ..tensor_meta import TensorMeta
-from .plan import LoadEntry, LoadPlan
+from .plan import LoadEntry, LoadPlan, check_expectations
 
 
 def report_dict(plan: LoadPlan, source_description: str | None, target_name: str) -> dict[str, Any]:
@@ -132,3 +134,44 @@ def format_plan(plan: LoadPlan, target: Mapping[str, TensorMeta], source_descrip
         lines.append(f"  unused source tensors {len(plan.unexpected)}: {', '.join(plan.unexpected[:6])}{more}")
     lines.append(f"  loaded {len(plan.entries)}/{len(target)} tensors, {plan.loaded_fraction:.2%} of target elements")
     return "\n".join(lines)
+
+
+@dataclass
+class LoadReport:
+    """What a load did (or, from a plan, will do): the table on the terminal and load_report.json.
+
+    `loaded`, `missing` are target names; `unexpected` source names; `mismatched` a list of
+    {source, target, source_shape, target_shape}; `loaded_fraction` loaded target elements / all.
+    `str(report)` is the table the pipeline prints.
+    """
+
+    plan: LoadPlan
+    target: dict[str, TensorMeta]
+    source_meta: dict[str, TensorMeta] | None  # None: no source (architecture only)
+    source: str | None = None  # the source's description
+    target_name: str = ""
+    notes: list[str] = field(default_factory=list)
+
+    loaded = property(lambda self: self.plan.loaded)
+    missing = property(lambda self: self.plan.missing)
+    unexpected = property(lambda self: self.plan.unexpected)
+    mismatched = property(lambda self: self.plan.mismatched)
+    renamed = property(lambda self: self.plan.renamed)
+    loaded_fraction = property(lambda self: self.plan.loaded_fraction)
+
+    def table(self) -> str:
+        return format_plan(self.plan, self.target, self.source, self.notes)
+
+    __str__ = table
+
+    def __repr__(self) -> str:
+        return (f"LoadReport({len(self.loaded)}/{len(self.target)} tensors loaded, "
+                f"{self.loaded_fraction:.2%} of elements, {len(self.missing)} missing, "
+                f"{len(self.unexpected)} unexpected, {len(self.mismatched)} mismatched)")
+
+    def to_dict(self) -> dict[str, Any]:
+        return report_dict(self.plan, self.source, self.target_name)
+
+    def check(self, expect: ExpectConfig) -> None:
+        """`mapping.expect` (and: a source that loads nothing is an error), before any training."""
+        check_expectations(self.plan, expect.missing, expect.min_loaded, self.source_meta, self.target)

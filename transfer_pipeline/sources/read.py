@@ -141,7 +141,7 @@ def _candidates(obj: Any, keypath: str = "", depth: int = 0) -> list[tuple[str, 
     return found
 
 
-def _nested(found: list[tuple[str, dict]], key: str, where: Path) -> list[tuple[str, dict]]:
+def _nested(found: list[tuple[str, dict]], key: str, where: Any) -> list[tuple[str, dict]]:
     """The candidates `source.key` allows: the one it names, or every one for `auto`."""
     if key == "auto":
         return found
@@ -170,25 +170,39 @@ def _read_safetensors(path: Path, key: str = "auto") -> SourceWeights:
     return SourceWeights(f"file {path}", meta, f.get_tensor, path, format="safetensors", extra=extra)
 
 
-def _read_torch(path: Path, key: str, trust_pickle: bool, zipped: bool) -> SourceWeights:
-    obj, notes = torch_load(path, trust_pickle, zipped)
+def _from_object(obj: Any, key: str, description: str, where: str, path: Path | None = None,
+                 notes: list[str] | None = None, kind: str = "") -> SourceWeights:
+    """A loaded checkpoint object (state dict, nn.Module, dicts nesting them) -> SourceWeights."""
     found = _candidates(obj)
     if not found:
-        kind = type(obj).__name__
         keys = f" (keys: {', '.join(map(str, list(obj)[:10]))})" if isinstance(obj, Mapping) else ""
-        raise UserError(f"source.path: {path} holds a {kind}{keys} with no tensors in it; "
+        raise UserError(f"{where} holds a {type(obj).__name__}{keys} with no tensors in it; "
                         "expected a state dict or a dict that nests one.")
     nested = {kp: len(d) for kp, d in found}
-    kind = "torch zip (mmap)" if zipped else "torch legacy (read whole)"
-    if isinstance(obj, Mapping) and {"pytorch-lightning_version", "state_dict"} <= set(obj):
-        kind = f"Lightning checkpoint, {kind}"
-    allowed = _nested(found, key, path)
+    notes = notes or []
     by_key = " (source.key)" if key != "auto" else ""
-    options = {kp: _from_state_dict(sd, f"file {path}", path, ([f"weights under nested key {kp!r}{by_key}"] if kp else [])
+    allowed = _nested(found, key, path if path is not None else "the source object")
+    options = {kp: _from_state_dict(sd, description, path, ([f"weights under nested key {kp!r}{by_key}"] if kp else [])
                                     + notes, format=kind, nested=nested, key=kp) for kp, sd in allowed}
     if len(options) == 1:
         return next(iter(options.values()))
-    return SourceWeights(f"file {path}", {}, _unchosen, path, notes, format=kind, nested=nested, candidates=options)
+    return SourceWeights(description, {}, _unchosen, path, notes, format=kind, nested=nested, candidates=options)
+
+
+def read_object(obj: Any, key: str = "auto") -> SourceWeights:
+    """A state dict, an nn.Module, or a dict nesting state dicts, given in Python (no file)."""
+    from torch import nn
+
+    what = f"model {type(obj).__name__}" if isinstance(obj, nn.Module) else "state dict"
+    return _from_object(obj, key, f"{what} in memory", "source", kind=f"{what} in memory")
+
+
+def _read_torch(path: Path, key: str, trust_pickle: bool, zipped: bool) -> SourceWeights:
+    obj, notes = torch_load(path, trust_pickle, zipped)
+    kind = "torch zip (mmap)" if zipped else "torch legacy (read whole)"
+    if isinstance(obj, Mapping) and {"pytorch-lightning_version", "state_dict"} <= set(obj):
+        kind = f"Lightning checkpoint, {kind}"
+    return _from_object(obj, key, f"file {path}", f"source.path: {path}", path, notes, kind)
 
 
 def _read_sharded(index: Path, trust_pickle: bool) -> SourceWeights:

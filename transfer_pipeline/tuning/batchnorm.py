@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Mapping, Sequence
+from functools import partial
+from typing import Any
 
 from torch import nn
 
@@ -92,6 +94,29 @@ def apply_bn_policy(model: nn.Module, policy: str | Mapping[str, str]) -> list[s
             layers[name].eval()
             held.append(name)
     return held
+
+
+def hold_bn_modes(model: nn.Module, modes: Mapping[str, str]) -> None:
+    """For training loops the pipeline does not run: keep the BN policy through `model.train()`.
+
+    A forward pre-hook on each BN layer whose mode is not `train` puts the layer back in eval
+    mode before it computes, whenever its mode says so at that moment (`auto` follows the
+    layer's `requires_grad`), so its statistics never update behind the user's back. Calling
+    it again replaces the hooks; `modes` from `resolve_bn_modes`.
+    """
+    layers = bn_modules(model)
+    for name, module in layers.items():
+        old = module.__dict__.pop("_bn_hold", None)
+        if old is not None:
+            old.remove()
+        mode = modes.get(name, "train")
+        if mode != "train":
+            module.__dict__["_bn_hold"] = module.register_forward_pre_hook(partial(_hold, mode=mode))
+
+
+def _hold(module: nn.Module, args: Any, mode: str) -> None:
+    if module.training and effective_bn_mode(module, mode) in ("eval", "frozen"):
+        module.eval()
 
 
 POLICY_TEXT = {"auto": "statistics fixed while all of a layer's parameters are frozen",

@@ -18,8 +18,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
-import torch
 from torch import nn
 
 from .batchnorm import bn_mode_counts
@@ -31,7 +31,6 @@ from ..names import join_name
 from ..selectors import select_all
 from ..tables import format_table
 
-OPTIMIZERS = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam, "sgd": torch.optim.SGD}
 NORM_LAYERS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm,
                *((nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ()))
 DEFAULT = "default"
@@ -177,7 +176,7 @@ def _name_event_groups(pairs: list[tuple[Event, GroupSpec]], taken: set[str]) ->
     return [s for _, s in pairs]
 
 
-def make_optimizer(model: nn.Module, groups: Sequence[GroupSpec], cfg: OptimConfig) -> torch.optim.Optimizer:
+def torch_param_groups(model: nn.Module, groups: Sequence[GroupSpec], cfg: OptimConfig) -> list[dict]:
     """Every parameter, frozen or not, in the torch group(s) of its GroupSpec (decayed / not decayed)."""
     params = dict(model.named_parameters())
     kind = cfg.name.value
@@ -198,15 +197,28 @@ def make_optimizer(model: nn.Module, groups: Sequence[GroupSpec], cfg: OptimConf
             if ps:
                 torch_groups.append({"params": ps, "lr": g.lr, "weight_decay": wd, "name": g.name, "no_decay": nd,
                                      **extra})
-    extra = {"momentum": cfg.momentum} if kind == "sgd" else {}
-    return OPTIMIZERS[kind](torch_groups, lr=cfg.lr, **extra)
+    return torch_groups
 
 
-def group_rows(model: nn.Module, groups: Sequence[GroupSpec], optimizer: torch.optim.Optimizer | None = None,
+def make_optimizer(model: nn.Module, groups: Sequence[GroupSpec], cfg: OptimConfig) -> Any:
+    """The torch optimizer over `torch_param_groups` (torch.optim is imported only here: a plan needs none)."""
+    import torch
+
+    optimizers = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam, "sgd": torch.optim.SGD}
+    extra = {"momentum": cfg.momentum} if cfg.name.value == "sgd" else {}
+    return optimizers[cfg.name.value](torch_param_groups(model, groups, cfg), lr=cfg.lr, **extra)
+
+
+def current_lrs(optimizer: Any) -> dict[str, float]:
+    """{group name: LR} as the optimizer holds them now."""
+    return {pg["name"]: pg["lr"] for pg in optimizer.param_groups}
+
+
+def group_rows(model: nn.Module, groups: Sequence[GroupSpec], lrs: Mapping[str, float] | None = None,
                bn_modes: Mapping[str, str] | None = None) -> list[dict]:
-    """One dict per group: what the table shows, also kept in summary.json."""
+    """One dict per group: what the table shows, also kept in summary.json. `lrs`: the LRs now (else the peaks)."""
     params = dict(model.named_parameters())
-    lrs = {pg["name"]: pg["lr"] for pg in optimizer.param_groups} if optimizer else {}
+    lrs = lrs or {}
     rows = []
     for g in groups:
         ps = [params[n] for n in g.names]
@@ -223,11 +235,11 @@ def _state(on: int, total: int) -> str:
     return "trainable" if on == total else "frozen" if on == 0 else f"partly ({on}/{total} tensors)"
 
 
-def format_groups(model: nn.Module, groups: Sequence[GroupSpec], optimizer: torch.optim.Optimizer | None = None,
+def format_groups(model: nn.Module, groups: Sequence[GroupSpec], lrs: Mapping[str, float] | None = None,
                   bn_modes: Mapping[str, str] | None = None) -> str:
     """The group table: selectors, size, LR now and peak, weight decay, trainable state, BN modes."""
     rows = []
-    for r in group_rows(model, groups, optimizer, bn_modes):
+    for r in group_rows(model, groups, lrs, bn_modes):
         wd = f"{r['weight_decay']:g}"
         if r["no_decay_tensors"] and r["weight_decay"]:
             wd += f" (0 on {r['no_decay_tensors']})"
