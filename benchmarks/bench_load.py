@@ -8,8 +8,9 @@ The checkpoint is a TinyMLP of Linear(8192, 8192) layers (256 MiB each), saved a
 .safetensors. Every measurement runs in a fresh subprocess with a warm page cache:
 
 - naive: build the model (random init), `torch.load` (or safetensors `load_file`), `load_state_dict`;
-- pipeline: what `pipeline.py` does: build on the meta device, read the source lazily, plan,
-  assign loaded tensors (`transfer_pipeline.mapping.apply.load_model`);
+- pipeline: the Python API (`transfer_pipeline.load_weights`, the same sequence as `pipeline.py`) on a
+  model built on the meta device: read the source lazily, plan,
+  assign loaded tensors;
 - pipeline + use: the same, then read every weight once (as a first forward pass would);
 - `run.py mode=plan`: the whole command, interpreter start included, next to the same command
   on the tiny shipped checkpoint (the fixed start-up cost).
