@@ -19,12 +19,20 @@ log = logging.getLogger("transfer_pipeline")
 def main(cfg: DictConfig) -> float | None:
     from hydra.core.hydra_config import HydraConfig
 
-    from transfer_pipeline.errors import UserError
+    from transfer_pipeline.errors import ConfigOrigins, UserError
     from transfer_pipeline.pipeline import run
 
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    hydra_cfg = HydraConfig.get()
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    origins = ConfigOrigins({g: c for g, c in hydra_cfg.runtime.choices.items() if not g.startswith("hydra/")},
+                            tuple(o.lstrip("+~").split("=", 1)[0] for o in hydra_cfg.overrides.task))
     try:
-        summary = run(to_run_config(cfg), run_dir)
+        run_cfg = to_run_config(cfg)  # the schema's range checks
+    except UserError as e:
+        log.error("error: %s%s", e, origins.hint(str(e)))
+        sys.exit(2)
+    try:
+        summary = run(run_cfg, run_dir, origins)  # its errors carry the hint already
     except UserError as e:
         log.error("error: %s", e)
         sys.exit(2)

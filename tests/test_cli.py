@@ -79,3 +79,39 @@ def test_users_own_config_dir_adds_a_model_and_an_experiment(tmp_path):
     out = run_cli("--config-dir", str(conf), "experiment=mine", "trainer.epochs=1", f"hydra.run.dir={tmp_path / 'b'}")
     assert out.returncode == 0, out.stdout + out.stderr
     assert "widths" in (tmp_path / "b" / ".hydra" / "config.yaml").read_text()
+
+
+def test_swapping_the_model_names_the_digits_specific_groups_and_the_generic_switch(tmp_path):
+    import torch
+
+    from transfer_pipeline.models import TinyMLP
+
+    ckpt = tmp_path / "mine.pt"
+    torch.save(TinyMLP(num_classes=6, hidden=[32, 12]).state_dict(), ckpt)
+    out = run_cli("model=tiny_mlp", f"source.path={ckpt}", "mode=plan", f"hydra.run.dir={tmp_path / 'a'}")
+    assert out.returncode == 2 and "Traceback" not in out.stdout + out.stderr
+    assert "mapping.exclude comes from the config group mapping=new_head (conf/mapping/new_head.yaml)" in out.stdout
+    assert "mapping=default freeze=none" in out.stdout
+    assert "mapping=new_head" in read_json(tmp_path / "a" / "summary.json")["error"]
+    # the one-line form README gives for "my checkpoint into my model"
+    out = run_cli("model=tiny_mlp", f"source.path={ckpt}", "mapping=default", "freeze=none", "data.classes=[0,1,2,3,4,5]",
+                  "trainer.epochs=1", f"hydra.run.dir={tmp_path / 'b'}")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert read_json(tmp_path / "b" / "load_report.json")["missing"] == []
+
+
+def test_a_value_set_on_the_command_line_gets_no_group_hint(tmp_path):
+    out = run_cli("mapping.exclude=[nope]", "mode=plan", f"hydra.run.dir={tmp_path}")
+    assert out.returncode == 2 and "selector 'nope' matches no parameter" in out.stdout
+    assert "comes from the config group" not in out.stdout
+
+
+def test_group_hints_name_only_groups_that_are_not_generic():
+    from transfer_pipeline.errors import ConfigOrigins
+
+    origins = ConfigOrigins({"mapping": "new_head", "freeze": "none", "source": "digits_0to4"}, ("freeze.schedule",))
+    assert "mapping=new_head" in origins.hint("mapping.expect.missing: 'head' was expected")
+    assert "mapping=default" in origins.hint("mapping.exclude: x") and "freeze=none" not in origins.hint("mapping.exclude: x")
+    assert origins.hint("freeze.trainable: selector 'head' matches no parameter") == ""  # freeze=none is generic
+    assert origins.hint("source.path: no such file") == ""  # not a digits-specific group
+    assert ConfigOrigins({"freeze": "head_then_block2"}, ("freeze.schedule",)).hint("freeze.schedule[0].unfreeze: x") == ""

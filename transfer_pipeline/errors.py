@@ -7,7 +7,9 @@ in the program and keeps its traceback.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 
 
 class UserError(Exception):
@@ -27,3 +29,34 @@ def close_names(word: str, choices: Iterable[str], n: int = 5) -> list[str]:
 def did_you_mean(word: str, choices: Iterable[str], n: int = 5) -> str:
     close = close_names(word, choices, n)
     return f" Closest names: {', '.join(close)}." if close else ""
+
+
+# Config groups whose shipped choice in conf/config.yaml is written for the default experiment's
+# digits CNN (selectors like `head`, `block2`), and the generic choice that fits any model.
+GENERIC_CHOICES = {"mapping": "default", "freeze": "none"}
+_KEY = re.compile(r"[a-z_]+(?:\.[a-z_]+|\[\d+\])*")
+
+
+@dataclass(frozen=True)
+class ConfigOrigins:
+    """Where config values came from, as plain data (run.py reads it from Hydra): for error hints."""
+
+    choices: Mapping[str, str | None] = field(default_factory=dict)  # config group -> chosen file ('mapping': 'new_head')
+    overridden: tuple[str, ...] = ()  # keys set on the command line ('mapping.exclude', 'freeze')
+
+    def hint(self, message: str) -> str:
+        """For an error about a key that a digits-specific group file set: which file, and the generic switch."""
+        m = _KEY.match(message)
+        if m is None:
+            return ""
+        key = m.group(0)
+        group = key.split(".")[0].split("[")[0]
+        choice = self.choices.get(group)
+        if group not in GENERIC_CHOICES or choice in (None, GENERIC_CHOICES[group]):
+            return ""
+        if any(key == o or key.startswith((o + ".", o + "[")) for o in self.overridden):
+            return ""  # the person set it: the message itself is the help
+        switch = " ".join(f"{g}={c}" for g, c in GENERIC_CHOICES.items() if self.choices.get(g) not in (None, c))
+        return (f"\n{key} comes from the config group {group}={choice} (conf/{group}/{choice}.yaml), written for the "
+                f"default experiment's DigitsCNN. For another model switch to the generic groups, e.g. "
+                f"python run.py model=... source.path=... {switch}, or set {key} for your model.")

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import UserError
+from .errors import ConfigOrigins, UserError
 from .schema import Mode, RunConfig
 
 log = logging.getLogger(__name__)
@@ -48,8 +48,12 @@ class Run:
     loaders: tuple = ()  # (train, val)
 
 
-def run(cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
-    """Do what `cfg.mode` says; returns the summary (also written to summary.json)."""
+def run(cfg: RunConfig, run_dir: Path, origins: ConfigOrigins | None = None) -> dict[str, Any]:
+    """Do what `cfg.mode` says; returns the summary (also written to summary.json).
+
+    `origins`: where the config values came from (run.py gives Hydra's choices), so that an
+    error about a value from a digits-specific group file says so and how to switch.
+    """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     summary: dict[str, Any] = {"status": "running", "mode": cfg.mode.value}
@@ -59,7 +63,10 @@ def run(cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
         for step in STEPS[cfg.mode]:
             step(state)
     except UserError as e:
-        summary.update(status="failed", error=str(e))
+        hint = origins.hint(str(e)) if origins else ""
+        summary.update(status="failed", error=str(e) + hint)
+        if hint:
+            raise UserError(str(e) + hint) from None
         raise
     finally:
         from .training.outputs import git_commit, versions, write_json
