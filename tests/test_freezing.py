@@ -511,17 +511,26 @@ def test_gradual_with_nothing_frozen_warns(names, caplog):
 
 def test_gradual_with_step_events_is_error(names):
     with pytest.raises(UserError, match=r"mixes epoch: and step: events \(freeze\.gradual counts as epoch events\)"):
-        FreezeConfig(trainable=["head"], gradual=GradualConfig(), schedule=[UnfreezeEvent(step=3, unfreeze=["stem"])])
+        FreezeConfig(trainable=["head"], gradual=GradualConfig(every=1), schedule=[UnfreezeEvent(step=3, unfreeze=["stem"])])
 
 
 @pytest.mark.parametrize(("override", "match"), [
     ("freeze.gradual.evry=1", r"freeze\.gradual\.evry"),
     ("freeze.gradual.from=head", r"freeze\.gradual\.from"),  # the old spelling of `order`
     ("freeze.gradual.order=top", r"freeze\.gradual\.order=top"),
+    ("freeze.gradual.every=abc", r"freeze\.gradual\.every=abc"),
 ])
 def test_unknown_gradual_keys_and_values_fail_at_composition(compose, override, match):
     with pytest.raises(Exception, match=match):
         compose("freeze=gradual", override)
+
+
+def test_gradual_is_switched_on_from_the_command_line_by_its_every(compose, names):
+    cfg = compose("freeze.gradual.every=2", "freeze.schedule=[]")
+    assert cfg.freeze.gradual.enabled and cfg.freeze.gradual.order == GradualOrder.head_first
+    events = schedule(names, cfg.freeze, start(names, cfg.freeze), epochs=6)
+    assert [(e.trigger.epoch, e.selectors) for e in events] == [(2, ("block2",)), (4, ("block1",))]
+    assert not compose().freeze.gradual.enabled
 
 
 def test_freeze_bn_eval_is_the_old_spelling_of_auto(model, names):

@@ -156,9 +156,9 @@ class UnfreezeEvent:
 
 @dataclass
 class GradualConfig:
-    """`freeze.gradual`: one more block unfrozen every `every` epochs (blocks: `freeze.blocks`)."""
+    """`freeze.gradual`: one more block unfrozen every `every` epochs (blocks: `freeze.blocks`); off without `every`."""
 
-    every: int = 1  # epochs between two unfreezes
+    every: Optional[int] = None  # epochs between two unfreezes; null = off
     order: GradualOrder = GradualOrder.head_first  # (formerly `from: head | stem`)
     start: Optional[int] = None  # epoch of the first unfreeze (default: `every`)
     lr: Optional[float] = None  # own group LR for the blocks it unfreezes
@@ -166,15 +166,19 @@ class GradualConfig:
     warmup_steps: Optional[int] = None
 
     def __post_init__(self) -> None:
-        if self.every < 1:
+        if self.every is not None and self.every < 1:
             raise UserError(f"freeze.gradual.every={self.every}: unfreeze one block every N epochs, N >= 1.")
         if self.start is not None and self.start < 0:
             raise UserError(f"freeze.gradual.start={self.start}: the epoch of the first unfreeze, >= 0.")
         check_lr_fields("freeze.gradual", self.lr, self.lr_mult, self.warmup_steps)
 
     @property
+    def enabled(self) -> bool:
+        return self.every is not None
+
+    @property
     def first_epoch(self) -> int:
-        return self.every if self.start is None else self.start
+        return (self.every or 1) if self.start is None else self.start
 
 
 @dataclass
@@ -191,13 +195,13 @@ class FreezeConfig:
     bn: BatchNormPolicy = BatchNormPolicy.auto
     bn_overrides: List[BatchNormOverride] = field(default_factory=list)  # per-selector BN modes
     schedule: List[UnfreezeEvent] = field(default_factory=list)
-    gradual: Optional[GradualConfig] = None  # {every: 1, order: head_first, ...}; null = off
+    gradual: GradualConfig = field(default_factory=GradualConfig)  # {every: 1, order: head_first, ...}; off without every
     blocks: Optional[List[Any]] = None  # blocks stem -> head (selector or list of them); null = top-level modules
 
     def __post_init__(self) -> None:
         for i, ev in enumerate(self.schedule):
             ev.check(f"freeze.schedule[{i}]")
-        by_step = {ev.step is not None for ev in self.schedule} | ({False} if self.gradual else set())
+        by_step = {ev.step is not None for ev in self.schedule} | ({False} if self.gradual.enabled else set())
         if len(by_step) > 1:
             raise UserError("freeze.schedule: mixes epoch: and step: events (freeze.gradual counts as epoch events); "
                             "use one kind, since the steps per epoch are only known once the data is loaded.")

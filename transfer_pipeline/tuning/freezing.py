@@ -128,7 +128,7 @@ def _gradual_events(gradual: GradualConfig, blocks: list[Block], trainable: set[
                     "Freeze something (freeze.trainable, freeze.frozen, freeze.until) or drop freeze.gradual.")
     out, left = [], []
     for k, b in enumerate(pending):
-        epoch = gradual.first_epoch + k * gradual.every
+        epoch = gradual.first_epoch + k * (gradual.every or 1)
         if epoch >= epochs:
             left.append(b.name)
             continue
@@ -136,7 +136,7 @@ def _gradual_events(gradual: GradualConfig, blocks: list[Block], trainable: set[
             trigger=Trigger(epoch=epoch), selectors=b.selectors, names=tuple(n for n in b.names if n not in never),
             lr=gradual.lr, lr_mult=gradual.lr_mult, warmup_steps=gradual.warmup_steps, where="freeze.gradual")))
     if left:
-        need = gradual.first_epoch + (len(pending) - 1) * gradual.every + 1
+        need = gradual.first_epoch + (len(pending) - 1) * (gradual.every or 1) + 1
         log.warning("freeze.gradual: %d block(s) stay frozen (%s): the run ends before their epoch "
                     "(trainer.epochs=%d; all would be unfrozen with trainer.epochs=%d).",
                     len(left), ", ".join(left), epochs, need)
@@ -152,7 +152,7 @@ def resolve_schedule(param_names: Sequence[str], cfg: FreezeConfig, trainable: s
     """
     names = list(param_names)
     keyed = _schedule_events(names, cfg)
-    if cfg.gradual is not None:
+    if cfg.gradual.enabled:
         keyed += _gradual_events(cfg.gradual, blocks if blocks is not None else model_blocks(names, cfg.blocks),
                                  set(trainable), set(never), epochs)
     now = set(trainable)
