@@ -36,8 +36,8 @@ def test_choice_apply_strip_add_and_swap():
     assert swap.apply("encoder.0.weight") == "backbone.0.weight"
     assert swap.apply("head.weight") == "head.weight"  # only names that had the stripped prefix move
     assert PrefixChoice(("module.", "_orig_mod.")).apply("module._orig_mod.x") == "x"
-    assert swap.describe() == "prefix swap 'encoder.' -> 'backbone.'"
-    assert PrefixChoice((), "b.").describe() == "added prefix 'b.'"
+    assert swap.describe() == "prefix swap 'encoder.' -> 'backbone.' (source names -> target names)"
+    assert PrefixChoice((), "b.").describe() == "added prefix 'b.' (in front of every source name)"
     assert PrefixChoice().describe() == "no prefix"
 
 
@@ -230,7 +230,7 @@ def test_load_plan_text_and_report_show_the_swap():
 
     target = under("backbone.", cnn())
     plan = make_plan(under("encoder.", cnn()), target)
-    assert "prefix swap: 'encoder.' -> 'backbone.'" in format_plan(plan, target, "file x")
+    assert "  prefix swap 'encoder.' -> 'backbone.'" in format_plan(plan, target, "file x")
     d = report_dict(plan, "file x", "Net")
     assert d["stripped_prefix"] == "encoder." and d["added_prefix"] == "backbone."
     assert "added_prefix" not in report_dict(make_plan(under("module.", cnn()), cnn()), "file x", "Net")

@@ -112,7 +112,7 @@ def test_format_plan_mentions_source_prefix_mismatches_and_unused(wrapped_plan):
     text = format_plan(plan, target, "file ckpt.pt", notes=["picked nested key 'state_dict'"])
     assert "file ckpt.pt" in text
     assert "picked nested key 'state_dict'" in text
-    assert "stripped prefix: 'module.'" in text
+    assert "  stripped prefix 'module.'" in text
     assert "mismatch head.weight: source (5, 32) vs target (10, 32)" in text
     assert "mismatch head.bias: source (5,) vs target (10,)" in text
     assert "module.aux.weight" in text  # unused source tensors are listed

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import UserError, close_names
+from .prefixes import PrefixChoice
 from .prefixes import choose as choose_prefix
 from .prefixes import nothing_loaded_error
 from .op_specs import plan_op
@@ -61,6 +62,10 @@ class LoadPlan:
     @property
     def loaded(self) -> list[str]:
         return [e.target for e in self.entries]
+
+    @property
+    def prefix(self) -> PrefixChoice:
+        return PrefixChoice((self.stripped_prefix,) if self.stripped_prefix else (), self.added_prefix)
 
 
 def _renamer(rules: Sequence[Rule]):
@@ -262,8 +267,7 @@ def check_expectations(plan: LoadPlan, missing: Sequence[str] | None, min_loaded
     a source that loads nothing at all is always an error, showing the two side by side.
     """
     if source is not None and not plan.entries:
-        raise nothing_loaded_error(source, target or {}, plan.stripped_prefix, plan.added_prefix,
-                                   len(plan.mismatched))
+        raise nothing_loaded_error(source, target or {}, plan.prefix, len(plan.mismatched))
     if plan.loaded_fraction + 1e-12 < min_loaded:
         raise UserError(f"mapping.expect.min_loaded={min_loaded}: only {plan.loaded_fraction:.1%} of the target's "
                         f"elements were loaded ({len(plan.entries)} tensors; {len(plan.missing)} missing, "

@@ -42,10 +42,11 @@ class PrefixChoice:
         return self.add + out if hit else out
 
     def describe(self) -> str:
+        """The one wording of a prefix step, in the plan and in messages."""
         if self.stripped and self.add:
-            return f"prefix swap {self.stripped!r} -> {self.add!r}"
+            return f"prefix swap {self.stripped!r} -> {self.add!r} (source names -> target names)"
         if self.add:
-            return f"added prefix {self.add!r}"
+            return f"added prefix {self.add!r} (in front of every source name)"
         return f"stripped prefix {self.stripped!r}" if self.stripped else "no prefix"
 
 
@@ -185,10 +186,10 @@ def side_by_side(source: Mapping[str, Any], target: Mapping[str, Any], n: int = 
     return "\n".join(f"  {a.ljust(width)}   {b}".rstrip() for a, b in rows)
 
 
-def nothing_loaded_error(source: Mapping[str, Any], target: Mapping[str, Any], stripped: str = "",
-                         added: str = "", mismatched: int = 0) -> UserError:
+def nothing_loaded_error(source: Mapping[str, Any], target: Mapping[str, Any], prefix: PrefixChoice = PrefixChoice(),
+                         mismatched: int = 0) -> UserError:
     """The message for a source that loads nothing into the target (the `strict=False` trap)."""
-    step = PrefixChoice((stripped,) if stripped else (), added).describe()
+    step = prefix.describe()
     if mismatched:
         why = (f"{mismatched} name(s) matched but every one has another shape in the target "
                "(mapping.on_mismatch=skip skipped them)")

@@ -114,13 +114,8 @@ def format_plan(plan: LoadPlan, target: Mapping[str, TensorMeta], source_descrip
     table = format_table(["module", "loaded", "status"], _tree_rows(list(target), kind, ops))
     lines = [f"Load plan: {source_description or 'no source (architecture only)'}"]
     lines += [f"  note: {n}" for n in notes]
-    added = plan.added_prefix
-    if plan.stripped_prefix and added:
-        lines.append(f"  prefix swap: {plan.stripped_prefix!r} -> {added!r} (source names -> target names)")
-    elif added:
-        lines.append(f"  added prefix: {added!r} (in front of every source name)")
-    elif plan.stripped_prefix:
-        lines.append(f"  stripped prefix: {plan.stripped_prefix!r}")
+    if plan.stripped_prefix or plan.added_prefix:
+        lines.append(f"  {plan.prefix.describe()}")
     lines += _rule_lines(plan)
     if plan.auto_pairs:
         lines.append(f"  mapping.auto=shape_order paired {len(plan.auto_pairs)} tensor(s) by module order and shape:")
