@@ -62,3 +62,54 @@ def make_plan(source, target, rules=(), on_mismatch="error", exclude=(), strip_p
     mapping, prefixes = load_options(rules=list(rules), on_mismatch=on_mismatch, exclude=list(exclude),
                                      strip_prefixes=strip_prefixes, auto=auto, add_prefix=add_prefix)
     return plan_load(source, target, mapping, prefixes)
+
+
+def start_cli(*args: str, cwd: Path = ROOT, env: dict | None = None) -> subprocess.Popen:
+    """`python run.py ARGS` started in the background (to signal or kill it); tests/ is importable."""
+    return subprocess.Popen([sys.executable, str(ROOT / "run.py"), *args], cwd=cwd, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT / "tests"), **(env or {})})
+
+
+def wait_for(predicate, timeout: float = 60.0, every: float = 0.05) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {predicate}")
+        time.sleep(every)
+
+
+def slow_digits_cnn(delay: float = 0.02, **kwargs):
+    """DigitsCNN slowed down per forward: a run that lasts long enough to be signalled or killed."""
+    import time
+
+    from transfer_pipeline.models import DigitsCNN
+
+    class Slow(DigitsCNN):
+        def forward(self, x):
+            time.sleep(delay)
+            return super().forward(x)
+
+    return Slow(**kwargs)
+
+
+def boom_after(steps: int = 3, num_classes: int = 5):
+    """A model whose forward raises a plain RuntimeError (a bug, not a user error) after `steps` training steps."""
+    import torch
+    from torch import nn
+
+    class Boom(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(64, num_classes)
+            self.calls = 0
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            self.calls += self.training
+            if self.calls > steps:
+                raise RuntimeError("boom: a bug in the model")
+            return self.fc(x.flatten(1))
+
+    return Boom()

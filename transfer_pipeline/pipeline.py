@@ -8,10 +8,15 @@ plain dataclasses (no Hydra), so tests and other programs can call it directly.
 from __future__ import annotations
 
 import logging
+import os
 import random
+import signal
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -48,34 +53,91 @@ class Run:
     loaders: tuple = ()  # (train, val)
 
 
-def run(cfg: RunConfig, run_dir: Path, origins: ConfigOrigins | None = None) -> dict[str, Any]:
-    """Do what `cfg.mode` says; returns the summary (also written to summary.json).
+class Interrupted(BaseException):
+    """SIGTERM (or SIGINT) during a run: recorded as `interrupted`, then the process exits non-zero."""
 
-    `origins`: where the config values came from (run.py gives Hydra's choices), so that an
-    error about a value from a digits-specific group file says so and how to switch.
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def run(cfg: RunConfig, run_dir: Path, origins: ConfigOrigins | None = None) -> dict[str, Any]:
+    """Do what `cfg.mode` says; returns the summary (also written to summary.json)."""
+    return run_job(lambda: cfg, run_dir, origins)
+
+
+def run_job(load_config: Callable[[], RunConfig], run_dir: Path, origins: ConfigOrigins | None = None) -> dict[str, Any]:
+    """Claim the run folder, then check the config (`load_config`) and run its mode's steps.
+
+    However the run ends, summary.json says how: it is written as `running` (pid, start time)
+    before anything else, then `completed` / `planned` / ... , `failed` (a UserError or any other
+    exception: its type and message) or `interrupted` (Ctrl-C, SIGTERM); run.log gets the same
+    last line. A UserError is re-raised with its message (plus, with `origins`, where a
+    digits-specific value came from); other exceptions keep their traceback.
     """
+    from .training.outputs import git_commit, versions, write_json
+    from .training.run_folder import claim, release
+
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    summary: dict[str, Any] = {"status": "running", "mode": cfg.mode.value}
+    claim(run_dir)  # before anything is written: a folder in use or holding a run is refused untouched
+    summary: dict[str, Any] = {"status": "running", "mode": None, "pid": os.getpid(), "started_at": _now()}
     started = time.perf_counter()
     try:
-        state = Run(cfg, run_dir, summary)
-        for step in STEPS[cfg.mode]:
-            step(state)
+        write_json(run_dir / "summary.json", summary)
+        with _signals_interrupt():
+            cfg = load_config()  # the schema's checks: a bad value ends here, recorded as failed
+            summary["mode"] = cfg.mode.value
+            state = Run(cfg, run_dir, summary)
+            for step in STEPS[cfg.mode]:
+                step(state)
     except UserError as e:
-        hint = origins.hint(str(e)) if origins else ""
-        summary.update(status="failed", error=str(e) + hint)
-        if hint:
-            raise UserError(str(e) + hint) from None
+        message = str(e) + (origins.hint(str(e)) if origins else "")
+        summary.update(status="failed", error_type="UserError", error=message)
+        log.error("error: %s", message)
+        if message != str(e):
+            raise UserError(message) from None
+        raise
+    except (KeyboardInterrupt, Interrupted) as e:
+        summary.update(status="interrupted", error=f"interrupted by {e if isinstance(e, Interrupted) else 'SIGINT'}")
+        raise
+    except BaseException as e:
+        summary.update(status="failed", error_type=type(e).__name__, error=str(e))
+        log.exception("The run failed with an unexpected %s (a bug: please report it with this traceback)",
+                      type(e).__name__)
         raise
     finally:
-        from .training.outputs import git_commit, versions, write_json
-
         summary["seconds"] = round(time.perf_counter() - started, 3)
+        summary["ended_at"] = _now()
         summary["versions"] = versions()
         summary["git_commit"] = git_commit(Path(__file__).resolve().parent)
-        write_json(run_dir / "summary.json", summary)
+        try:
+            write_json(run_dir / "summary.json", summary)
+        finally:
+            release(run_dir)
+        log.log(logging.INFO if summary["status"] != "failed" else logging.ERROR, "Run %s after %.1f s: %s",
+                summary["status"], summary["seconds"], run_dir)
     return summary
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).astimezone().isoformat(timespec="seconds")
+
+
+@contextmanager
+def _signals_interrupt() -> Iterator[None]:
+    """SIGTERM raises Interrupted in the main thread (as Ctrl-C raises KeyboardInterrupt), so it is recorded."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        raise Interrupted(signum)
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 # --- the steps ---------------------------------------------------------------------------------------

@@ -15,11 +15,25 @@ from pathlib import Path
 from typing import Any
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+FILE_MODE = 0o666 & ~_umask()  # what open() would give: mkstemp's files are 0600
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write to `.name.XXXX.tmp` beside `path`, then rename: a reader sees the old file or the new, never half.
+
+    A write killed half-way leaves only the temporary file, which the next run in the folder removes.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), FILE_MODE)
             f.write(data)
         os.replace(tmp, path)
     except BaseException:

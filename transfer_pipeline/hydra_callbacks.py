@@ -1,0 +1,44 @@
+"""Hydra callbacks (listed under `hydra.callbacks` in conf/config.yaml): Hydra's side of the run folder.
+
+Hydra writes `.hydra/` and opens `run.log` in the run folder before the task starts, so the
+folder is claimed here first (training/run_folder.py): a folder in use or holding another run is
+refused before Hydra touches it. Like run.py and schema.py, this is the edge where Hydra stays.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+from .errors import UserError
+
+
+class RunFolderGuard(Callback):
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from .training.run_folder import claim
+
+        _or_exit(lambda: claim(Path(config.hydra.run.dir)))
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep = Path(config.hydra.sweep.dir)
+
+        def check() -> None:
+            done = sorted(p.parent.name for p in sweep.glob("*/summary.json"))
+            if done:
+                raise UserError(f"hydra.sweep.dir: {sweep.resolve()} already holds the jobs of another sweep "
+                                f"({', '.join(done[:5])}{' ...' if len(done) > 5 else ''}). Give this sweep a fresh "
+                                "folder (hydra.sweep.dir=...; the default is a new timestamped folder).")
+
+        _or_exit(check)
+
+
+def _or_exit(fn: Any) -> None:
+    try:
+        fn()
+    except UserError as e:  # Hydra's logging is not set up yet: say it on stderr
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
