@@ -225,7 +225,7 @@ def test_param_groups_layer_decay_over_top_level_modules():
 
 
 @pytest.mark.parametrize(("options", "match"), [
-    ({"lr": -1.0}, r"optim\.lr=-1\.0.*must be >= 0"),
+    ({"lr": -1.0}, r"optim\.lr=-1\.0: must be a finite number >= 0"),
     ({"groups": [{"params": ["head"]}, {"params": ["head.bias"]}]}, r"'head\.bias' is already in group 'head'"),
     ({"groups": [{"params": ["head"], "momentum": 0.9}]}, r"optim\.groups\[0\]\.momentum: momentum is for sgd"),
     ({"name": "lion"}, r"optim\.name='lion': choose one of adamw, adam, sgd"),

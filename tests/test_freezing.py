@@ -434,7 +434,7 @@ def test_step_events_sort_by_step(names):
     ({"step": -1, "unfreeze": ["stem"]}, r"freeze\.schedule\[0\]\.step=-1: steps count from 0"),
     ({"epoch": 1}, r"freeze\.schedule\[0\]: does nothing; give unfreeze: \[selectors\] and/or freeze"),
     ({"epoch": 1, "unfreeze": ["stem"], "lr": 0.1, "lr_mult": 0.5}, r"freeze\.schedule\[0\]: sets both lr=0\.1 and lr_mult=0\.5"),
-    ({"epoch": 1, "unfreeze": ["stem"], "lr": -0.1}, r"freeze\.schedule\[0\]\.lr=-0\.1: must be a number >= 0"),
+    ({"epoch": 1, "unfreeze": ["stem"], "lr": -0.1}, r"freeze\.schedule\[0\]\.lr=-0\.1: must be a finite number >= 0"),
     ({"epoch": 1, "unfreeze": ["stem"], "warmup_steps": -2}, r"freeze\.schedule\[0\]\.warmup_steps=-2"),
     ({"epoch": 1, "freeze": ["head"], "lr": 0.1}, r"freeze\.schedule\[0\]: lr/lr_mult/warmup_steps apply to what an "
                                                   r"event unfreezes, and this one unfreezes nothing"),

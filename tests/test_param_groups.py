@@ -357,7 +357,7 @@ def test_event_lr_mult(model, names):
 
 @pytest.mark.parametrize(("group", "name", "match"), [
     ({"params": ["head"], "lr": 0.1, "lr_mult": 2.0}, "adamw", r"optim\.groups\[0\]: sets both lr=0\.1 and lr_mult=2\.0"),
-    ({"params": ["head"], "lr": -1.0}, "adamw", r"optim\.groups\[0\]\.lr=-1\.0: must be a number >= 0"),
+    ({"params": ["head"], "lr": -1.0}, "adamw", r"optim\.groups\[0\]\.lr=-1\.0: must be a finite number >= 0"),
     ({"params": ["head"], "betas": [0.9, 0.99]}, "sgd", r"optim\.groups\[0\]\.betas: betas are for adam/adamw"),
     ({"params": ["head"], "betas": [0.9]}, "adamw", r"optim\.groups\[0\]\.betas=\[0\.9\]: two numbers in \[0, 1\)"),
     ({"params": ["head"], "momentum": 0.5}, "adamw", r"optim\.groups\[0\]\.momentum: momentum is for sgd"),

@@ -23,8 +23,10 @@ from .errors import UserError
 from .mapping.apply import (
     CannotInitialise,
     assign_weights,
+    check_values,
     copy_weights,
     is_on_meta,
+    target_dtypes,
     target_meta,
 )
 from .mapping.nested import choose_nested
@@ -89,6 +91,7 @@ def load_weights(model: nn.Module, source: Any, **options: Any) -> LoadReport:
     mapping, prefixes = load_options(**options)
     report, weights = plan_report(model, open_source(source, prefixes), mapping, prefixes)
     report.check(mapping.expect)
+    check_values(report.plan, weights, target_dtypes(model), prefixes.allow_nonfinite, prefixes.allow_lossy_cast)
     if is_on_meta(model):
         import torch
 

@@ -181,7 +181,8 @@ def load(r: Run) -> None:
         seed_everything(r.cfg.seed)
         return build_model(r.cfg.model)
 
-    r.model = load_model(r.model, r.report.plan, r.weights, r.device, build_normally)
+    r.model = load_model(r.model, r.report.plan, r.weights, r.device, build_normally,
+                         r.cfg.source.allow_nonfinite, r.cfg.source.allow_lossy_cast)
 
 
 def export(r: Run) -> None:

@@ -15,6 +15,7 @@ This module is light on purpose: no torch import, it runs before every command.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from enum import Enum
@@ -25,6 +26,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from .errors import UserError
 
 PRECISIONS = ("32", "bf16", "16")
+MAX_IMAGE_SIZE = 4096  # larger inputs exhaust memory long before they train
 DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 
@@ -84,13 +86,33 @@ def _is_count(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
+def check_number(where: str, value: Any, low: float | None = None, high: float | None = None,
+                 low_open: bool = False, high_open: bool = False, want: str = "") -> None:
+    """A finite number in [low, high] (open ends when asked); the message names the key, the value and the range."""
+    ok = _is_number(value) and math.isfinite(value)
+    ok = ok and (low is None or (value > low if low_open else value >= low))
+    ok = ok and (high is None or (value < high if high_open else value <= high))
+    if not ok:
+        if not want:
+            lo = "" if low is None else f"{'>' if low_open else '>='} {low:g}"
+            hi = "" if high is None else f"{'<' if high_open else '<='} {high:g}"
+            want = "a finite number" + (f" {lo}" if lo else "") + (" and" if lo and hi else "") + (f" {hi}" if hi else "")
+        raise UserError(f"{where}={value!r}: must be {want}.")
+
+
+def check_count(where: str, value: Any, low: int = 0, high: int | None = None, want: str = "") -> None:
+    """A whole number in [low, high]."""
+    if not _is_count(value) or value < low or (high is not None and value > high):
+        raise UserError(f"{where}={value!r}: must be {want or f'a whole number >= {low}' + (f' and <= {high}' if high is not None else '')}.")
+
+
 def check_lr_fields(where: str, lr: Any, lr_mult: Any, warmup: Any) -> None:
     """`lr` / `lr_mult` / `warmup_steps` of a group or an event: one of lr and lr_mult, none negative."""
     if lr is not None and lr_mult is not None:
         raise UserError(f"{where}: sets both lr={lr} and lr_mult={lr_mult}; give one (lr_mult multiplies optim.lr).")
     for key, value in (("lr", lr), ("lr_mult", lr_mult)):
-        if value is not None and (not _is_number(value) or value < 0):
-            raise UserError(f"{where}.{key}={value!r}: must be a number >= 0.")
+        if value is not None:
+            check_number(f"{where}.{key}", value, 0, want="a finite number >= 0")
     if warmup is not None and (not _is_count(warmup) or warmup < 0):
         raise UserError(f"{where}.warmup_steps={warmup!r}: must be a whole number of steps >= 0.")
 
@@ -105,6 +127,8 @@ class SourceConfig:
     strip_prefixes: Optional[List[str]] = None  # null = detect ('module.', '_orig_mod.' ...); [] = none
     add_prefix: Optional[str] = None  # put in front of source names (after stripping); null = detect
     meta_init: bool = True  # build the target on the meta device and assign loaded tensors (fast); false = build normally
+    allow_nonfinite: bool = False  # load NaN / inf weights (e.g. to inspect a broken checkpoint); else an error
+    allow_lossy_cast: bool = False  # load bool/int/complex into float (or the reverse), or floats that overflow the target
 
 
 @dataclass
@@ -113,7 +137,7 @@ class ExpectConfig:
     min_loaded: float = 0.0  # loaded target elements / all target elements
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.min_loaded <= 1.0:
+        if not (math.isfinite(self.min_loaded) and 0.0 <= self.min_loaded <= 1.0):
             raise UserError(f"mapping.expect.min_loaded={self.min_loaded}: a fraction of the target's elements, "
                             "in [0, 1].")
 
@@ -222,8 +246,10 @@ class ParamGroupConfig:
     def check(self, where: str, optim: "OptimConfig") -> None:
         check_lr_fields(where, self.lr, self.lr_mult, self.warmup_steps)
         for key in ("weight_decay", "eps"):
-            if getattr(self, key) is not None and getattr(self, key) < 0:
-                raise UserError(f"{where}.{key}={getattr(self, key)}: must be >= 0.")
+            if getattr(self, key) is not None:
+                check_number(f"{where}.{key}", getattr(self, key), 0, want="a finite number >= 0")
+        if self.momentum is not None:
+            check_number(f"{where}.momentum", self.momentum, 0, 1, high_open=True)
         if self.betas is not None:
             _check_betas(self.betas, f"{where}.betas", optim.name)
         if self.eps is not None and optim.name == OptimizerName.sgd:
@@ -235,7 +261,7 @@ class ParamGroupConfig:
 def _check_betas(betas: List[float], where: str, name: OptimizerName) -> None:
     if name == OptimizerName.sgd:
         raise UserError(f"{where}: betas are for adam/adamw, and optim.name=sgd (use momentum).")
-    if len(betas) != 2 or not all(0 <= b < 1 for b in betas):
+    if len(betas) != 2 or not all(math.isfinite(b) and 0 <= b < 1 for b in betas):
         raise UserError(f"{where}={list(betas)}: two numbers in [0, 1), e.g. [0.9, 0.999].")
 
 
@@ -260,7 +286,7 @@ class SchedulerConfig:
             (self.div_factor > 0 and self.final_div_factor > 0, "div_factor", "> 0 (and final_div_factor > 0)"),
         ]
         for ok, key, want in checks:
-            if not ok:
+            if not ok or not math.isfinite(getattr(self, key)):
                 raise UserError(f"optim.scheduler.{key}={getattr(self, key)}: must be {want}.")
 
 
@@ -277,9 +303,10 @@ class OptimConfig:
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
 
     def __post_init__(self) -> None:
-        if self.lr < 0 or self.weight_decay < 0:
-            raise UserError(f"optim.lr={self.lr}, optim.weight_decay={self.weight_decay}: both must be >= 0.")
-        if self.layer_decay is not None and not 0 < self.layer_decay <= 1:
+        check_number("optim.lr", self.lr, 0, want="a finite number >= 0")
+        check_number("optim.weight_decay", self.weight_decay, 0, want="a finite number >= 0")
+        check_number("optim.momentum", self.momentum, 0, 1, high_open=True)
+        if self.layer_decay is not None and not (math.isfinite(self.layer_decay) and 0 < self.layer_decay <= 1):
             raise UserError(f"optim.layer_decay={self.layer_decay}: must be in (0, 1]; block k below the head trains "
                             "at optim.lr x layer_decay**k (0.75 is usual).")
         if self.betas is not None:
@@ -302,6 +329,31 @@ class DataConfig:
     num_classes: int = 5  # synthetic only
     num_workers: int = 0
 
+    def __post_init__(self) -> None:
+        check_count("data.image_size", self.image_size, 1, MAX_IMAGE_SIZE,
+                    want=f"a whole number of pixels from 1 to {MAX_IMAGE_SIZE}")
+        if self.channels not in (1, 3):
+            raise UserError(f"data.channels={self.channels}: choose 1 (grey) or 3 (RGB).")
+        check_number("data.val_fraction", self.val_fraction, 0, 1, low_open=True, high_open=True,
+                     want="a fraction between 0 and 1 (both excluded): the share of each class kept for validation")
+        check_count("data.num_workers", self.num_workers, 0, 256)
+        check_count("data.num_samples", self.num_samples, 2)
+        check_count("data.num_classes", self.num_classes, 2)
+        for key in ("mean", "std"):
+            values = getattr(self, key)
+            if values is None:
+                continue
+            if len(values) not in (1, self.channels):
+                raise UserError(f"data.{key}={list(values)}: give 1 value or one per channel ({self.channels}, "
+                                "data.channels).")
+            for i, v in enumerate(values):
+                check_number(f"data.{key}[{i}]", v, 0 if key == "std" else None, low_open=key == "std",
+                             want="a finite number > 0 (a std of 0 divides by zero)" if key == "std" else "")
+        if self.name == "digits" and self.classes is not None:
+            wanted = list(self.classes)
+            if not wanted or len(set(wanted)) != len(wanted) or not all(_is_count(c) and 0 <= c <= 9 for c in wanted):
+                raise UserError(f"data.classes={wanted}: digits are 0-9, each at most once, at least one.")
+
 
 @dataclass
 class TrainerConfig:
@@ -317,6 +369,15 @@ class TrainerConfig:
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
             raise UserError(f"trainer.precision={self.precision!r}: choose one of {', '.join(PRECISIONS)}.")
+        check_count("trainer.epochs", self.epochs, 0)
+        check_count("trainer.batch_size", self.batch_size, 1)
+        for key in ("limit_train_batches", "limit_val_batches"):
+            if getattr(self, key) is not None:  # 0 would "complete" without training (or evaluating)
+                check_count(f"trainer.{key}", getattr(self, key), 1,
+                            want="a whole number of batches >= 1 (null: every batch)")
+        if self.grad_clip is not None:  # a negative norm would turn every step into gradient ascent
+            check_number("trainer.grad_clip", self.grad_clip, 0, low_open=True,
+                         want="a finite max gradient norm > 0 (null: no clipping)")
 
 
 @dataclass
@@ -336,6 +397,7 @@ class RunConfig:
         """The checks that span nodes; each node checked its own values when it was built."""
         if not DEVICE.fullmatch(self.device):
             raise UserError(f"device={self.device!r}: choose auto, cpu, cuda or cuda:N.")
+        check_count("seed", self.seed, 0, 2**32 - 1)
         epochs = self.trainer.epochs
         if self.mode == Mode.train and epochs < 1:
             raise UserError(f"trainer.epochs={epochs}: train at least one epoch (or use mode=plan).")
@@ -412,7 +474,7 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
 
 # The keyword arguments of plan_weights / load_weights: these mapping.* and source.* keys.
 MAPPING_OPTIONS = ("rules", "on_mismatch", "exclude", "expect", "auto")
-SOURCE_OPTIONS = ("key", "strip_prefixes", "add_prefix", "trust_pickle")
+SOURCE_OPTIONS = ("key", "strip_prefixes", "add_prefix", "trust_pickle", "allow_nonfinite", "allow_lossy_cast")
 
 
 def load_options(**options: Any) -> tuple[MappingConfig, SourceConfig]:

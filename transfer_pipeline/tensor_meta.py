@@ -44,3 +44,13 @@ def dtype_name(dtype: Any) -> str:
 def meta_of(tensors: Mapping[str, Any]) -> dict[str, TensorMeta]:
     """{name: TensorMeta} of a state dict (tensors on any device, meta included)."""
     return {k: TensorMeta(tuple(v.shape), dtype_name(v.dtype)) for k, v in tensors.items()}
+
+
+def dtype_kind(name: str) -> str:
+    """'float' (bfloat16, float8 ... too), 'int' (unsigned too), 'complex', 'bool', or the name itself."""
+    if name == "bool":
+        return "bool"
+    for kind in ("complex", "float", "int"):
+        if name.startswith(kind) or (kind == "int" and name.startswith("uint")) or (kind == "float" and name == "bfloat16"):
+            return kind
+    return name

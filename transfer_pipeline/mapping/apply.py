@@ -22,6 +22,7 @@ from collections.abc import Callable, Mapping
 import torch
 from torch import nn
 
+from ..errors import UserError
 from ..names import join_name, parents, split_name
 from ..tensor_meta import TensorMeta, meta_of
 from .plan import LoadPlan
@@ -46,6 +47,56 @@ def is_on_meta(model: nn.Module) -> bool:
 
 def _dtype(name: str) -> torch.dtype:
     return getattr(torch, name)
+
+
+CHUNK = 1 << 24  # elements checked at a time: the check's own memory stays small on any tensor
+
+
+def _bad_values(t: torch.Tensor, target: torch.dtype) -> tuple[bool, bool]:
+    """(holds NaN/inf, holds finite values that become inf in `target`), read in chunks."""
+    if not t.is_floating_point() or t.numel() == 0:
+        return False, False
+    limit = torch.finfo(target).max if target.is_floating_point else None
+    narrowing = limit is not None and torch.finfo(t.dtype).max > limit
+    flat = t.reshape(-1)
+    nonfinite = overflow = False
+    for i in range(0, flat.numel(), CHUNK):
+        part = flat[i:i + CHUNK]
+        finite = torch.isfinite(part)
+        nonfinite = nonfinite or not bool(finite.all())
+        if narrowing:
+            overflow = overflow or bool((part.abs() > limit).logical_and(finite).any())
+        if nonfinite and (overflow or not narrowing):
+            break
+    return nonfinite, overflow
+
+
+def check_values(plan: LoadPlan, source: SourceWeights, dtypes: Mapping[str, torch.dtype],
+                 allow_nonfinite: bool = False, allow_lossy_cast: bool = False) -> None:
+    """NaN/inf in what is loaded, and floats too large for the target's dtype, are errors naming the tensors.
+
+    Reads each loaded source tensor once (from the memory map) before anything is written.
+    """
+    if allow_nonfinite and allow_lossy_cast:
+        return
+    nonfinite, overflow = [], []
+    for entry in plan.entries:
+        for name in entry.sources:
+            bad, big = _bad_values(source.get(name), dtypes[entry.target])
+            if bad and not allow_nonfinite:
+                nonfinite.append(name)
+            if big and not allow_lossy_cast:
+                overflow.append(f"{name} ({entry.source_dtype} -> {entry.target_dtype})")
+    if nonfinite:
+        names = list(dict.fromkeys(nonfinite))
+        raise UserError(f"source.allow_nonfinite: {len(names)} loaded tensor(s) hold NaN or inf: "
+                        f"{', '.join(names[:10])}{' ...' if len(names) > 10 else ''}. The checkpoint is broken "
+                        "(or was saved mid-divergence); training from it fails at the first step. Exclude them "
+                        "(mapping.exclude), or set source.allow_nonfinite=true to load them anyway.")
+    if overflow:
+        raise UserError(f"source.allow_lossy_cast: {len(overflow)} tensor(s) hold values too large for the target's "
+                        f"dtype and would become inf: {', '.join(overflow[:10])}. Keep the target in the source's "
+                        "precision, or set source.allow_lossy_cast=true.")
 
 
 def planned_tensors(plan: LoadPlan, source: SourceWeights, device: torch.device | None = None,
@@ -165,12 +216,20 @@ def assign_weights(model: nn.Module, plan: LoadPlan, source: SourceWeights, devi
         raise RuntimeError(f"bug: tensors left on the meta device after loading: {left[:5]}")
 
 
+def target_dtypes(model: nn.Module) -> dict[str, torch.dtype]:
+    return {k: v.dtype for k, v in model.state_dict(keep_vars=True).items()}
+
+
 def load_model(model: nn.Module, plan: LoadPlan, source: SourceWeights | None, device: torch.device,
-               rebuild: Callable[[], nn.Module]) -> nn.Module:
+               rebuild: Callable[[], nn.Module], allow_nonfinite: bool = False,
+               allow_lossy_cast: bool = False) -> nn.Module:
     """Load `plan` from `source` into `model` on `device`; returns the model (a rebuilt one on fallback).
 
-    `rebuild` builds the target normally (full random init, same seed), for the fallback.
+    `rebuild` builds the target normally (full random init, same seed), for the fallback. The
+    loaded values are checked first (`check_values`), so a refused load changes nothing.
     """
+    if source is not None:
+        check_values(plan, source, target_dtypes(model), allow_nonfinite, allow_lossy_cast)
     if source is not None and is_on_meta(model):
         try:
             assign_weights(model, plan, source, device)

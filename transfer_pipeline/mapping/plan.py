@@ -23,7 +23,7 @@ from .op_specs import plan_op
 from .rules import Rule, apply_rules, group_outputs, match_rule, parse_rules  # noqa: F401 (apply_rules, parse_rules: re-exported)
 from ..schema import MappingConfig, SourceConfig
 from ..selectors import check_selector, select, select_all
-from ..tensor_meta import TensorMeta
+from ..tensor_meta import TensorMeta, dtype_kind
 
 
 @dataclass(frozen=True)
@@ -167,6 +167,14 @@ def plan_load(source: Mapping[str, TensorMeta], target: Mapping[str, TensorMeta]
         raise UserError(f"mapping.on_mismatch=error: {len(mismatched)} tensor(s) have another shape in the target:\n"
                         f"{lines}\nFix: set mapping.on_mismatch=skip to leave them freshly initialised, "
                         "list them in mapping.exclude, or change the model so the shapes agree.")
+
+    changed = [e for e in entries if dtype_kind(e.source_dtype) != dtype_kind(e.target_dtype)]
+    if changed and not prefixes.allow_lossy_cast:
+        lines = "\n".join(f"  {e.target}: {e.source_dtype} -> {e.target_dtype}" for e in changed[:10])
+        more = f"\n  (+{len(changed) - 10} more)" if len(changed) > 10 else ""
+        raise UserError(f"source.allow_lossy_cast: {len(changed)} tensor(s) would change kind when loaded, which loses or "
+                        f"invents information:\n{lines}{more}\nFix: map them to tensors of their own kind (mapping.rules, "
+                        "mapping.exclude), or set source.allow_lossy_cast=true if the cast is what you want.")
 
     loaded = {e.target for e in entries}
     total = sum(m.numel for m in target.values())

@@ -28,26 +28,26 @@ class DataBundle:
 
 
 def _norm(cfg: DataConfig, mean: list[float], std: list[float]) -> tuple[torch.Tensor, torch.Tensor]:
-    if cfg.channels not in (1, 3):
-        raise UserError(f"data.channels={cfg.channels}: choose 1 (grey) or 3 (RGB).")
-    mean, std = cfg.mean or mean, cfg.std or std
-    if len(mean) == 1:
-        mean, std = mean * cfg.channels, std * cfg.channels
-    if len(mean) != cfg.channels or len(std) != cfg.channels:
-        raise UserError(f"data.mean/data.std: need {cfg.channels} values (data.channels), got {len(mean)} and {len(std)}.")
-    return torch.tensor(mean).view(-1, 1, 1), torch.tensor(std).view(-1, 1, 1)
+    """Per-channel mean and std (the schema checked their lengths and that std > 0)."""
+    mean, std = list(cfg.mean or mean), list(cfg.std or std)
+    mean, std = (mean * cfg.channels if len(mean) == 1 else mean), (std * cfg.channels if len(std) == 1 else std)
+    return torch.tensor(mean[:cfg.channels]).view(-1, 1, 1), torch.tensor(std[:cfg.channels]).view(-1, 1, 1)
 
 
-def _split(labels: torch.Tensor, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
-    """Stratified split: the same fraction of every class goes to validation."""
-    if not 0.0 < val_fraction < 1.0:
-        raise UserError(f"data.val_fraction={val_fraction}: must be between 0 and 1.")
+def _split(labels: torch.Tensor, val_fraction: float, seed: int,
+           class_names: list[str] | None = None) -> tuple[list[int], list[int]]:
+    """Stratified split: the same fraction of every class goes to validation, at least one sample each side."""
     g = torch.Generator().manual_seed(seed)
     train, val = [], []
     for c in labels.unique().tolist():
         idx = (labels == c).nonzero().flatten()
         idx = idx[torch.randperm(len(idx), generator=g)].tolist()
         k = max(1, round(len(idx) * val_fraction))
+        if len(idx) - k < 1:
+            name = class_names[c] if class_names else c
+            raise UserError(f"data.val_fraction={val_fraction}: class {name!r} has {len(idx)} sample(s), so its "
+                            "training split would be empty. Lower data.val_fraction, add samples of that class, "
+                            "or give train/ and val/ folders.")
         val += idx[:k]
         train += idx[k:]
     return sorted(train), sorted(val)
@@ -59,10 +59,7 @@ def digits(cfg: DataConfig, seed: int) -> DataBundle:
     raw = load_digits()
     images = torch.tensor(raw.images, dtype=torch.float32) / 16.0
     labels = torch.tensor(raw.target)
-    wanted = [int(c) for c in (cfg.classes if cfg.classes is not None else range(10))]
-    bad = [c for c in wanted if not 0 <= c <= 9]
-    if bad or len(set(wanted)) != len(wanted) or not wanted:
-        raise UserError(f"data.classes={wanted}: digits are 0-9, each at most once.")
+    wanted = [int(c) for c in (cfg.classes if cfg.classes is not None else range(10))]  # checked by the schema
     keep = torch.isin(labels, torch.tensor(wanted))
     images, labels = images[keep], labels[keep]
     labels = torch.tensor([wanted.index(int(y)) for y in labels])  # digit -> class index in `classes` order
@@ -72,8 +69,9 @@ def digits(cfg: DataConfig, seed: int) -> DataBundle:
     mean, std = _norm(cfg, DIGITS_MEAN, DIGITS_STD)
     x = x.expand(-1, cfg.channels, -1, -1)
     x = ((x - mean) / std).contiguous()
-    train, val = _split(labels, cfg.val_fraction, seed)
-    return DataBundle(TensorDataset(x[train], labels[train]), TensorDataset(x[val], labels[val]), [str(c) for c in wanted])
+    names = [str(c) for c in wanted]
+    train, val = _split(labels, cfg.val_fraction, seed, names)
+    return DataBundle(TensorDataset(x[train], labels[train]), TensorDataset(x[val], labels[val]), names)
 
 
 def synthetic(cfg: DataConfig, seed: int) -> DataBundle:

@@ -89,6 +89,24 @@ def check_output_size(model: nn.Module, loader, num_classes: int, device: torch.
                         f"classes. Set the model's class count (e.g. model.num_classes={num_classes}).")
 
 
+def nonfinite_loss_error(value: float, epoch: int, step: int, global_step: int, x: torch.Tensor,
+                         model: nn.Module) -> UserError:
+    """Say what made the loss NaN/inf: the input, weights that were bad from the start, or the training."""
+    where = f"training: the loss became {value} at epoch {epoch}, step {step}"
+    kept = " Files from finished epochs are kept."
+    if not torch.isfinite(x).all():
+        return UserError(f"{where}: the input batch itself holds NaN or inf. Check the dataset and data.mean / "
+                         f"data.std.{kept}")
+    bad = [n for n, p in model.named_parameters() if not torch.isfinite(p).all()]
+    if global_step == 0:
+        what = (f"the weights hold NaN or inf before any update ({', '.join(bad[:5])})" if bad
+                else "the model's first forward pass, before any update")
+        return UserError(f"{where}: {what}, so the learning rate is not the cause. Check the source weights "
+                         f"(mode=plan; NaN weights are refused unless source.allow_nonfinite=true) and the model.{kept}")
+    return UserError(f"{where}: training diverged. Lower optim.lr (or the group LRs), set trainer.grad_clip, or use "
+                     f"trainer.precision=32.{kept}")
+
+
 def steps_per_epoch(loader, limit_train_batches: int | None = None) -> int:
     """Optimizer steps per epoch: the loader's batches, capped by trainer.limit_train_batches."""
     n = len(loader)
@@ -145,9 +163,7 @@ def train(model: nn.Module, optimizer: torch.optim.Optimizer, train_loader, val_
                 logits = model(x)
             loss = F.cross_entropy(logits.float(), y)
             if not torch.isfinite(loss):
-                raise UserError(f"training: the loss became {loss.item()} at epoch {epoch}, step {step}. "
-                                "Lower optim.lr (or the group LRs), set trainer.grad_clip, or use "
-                                "trainer.precision=32. Files from finished epochs are kept.")
+                raise nonfinite_loss_error(loss.item(), epoch, step, global_step, x, model)
             optimizer.zero_grad(set_to_none=True)
             if scaler is not None:
                 scaler.scale(loss).backward()
