@@ -52,7 +52,7 @@ def open_source(source: Any, options: SourceConfig) -> SourceWeights:
     if isinstance(source, SourceWeights):
         return source
     if isinstance(source, (str, PathLike)):
-        return read_path(resolve_path(str(source)), options.key, options.trust_pickle)
+        return read_path(resolve_path(str(source)), options.key, options.trust_pickle, str(source))
     if isinstance(source, (dict, nn.Module)) or hasattr(source, "items"):
         return read_object(source, options.key)
     raise UserError(f"source: a {type(source).__name__} is not a source; give a checkpoint path, a state dict "

@@ -38,3 +38,15 @@ def group_by_component(names: Sequence[str], depth: int = 0) -> dict[str, list[s
     for n in names:
         groups.setdefault(n.split(".")[depth], []).append(n)
     return groups
+
+
+def printable(text: str) -> str:
+    """`text` with control characters escaped (a name from a file must not drive the terminal)."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def printable_text(text: str) -> str:
+    """Like `printable`, for whole messages and tables: their own line breaks and tabs are kept."""
+    return "\n".join("\t".join(printable(part) for part in line.split("\t")) for line in text.split("\n"))

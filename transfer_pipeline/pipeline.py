@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigOrigins, UserError
+from .names import printable_text
 from .schema import Mode, RunConfig
 
 log = logging.getLogger(__name__)
@@ -93,7 +94,7 @@ def run_job(load_config: Callable[[], RunConfig], run_dir: Path, origins: Config
     except UserError as e:
         message = str(e) + (origins.hint(str(e)) if origins else "")
         summary.update(status="failed", error_type="UserError", error=message)
-        log.error("error: %s", message)
+        log.error("error: %s", printable_text(message))
         if message != str(e):
             raise UserError(message) from None
         raise
@@ -163,12 +164,12 @@ def plan(r: Run) -> None:
     on_meta = cfg.source.meta_init and (cfg.source.path is not None or cfg.source.weights is not None)
     r.model = build_model(cfg.model, meta=on_meta)
     r.report, r.weights = plan_report(r.model, read_source(cfg.source), cfg.mapping, cfg.source)
-    log.info(r.report.table())
+    log.info(printable_text(r.report.table()))  # names come from the file: no terminal escapes
     outputs.write_json(r.run_dir / "load_report.json", r.report.to_dict())
     r.summary.update(source=r.report.source, loaded_fraction=r.report.loaded_fraction,
                      loaded_tensors=len(r.report.loaded), missing_tensors=len(r.report.missing))
-    if r.weights is not None and r.weights.path is not None and r.weights.path.is_file():
-        r.summary["source_sha256"] = outputs.sha256_file(r.weights.path)
+    if r.weights is not None and r.weights.all_files:
+        r.summary["source_sha256"] = outputs.sha256_files(r.weights.all_files)  # every shard counts
     r.report.check(cfg.mapping.expect)  # after the plan is shown and written: the person sees why
 
 

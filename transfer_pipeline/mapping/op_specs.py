@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import UserError
-from ..paths import resolve_path
+from ..paths import check_path, resolve_path
 
 INTERPOLATE_MODES = {"nearest": (1, 2, 3), "area": (1, 2, 3), "linear": (1,), "bilinear": (2,),
                      "bicubic": (2,), "trilinear": (3,)}
@@ -77,9 +77,12 @@ def read_label_map(path: Any, where: str) -> tuple[int, ...]:
     A text line may carry the class name after the index (`207 golden retriever`); only the index counts.
     """
     p = resolve_path(str(path), where)
-    if not p.is_file():
-        raise UserError(f"{where}: no such label-map file: {p.resolve()}.")
-    text = p.read_text()
+    check_path(p, where, "file", str(path))
+    try:
+        text = p.read_text()
+    except UnicodeDecodeError as e:
+        raise UserError(f"{where}: {p} is not a text file (not UTF-8 at byte {e.start}); write one source index "
+                        "per line, or a JSON list.") from None
     try:
         if p.suffix == ".json":
             data = json.loads(text)

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
+from ..names import printable_text
 from ..tables import format_table
 from ..tensor_meta import TensorMeta
 
@@ -146,9 +147,9 @@ def main(argv: list[str] | None = None) -> int:
         summary = read(resolve_path(args.path), args.key, args.trust_pickle)
     except UserError as e:
         hint = " (here: --trust-pickle)" if "source.trust_pickle=true" in str(e) else ""
-        print(f"error: {e}{hint}", file=sys.stderr)
+        print(f"error: {printable_text(str(e))}{hint}", file=sys.stderr)
         return 2
-    print(format_summary(summary, max(args.depth, 1), args.max_rows))
+    print(printable_text(format_summary(summary, max(args.depth, 1), args.max_rows)))  # names and metadata escaped
     return 0
 
 

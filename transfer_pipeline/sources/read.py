@@ -17,23 +17,27 @@ numpy scalars) are read as inert placeholders, never as the real classes; anythi
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import UserError, did_you_mean
-from ..paths import resolve_path
+from ..errors import UserError
+from ..names import printable
+from ..paths import check_path, resolve_path
 from .safe_load import torch_load
 from ..schema import SourceConfig
-from ..tensor_meta import SAFETENSORS_DTYPES, TensorMeta, meta_of
+from ..tensor_meta import TensorMeta, meta_of
+from .safetensors_header import header_meta
 
 # Nested checkpoint keys, in the order preferred when two fit the target equally well.
 NESTED_KEYS = ("state_dict", "model", "module", "model_ema", "ema", "params", "net", "weights")
 # A Hugging Face style folder: the first of these that exists is the checkpoint.
 FOLDER_FILES = ("model.safetensors.index.json", "model.safetensors", "pytorch_model.bin.index.json",
                 "pytorch_model.bin")
-FORMATS = ".safetensors, a torch.save file (.pt/.pth/.bin/.ckpt), a *.index.json shard index, or a folder"
+FORMATS = (".safetensors, a torch.save file (.pt/.pth/.bin/.ckpt), a TorchScript archive (torch.jit.save), "
+           "a *.index.json shard index, or a folder")
 
 
 @dataclass
@@ -49,6 +53,11 @@ class SourceWeights:
     extra: dict[str, Any] = field(default_factory=dict)  # format metadata (safetensors __metadata__ ...)
     # key path -> its weights, when source.key=auto leaves a choice (then `meta` is empty until one is chosen)
     candidates: dict[str, SourceWeights] = field(default_factory=dict)
+    files: list[Path] = field(default_factory=list)  # every file read (a shard index and its shards); [] = [path]
+
+    @property
+    def all_files(self) -> list[Path]:
+        return self.files or ([self.path] if self.path is not None else [])
 
 
 def nested_preference(keypath: str) -> int:
@@ -92,34 +101,9 @@ def sniff(path: Path) -> str:
     return "unknown"
 
 
-def safetensors_header(path: Path) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
-    """{name: {dtype, shape, data_offsets}} and the __metadata__ of a safetensors file, from its header alone."""
-    size = path.stat().st_size
-    with open(path, "rb") as f:
-        n = int.from_bytes(f.read(8), "little")
-        if n <= 0 or 8 + n > size:
-            raise UserError(f"source.path: {path} is truncated or not safetensors (header of {n} bytes, file of {size}).")
-        try:
-            header = json.loads(f.read(n))
-            assert isinstance(header, dict), f"a JSON {type(header).__name__}, not an object"
-        except (json.JSONDecodeError, UnicodeDecodeError, AssertionError) as e:
-            raise UserError(f"source.path: {path} has a corrupt safetensors header ({e}).") from None
-    meta = header.pop("__metadata__", None) or {}
-    try:
-        end = max((int(v["data_offsets"][1]) for v in header.values() if len(v["shape"]) >= 0 and v["dtype"]), default=0)
-    except (KeyError, TypeError, IndexError, ValueError, AttributeError) as e:
-        raise UserError(f"source.path: {path} has a corrupt safetensors header (bad entry: {e!r}).") from None
-    if 8 + n + end > size:
-        raise UserError(f"source.path: {path} is truncated: its header describes {8 + n + end:,} bytes, the file has "
-                        f"{size:,}. Re-download or re-save it.")
-    return header, meta
-
-
 def safetensors_meta(path: Path) -> tuple[dict[str, TensorMeta], dict[str, str]]:
-    """{name: TensorMeta} and the __metadata__ of a safetensors file, from its header alone (no torch)."""
-    header, extra = safetensors_header(path)
-    return {name: TensorMeta(tuple(h["shape"]), SAFETENSORS_DTYPES.get(h["dtype"], str(h["dtype"]).lower()))
-            for name, h in header.items()}, extra
+    """{name: TensorMeta} and the __metadata__ of a safetensors file, from its validated header alone (no torch)."""
+    return header_meta(path)
 
 
 # --- torch files -----------------------------------------------------------------------------------
@@ -197,6 +181,37 @@ def read_object(obj: Any, key: str = "auto") -> SourceWeights:
     return _from_object(obj, key, f"{what} in memory", "source", kind=f"{what} in memory")
 
 
+def is_torchscript(path: Path) -> bool:
+    """A `torch.jit.save` archive: a zip with TorchScript code and constants beside the data."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            return any(n.endswith("/constants.pkl") or "/code/" in n for n in z.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return False
+
+
+def _read_torchscript(path: Path, key: str) -> SourceWeights:
+    """Weights of a TorchScript archive, through torch.jit.load: TorchScript's own loader, no Python pickle runs."""
+    import torch
+
+    if key not in ("auto", ""):
+        raise UserError(f"source.key={key!r}: {path} is a TorchScript archive: its weights are the module's "
+                        "state dict (no nested keys). Remove source.key.")
+    try:
+        with warnings.catch_warnings():  # torch deprecates jit.load in favour of torch.export: nothing a user can act on
+            warnings.simplefilter("ignore", FutureWarning)
+            module = torch.jit.load(str(path), map_location="cpu")
+    except (RuntimeError, ValueError, OSError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"source.path: cannot read {path} as a TorchScript archive ({first[:200]}). "
+                        "Is the file truncated or corrupt?") from None
+    return _from_state_dict(dict(module.state_dict()), f"file {path}", path,
+                            [f"TorchScript archive: weights of {module.original_name} read by torch.jit.load"],
+                            format="TorchScript archive")
+
+
 def _read_torch(path: Path, key: str, trust_pickle: bool, zipped: bool) -> SourceWeights:
     obj, notes = torch_load(path, trust_pickle, zipped)
     kind = "torch zip (mmap)" if zipped else "torch legacy (read whole)"
@@ -206,29 +221,48 @@ def _read_torch(path: Path, key: str, trust_pickle: bool, zipped: bool) -> Sourc
 
 
 def _read_sharded(index: Path, trust_pickle: bool) -> SourceWeights:
+    """A `*.index.json` {"weight_map": {tensor: shard file}}; every shard must lie in the index's folder."""
     try:
-        weight_map = json.loads(index.read_text())["weight_map"]
-        assert isinstance(weight_map, dict)
-    except (json.JSONDecodeError, KeyError, TypeError, AssertionError, OSError, UnicodeDecodeError) as e:
-        raise UserError(f"source.path: {index} is not a shard index with a 'weight_map' "
-                        f"({type(e).__name__}: {e}).") from None
+        weight_map = json.loads(index.read_bytes().decode("utf-8"))["weight_map"]
+    except UnicodeDecodeError as e:
+        raise UserError(f"source.path: {index} is not a shard index (not UTF-8 text at byte {e.start}).") from None
+    except (json.JSONDecodeError, KeyError, TypeError, OSError) as e:
+        why = f"{e.msg} at byte {e.pos}" if isinstance(e, json.JSONDecodeError) else f"{type(e).__name__}"
+        raise UserError(f"source.path: {index} is not a shard index with a 'weight_map' ({why}).") from None
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise UserError(f"source.path: {index}: 'weight_map' must map tensor names to shard files; it is "
+                        f"{'empty' if isinstance(weight_map, dict) else 'a ' + type(weight_map).__name__}.")
+    folder = index.parent.resolve()
     shards: dict[str, SourceWeights] = {}
-    for shard in dict.fromkeys(weight_map.values()):
-        p = index.parent / shard
-        if not p.is_file():
-            raise UserError(f"source.path: {index} names shard {shard!r}, which is missing from {index.parent}. "
+    for name, shard in weight_map.items():
+        if not isinstance(shard, str) or not shard:
+            raise UserError(f"source.path: {index}: tensor {printable(name)!r} maps to {type(shard).__name__} "
+                            f"{printable(str(shard))[:40]!r}, not a shard file name.")
+        if shard in shards:
+            continue
+        p = (index.parent / shard).resolve()
+        if Path(shard).is_absolute() or not p.is_relative_to(folder):
+            raise UserError(f"source.path: {index} names shard {printable(shard)!r}, which lies outside the index's "
+                            f"folder {folder}; shards must sit next to their index.")
+        if p == index.resolve():
+            raise UserError(f"source.path: {index} names itself as a shard ({printable(shard)!r}).")
+        if not p.exists():
+            raise UserError(f"source.path: {index} names shard {printable(shard)!r}, which is missing from {folder}. "
                             "Download every shard the index lists (or point source.path at a complete checkpoint).")
-        shards[shard] = preferred(_read_file(p, "auto", trust_pickle))
+        check_path(p, "source.path")
+        shards[shard] = preferred(_read_file(p, "auto", trust_pickle, sharded=False))
     meta = {}
     for n, s in weight_map.items():
         if n not in shards[s].meta:
-            raise UserError(f"source.path: {index} says {n!r} is in shard {s!r}, but that shard has no such tensor "
-                            f"(it has e.g. {', '.join(list(shards[s].meta)[:3])}). The index and shards do not belong together.")
+            raise UserError(f"source.path: {index} says {printable(n)!r} is in shard {printable(s)!r}, but that shard "
+                            f"has no such tensor (it has e.g. {', '.join(map(printable, list(shards[s].meta)[:3]))}). "
+                            "The index and shards do not belong together.")
         meta[n] = shards[s].meta[n]
     kinds = {s.format for s in shards.values()}
     return SourceWeights(f"sharded checkpoint {index} ({len(shards)} shards)", meta,
                          lambda n: shards[weight_map[n]].get(n), index,
-                         format=f"sharded {'/'.join(sorted(kinds))} ({len(shards)} shards)")
+                         format=f"sharded {'/'.join(sorted(kinds))} ({len(shards)} shards)",
+                         files=[index, *(s.path for s in shards.values() if s.path is not None)])
 
 
 def find_in_folder(folder: Path) -> Path:
@@ -260,25 +294,31 @@ def preferred(src: SourceWeights) -> SourceWeights:
     return chosen
 
 
-def _read_file(path: Path, key: str, trust_pickle: bool) -> SourceWeights:
+def _read_file(path: Path, key: str, trust_pickle: bool, sharded: bool = True) -> SourceWeights:
     kind = sniff(path)
     if path.name.endswith(".json") or kind == "json":
+        if not sharded:  # an index naming another index would recurse
+            raise UserError(f"source.path: shard {path} is itself a shard index; a shard holds tensors.")
         return _read_sharded(path, trust_pickle)
     if kind == "safetensors":
         return _read_safetensors(path, key)
+    if kind == "torch" and is_torchscript(path):
+        return _read_torchscript(path, key)
     if kind in ("torch", "pickle"):
         return _read_torch(path, key, trust_pickle, zipped=kind == "torch")
-    what = "is empty" if kind == "empty" else f"is not a checkpoint format this pipeline reads (first bytes {_read_head(path, 8)!r})"
+    what = ("is empty" if kind == "empty" else "is not a checkpoint format this pipeline reads (it starts with "
+            "neither a safetensors header, a zip archive nor a pickle)")
     raise UserError(f"source.path: {path} {what}. Expected {FORMATS}.")
 
 
-def read_path(path: Path, key: str = "auto", trust_pickle: bool = False) -> SourceWeights:
-    """A checkpoint file or folder -> SourceWeights (nothing but headers and pickles read yet)."""
-    if not path.exists():
-        near = [p.name for p in path.parent.iterdir()] if path.parent.is_dir() else []
-        raise UserError(f"source.path: no such file: {path.resolve()}.{did_you_mean(path.name, near)}")
-    if path.is_dir():
+def read_path(path: Path, key: str = "auto", trust_pickle: bool = False, given: str | None = None) -> SourceWeights:
+    """A checkpoint file or folder -> SourceWeights (nothing but headers and pickles read yet).
+
+    `given`: the path as written in the config, so a message can say how a relative one was read.
+    """
+    if check_path(path, "source.path", "any", given) == "dir":
         path = find_in_folder(path)
+        check_path(path, "source.path")
     return _read_file(path, key, trust_pickle)
 
 
@@ -332,4 +372,4 @@ def read_source(cfg: SourceConfig) -> SourceWeights | None:
         return _read_model(cfg.model)
     if cfg.weights is not None:
         return _read_torchvision_weights(cfg.weights)
-    return read_path(resolve_path(cfg.path), cfg.key, cfg.trust_pickle)
+    return read_path(resolve_path(cfg.path), cfg.key, cfg.trust_pickle, cfg.path)

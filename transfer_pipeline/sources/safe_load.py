@@ -74,8 +74,10 @@ def _unreadable(path: Path, e: BaseException, zipped: bool) -> UserError:
     if zipped and not zipfile.is_zipfile(path):
         return UserError(f"source.path: {path} is an incomplete zip archive (its end is missing): the file is "
                          "truncated. Re-download or re-save it.")
-    return UserError(f"source.path: cannot read {path} as a PyTorch checkpoint ({type(e).__name__}: "
-                     f"{str(e).strip().splitlines()[0] if str(e).strip() else 'no detail'}). "
+    # the unpickler's own text can quote the file's bytes ("invalid load key, '\x0e'"): never shown
+    detail = "not a valid pickle" if isinstance(e, (pickle.UnpicklingError, UnicodeDecodeError)) else \
+        (str(e).strip().splitlines()[0] if str(e).strip() else "no detail")
+    return UserError(f"source.path: cannot read {path} as a PyTorch checkpoint ({type(e).__name__}: {detail}). "
                      "Is the file truncated or corrupt? Re-download or re-save it.")
 
 
@@ -106,6 +108,8 @@ def torch_load(path: Path, trust_pickle: bool, zipped: bool = True) -> tuple[Any
                 raise _unreadable(path, e, zipped) from None
             m = _GLOBAL_RE.search(msg)
             name = m.group(1) if m else None
+            if name is None and not known:  # refused, but for no class: the data is not a valid pickle
+                raise _unreadable(path, e, zipped) from None
             if name is not None and "." not in name:
                 name = f"builtins.{name}"  # torch prints builtins without their module
             safe = _safe_global(name) if name else None

@@ -65,6 +65,14 @@ def save_weights(path: Path, state_dict: Mapping[str, Any], metadata: Mapping[st
     atomic_write_bytes(path, save(tensors, metadata=dict(metadata or {})))
 
 
+def sha256_files(paths: Sequence[Path]) -> str:
+    """One file: its SHA-256. Several (a shard index and its shards): the SHA-256 of their names and hashes."""
+    if len(paths) == 1:
+        return sha256_file(paths[0])
+    lines = "".join(f"{sha256_file(p)}  {p.name}\n" for p in paths)
+    return hashlib.sha256(lines.encode()).hexdigest()
+
+
 def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

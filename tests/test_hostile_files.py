@@ -1,0 +1,202 @@
+"""Hostile and broken files: each gets one clear message (exit 2 from the command line), never a hang,
+a traceback, the file's bytes in a message, or "set trust_pickle" for what is not a pickle."""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import subprocess
+import sys
+import threading
+
+import pytest
+import torch
+from helpers import ROOT, read_json, run_cli
+from safetensors.torch import load_file, save_file
+
+from transfer_pipeline.errors import UserError
+from transfer_pipeline.models import DigitsCNN
+from transfer_pipeline.models.digits import PRETRAINED_0TO4
+from transfer_pipeline.sources.read import read_path
+
+
+@pytest.fixture
+def sd():
+    return load_file(PRETRAINED_0TO4)
+
+
+def inspect_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "transfer_pipeline.inspect", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=60)
+
+
+def safetensors_bytes(header: dict, data: bytes = b"") -> bytes:
+    raw = json.dumps(header).encode()
+    return struct.pack("<Q", len(raw)) + raw + data
+
+
+# --- safetensors headers: the run and inspect refuse the same things ------------------------------------------
+
+F32x2 = {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}
+
+
+@pytest.mark.parametrize(("header", "data", "match"), [
+    ({"w": {"dtype": "F32", "shape": [4], "data_offsets": [0, 8]}}, b"\0" * 16, r"tensor 'w' \(4,\) F32 needs 16 bytes, its offsets give 8"),
+    ({"w": {"dtype": "F32", "shape": [2], "data_offsets": [-8, 0]}}, b"\0" * 8, r"data_offsets \[-8, 0\]: negative or reversed"),
+    ({"a": F32x2, "b": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]}}, b"\0" * 12, r"tensors 'a' and 'b' overlap"),
+    ({"w": {"dtype": "Q4", "shape": [2], "data_offsets": [0, 8]}}, b"\0" * 8, r"unknown dtype 'Q4'"),
+    ({"w": {"dtype": "F32", "shape": ["2"], "data_offsets": [0, 8]}}, b"\0" * 8, r"shape \['2'\], not a list of sizes"),
+    ({"w": F32x2, "__metadata__": {"epoch": 3}}, b"\0" * 8, r"__metadata__ must map text to text"),
+    ({"w": {"dtype": "F32", "shape": [2]}}, b"\0" * 8, r"tensor 'w' is not \{dtype, shape, data_offsets\}"),
+    ({"w": {"dtype": "F32", "shape": [1000], "data_offsets": [0, 4000]}}, b"\0" * 8, r"truncated: tensor 'w' ends at byte"),
+])
+def test_bad_safetensors_headers_are_refused_by_run_and_inspect_alike(tmp_path, header, data, match):
+    path = tmp_path / "bad.safetensors"
+    path.write_bytes(safetensors_bytes(header, data))
+    with pytest.raises(UserError, match=match):
+        read_path(path)
+    out = inspect_cli(str(path))
+    assert out.returncode == 2 and out.stdout == "" and "Traceback" not in out.stderr
+    assert out.stderr.startswith("error: source.path:")
+
+
+def test_control_characters_in_names_and_metadata_are_escaped_when_printed(tmp_path):
+    path = tmp_path / "esc.safetensors"
+    save_file({"evil\x1b[2Jname.weight": torch.zeros(2)}, path, metadata={"note": "\x1b]0;pwned\x07"})
+    out = inspect_cli(str(path), "--depth", "2")
+    assert out.returncode == 0, out.stderr
+    assert "\x1b" not in out.stdout and "\x07" not in out.stdout and "\\x1b" in out.stdout
+    run = run_cli(f"source.path={path}", "mode=plan", "mapping=default", "freeze=none", "mapping.on_mismatch=skip",
+                  f"hydra.run.dir={tmp_path / 'run'}")
+    assert "\x1b" not in run.stdout + run.stderr and "\\x1b" in run.stdout
+
+
+# --- shard indexes -----------------------------------------------------------------------------------------
+
+def index_with(tmp_path, weight_map) -> os.PathLike:
+    path = tmp_path / "model.safetensors.index.json"
+    path.write_text(json.dumps({"weight_map": weight_map}))
+    return path
+
+
+def test_a_shard_outside_the_index_folder_is_refused(tmp_path, sd):
+    (tmp_path / "inner").mkdir()
+    save_file(sd, tmp_path / "outside.safetensors")
+    path = index_with(tmp_path / "inner", {k: "../outside.safetensors" for k in sd})
+    with pytest.raises(UserError, match=r"names shard '\.\./outside\.safetensors', which lies outside the index's folder"):
+        read_path(path)
+    path = index_with(tmp_path / "inner", {k: str(tmp_path / "outside.safetensors") for k in sd})
+    with pytest.raises(UserError, match="lies outside the index's folder"):
+        read_path(path)
+
+
+def test_a_symlinked_shard_pointing_outside_is_refused(tmp_path, sd):
+    (tmp_path / "inner").mkdir()
+    save_file(sd, tmp_path / "outside.safetensors")
+    (tmp_path / "inner" / "shard.safetensors").symlink_to(tmp_path / "outside.safetensors")
+    with pytest.raises(UserError, match="lies outside the index's folder"):
+        read_path(index_with(tmp_path / "inner", {k: "shard.safetensors" for k in sd}))
+
+
+@pytest.mark.parametrize(("weight_map", "match"), [
+    ({"w": "model.safetensors.index.json"}, r"names itself as a shard"),
+    ({"w": 7}, r"tensor 'w' maps to int '7', not a shard file name"),
+    ({"w": "gone.safetensors"}, r"names shard 'gone\.safetensors', which is missing"),
+    ({}, r"'weight_map' must map tensor names to shard files; it is empty"),
+])
+def test_bad_shard_indexes(tmp_path, weight_map, match):
+    with pytest.raises(UserError, match=match):
+        read_path(index_with(tmp_path, weight_map))
+
+
+def test_the_recorded_hash_covers_every_shard(run_pipeline, tmp_path, sd):
+    names = list(sd)
+    save_file({k: sd[k] for k in names[:10]}, tmp_path / "a.safetensors")
+    save_file({k: sd[k] for k in names[10:]}, tmp_path / "b.safetensors")
+    index = index_with(tmp_path, {k: "a.safetensors" if i < 10 else "b.safetensors" for i, k in enumerate(names)})
+    first, _ = run_pipeline(f"source.path={index}", "mode=plan", run_dir=tmp_path / "r1")
+    sd[names[-1]] = sd[names[-1]] + 1
+    save_file({k: sd[k] for k in names[10:]}, tmp_path / "b.safetensors")  # only a shard changes
+    second, _ = run_pipeline(f"source.path={index}", "mode=plan", run_dir=tmp_path / "r2")
+    assert first["source_sha256"] != second["source_sha256"]
+
+
+# --- pickles, bytes in messages, TorchScript -------------------------------------------------------------------
+
+@pytest.mark.parametrize("content", [b"\x80\x04\x95garbage-that-is-no-pickle\x0e\xff",
+                                     b"\x80\x02" + bytes(range(200)), b"\x80\x05\x8c\xff\xff\xff\xff"])
+def test_an_invalid_pickle_is_corrupt_not_untrusted(tmp_path, content):
+    path = tmp_path / "weights.pt"
+    path.write_bytes(content)
+    with pytest.raises(UserError) as e:
+        read_path(path)
+    msg = str(e.value)
+    assert "trust_pickle" not in msg and "corrupt" in msg
+    assert "\\x" not in msg and "garbage" not in msg  # no byte of the file is quoted
+
+
+def test_an_unknown_format_is_named_without_quoting_its_bytes(tmp_path):
+    path = tmp_path / "model.bin"
+    path.write_bytes(b"\x1b[31mSECRET-BYTES" + b"\0" * 20)
+    with pytest.raises(UserError) as e:
+        read_path(path)
+    assert "not a checkpoint format" in str(e.value) and "SECRET" not in str(e.value)
+
+
+def test_torchscript_archives_are_a_source(run_pipeline, tmp_path, sd):
+    model = DigitsCNN(num_classes=5).eval()
+    model.load_state_dict(sd)
+    path = tmp_path / "traced.pt"
+    torch.jit.save(torch.jit.trace(model, torch.randn(2, 1, 8, 8)), path)
+    src = read_path(path)
+    assert src.format == "TorchScript archive" and torch.equal(src.get("block2.0.weight"), sd["block2.0.weight"])
+    out = inspect_cli(str(path))
+    assert out.returncode == 0 and "format: TorchScript archive" in out.stdout and "tensors: 20" in out.stdout
+    summary, run_dir = run_pipeline(f"source.path={path}", "mode=export")
+    assert summary["status"] == "exported"
+    assert torch.equal(load_file(run_dir / "model.safetensors")["block1.0.weight"], sd["block1.0.weight"])
+
+
+# --- what is not a regular file ---------------------------------------------------------------------------------
+
+def test_a_fifo_is_refused_at_once_instead_of_hanging(tmp_path):
+    fifo = tmp_path / "weights.safetensors"
+    os.mkfifo(fifo)
+    result: dict = {}
+
+    def go():
+        try:
+            read_path(fifo)
+        except UserError as e:
+            result["error"] = str(e)
+
+    t = threading.Thread(target=go, daemon=True)
+    t.start()
+    t.join(10)
+    assert not t.is_alive(), "reading a FIFO hung"
+    assert "is a FIFO (named pipe), not a file or folder" in result["error"]
+
+
+def test_a_device_is_refused(tmp_path):
+    with pytest.raises(UserError, match="is a character device"):
+        read_path(type(tmp_path)("/dev/zero"))
+
+
+def test_a_symlink_loop_gets_its_own_message(tmp_path):
+    (tmp_path / "a.pt").symlink_to(tmp_path / "b.pt")
+    (tmp_path / "b.pt").symlink_to(tmp_path / "a.pt")
+    with pytest.raises(UserError, match="is a symbolic link that loops"):
+        read_path(tmp_path / "a.pt")
+
+
+def test_a_300_character_name_gets_a_clear_message(tmp_path):
+    with pytest.raises(UserError, match=r"the path is too long for the filesystem .* a component of 300"):
+        read_path(tmp_path / ("x" * 300))
+
+
+def test_relative_paths_are_read_from_the_working_directory_and_the_message_says_so(tmp_path):
+    out = run_cli("source.path=some/where.pt", "mode=plan", f"hydra.run.dir={tmp_path}", cwd=tmp_path)
+    assert out.returncode == 2
+    assert f"no such file: {tmp_path}/some/where.pt (relative paths are read from {tmp_path})" in out.stdout
+    assert read_json(tmp_path / "summary.json")["status"] == "failed"
