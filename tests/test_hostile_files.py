@@ -200,3 +200,44 @@ def test_relative_paths_are_read_from_the_working_directory_and_the_message_says
     assert out.returncode == 2
     assert f"no such file: {tmp_path}/some/where.pt (relative paths are read from {tmp_path})" in out.stdout
     assert read_json(tmp_path / "summary.json")["status"] == "failed"
+
+
+# --- patterns that backtrack ----------------------------------------------------------------------------------
+
+SWIN = {f"layers.{i}.blocks.{j}.attn.relative_position_bias_table": (169, 3) for i in range(4) for j in range(2)}
+
+
+def test_the_swin_pattern_that_hangs_re_plans_at_once():
+    from helpers import make_plan
+
+    from transfer_pipeline.tensor_meta import TensorMeta
+
+    source = {k: TensorMeta(s) for k, s in SWIN.items()}
+    rules = [{"from": r"(\w+\.?)+\.weight", "to": r"x", "optional": True}]  # exponential in Python's re
+    plan = make_plan(source, dict(source), rules)
+    assert len(plan.entries) == len(source)
+
+
+@pytest.mark.parametrize("where", ["rule", "selector"])
+def test_a_pattern_that_still_backtracks_is_an_error_naming_the_rule_and_the_name(where):
+    from helpers import make_plan
+
+    from transfer_pipeline.tensor_meta import TensorMeta
+
+    name = "a" * 40  # (a|a)+b takes 2**40 steps on it
+    source = {name: TensorMeta((2,)), "w": TensorMeta((2,))}
+    target = dict(source)
+    if where == "rule":
+        with pytest.raises(UserError, match=r"mapping\.rules\[0\]\.from: the regex '\(a\|a\)\+b' took over .* to match "
+                                            rf"the name '{name}'"):
+            make_plan(source, target, [{"from": r"(a|a)+b", "to": "w"}])
+    else:
+        with pytest.raises(UserError, match=rf"mapping\.exclude: the regex '\(a\|a\)\+b' took over .* '{name}'"):
+            make_plan(source, target, exclude=["re:(a|a)+b"])
+
+
+def test_mode_plan_with_a_backtracking_selector_ends_with_a_message(tmp_path):
+    out = run_cli("mode=plan", "mapping.exclude=[\"re:(h|h)+(e|e)+(a|a)+(d|d)+z\"]", f"hydra.run.dir={tmp_path}",
+                  timeout=60)
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert "matches no parameter" in out.stdout or "took over" in out.stdout

@@ -7,29 +7,30 @@ everything below it, so `head` never selects `decode_head.weight`.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Sequence
 from fnmatch import fnmatchcase
 
 from .errors import UserError, did_you_mean
 from .names import module_prefixes
+from .patterns import compile_pattern, fullmatch
+from .patterns import error as pattern_error
 
 
-def matches(selector: str, name: str) -> bool:
+def matches(selector: str, name: str, where: str = "selector") -> bool:
     if selector.startswith("re:"):
-        return re.fullmatch(selector[3:], name) is not None
+        return fullmatch(compile_pattern(selector[3:]), name, where) is not None
     return fnmatchcase(name, selector) or fnmatchcase(name, selector + ".*")
 
 
-def select(selector: str, names: Iterable[str]) -> list[str]:
-    return [n for n in names if matches(selector, n)]
+def select(selector: str, names: Iterable[str], where: str = "selector") -> list[str]:
+    return [n for n in names if matches(selector, n, where)]
 
 
 def check_selector(selector: str, where: str) -> None:
     if selector.startswith("re:"):
         try:
-            re.compile(selector[3:])
-        except re.error as e:
+            compile_pattern(selector[3:])
+        except pattern_error as e:
             raise UserError(f"{where}: selector {selector!r} is not a valid regex: {e}.") from None
 
 
@@ -38,7 +39,7 @@ def select_all(selectors: Sequence[str], names: Sequence[str], where: str) -> li
     chosen: set[str] = set()
     for sel in selectors:
         check_selector(sel, where)
-        hit = select(sel, names)
+        hit = select(sel, names, where)
         if not hit:
             hint = did_you_mean(sel, module_prefixes(names) + list(names))
             raise UserError(f"{where}: selector {sel!r} matches no parameter.{hint}")

@@ -10,7 +10,6 @@ match the rest by name, optionally pair what is left by module order and shape
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,6 +20,7 @@ from .prefixes import choose as choose_prefix
 from .prefixes import nothing_loaded_error
 from .op_specs import plan_op
 from .rules import Rule, apply_rules, group_outputs, match_rule, parse_rules  # noqa: F401 (apply_rules, parse_rules: re-exported)
+from ..patterns import Match
 from ..schema import MappingConfig, SourceConfig
 from ..selectors import check_selector, select, select_all
 from ..tensor_meta import TensorMeta, dtype_kind
@@ -93,7 +93,7 @@ def plan_load(source: Mapping[str, TensorMeta], target: Mapping[str, TensorMeta]
     mapped: dict[str, str] = {}  # target -> source, by name or by a rename rule
     rule_of: dict[str, int] = {}  # target -> the rename rule that mapped it
     renamed: dict[str, str] = {}
-    claims: dict[int, list[tuple[str, str, int, re.Match]]] = {}  # op rule -> the source tensors it matched
+    claims: dict[int, list[tuple[str, str, int, Match]]] = {}  # op rule -> the source tensors it matched
     unclaimed: list[str] = []  # source tensors no rule matched and no target name matches (for mapping.auto)
     for name in source:
         short = prefix.apply(name)
@@ -211,7 +211,7 @@ def _claim(writers: dict[str, tuple[tuple[str, ...], int | None]], target: str, 
     writers[target] = (sources, rule)
 
 
-def _plan_op_rules(rules: Sequence[Rule], claims: Mapping[int, Sequence[tuple[str, str, int, re.Match]]],
+def _plan_op_rules(rules: Sequence[Rule], claims: Mapping[int, Sequence[tuple[str, str, int, Match]]],
                    source: Mapping[str, TensorMeta], target: Mapping[str, TensorMeta], excluded: set[str],
                    writers: dict[str, tuple[tuple[str, ...], int | None]]) -> dict[str, LoadEntry]:
     """The entries of the rules that transform tensors (concat, split ...), shapes checked: target -> entry."""

@@ -9,12 +9,13 @@ errors name the rule (`mapping.rules[2].sizes`).
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from ..errors import UserError
+from ..patterns import Match, Pattern, compile_pattern, fullmatch
+from ..patterns import error as pattern_error
 from .op_specs import OPS, OpSpec, _is_list
 
 RULE_KEYS = {"from", "to", "op", "optional"} | {k for spec in OPS.values() for k in spec.keys}
@@ -22,11 +23,11 @@ RULE_KEYS = {"from", "to", "op", "optional"} | {k for spec in OPS.values() for k
 
 @dataclass(frozen=True)
 class Rule:
-    pattern: re.Pattern  # the first (for concat: of several) `from` regex
+    pattern: Pattern  # the first (for concat: of several) `from` regex
     to: str  # the first (for split: of several) `to` template
     optional: bool = False
     op: str = "rename"
-    patterns: tuple[re.Pattern, ...] = ()  # every `from` regex (concat: one per part, in order)
+    patterns: tuple[Pattern, ...] = ()  # every `from` regex (concat: one per part, in order)
     targets: tuple[str, ...] = ()  # every `to` template (split: one per part, in order)
     args: tuple[tuple[str, Any], ...] = ()  # the op's keys, checked, as sorted (key, value) pairs
     index: int = 0  # position in mapping.rules (for messages)
@@ -42,29 +43,29 @@ class Rule:
     def arg(self, key: str) -> Any:
         return dict(self.args).get(key, self.spec.keys[key].default if key in self.spec.keys else None)
 
-    def match(self, name: str) -> tuple[int, re.Match] | None:
+    def match(self, name: str) -> tuple[int, Match] | None:
         """(which `from` pattern, its match) for the first pattern that matches all of `name`."""
         for j, p in enumerate(self.patterns or (self.pattern,)):
-            m = p.fullmatch(name)
+            m = fullmatch(p, name, f"{self.where}.from")
             if m:
                 return j, m
         return None
 
-    def expand(self, template: str, m: re.Match, name: str) -> str:
+    def expand(self, template: str, m: Match, name: str) -> str:
         try:
             return m.expand(template)
-        except (re.error, IndexError) as e:
+        except (pattern_error, IndexError) as e:
             raise UserError(f"{self.where}.to: {template!r} cannot be filled from {name!r}: {e}.") from None
 
 
 # --- parsing -----------------------------------------------------------------------------------------
 
-def _compile(p: Any, where: str) -> re.Pattern:
+def _compile(p: Any, where: str) -> Pattern:
     if not isinstance(p, str):
         raise UserError(f"{where}: expected a regex string, got {p!r}.")
     try:
-        return re.compile(p)
-    except re.error as e:
+        return compile_pattern(p)
+    except pattern_error as e:
         raise UserError(f"{where}: {p!r} is not a valid regex: {e}.") from None
 
 
@@ -122,7 +123,7 @@ def parse_rules(raw: Sequence[Mapping[str, Any]]) -> list[Rule]:
     return rules
 
 
-def match_rule(name: str, rules: Sequence[Rule]) -> tuple[int, int, re.Match] | None:
+def match_rule(name: str, rules: Sequence[Rule]) -> tuple[int, int, Match] | None:
     """(rule index, pattern index, match) of the first rule that matches `name`."""
     for i, rule in enumerate(rules):
         hit = rule.match(name)
@@ -151,14 +152,14 @@ class Output:
     part: int = 0
 
 
-def group_outputs(rule: Rule, claims: Sequence[tuple[str, str, int, re.Match]]) -> list[Output]:
+def group_outputs(rule: Rule, claims: Sequence[tuple[str, str, int, Match]]) -> list[Output]:
     """The targets `rule` writes from the source tensors it matched: (stored name, stripped name, pattern, match)."""
     if rule.op == "split":
         return [Output((name,), rule.expand(t, m, short), k)
                 for name, short, _, m in claims for k, t in enumerate(rule.targets)]
     if rule.op != "concat":
         return [Output((name,), rule.expand(rule.to, m, short)) for name, short, _, m in claims]
-    groups: dict[tuple, dict[int, tuple[str, str, re.Match]]] = {}
+    groups: dict[tuple, dict[int, tuple[str, str, Match]]] = {}
     for name, short, j, m in claims:
         parts = groups.setdefault(m.groups(), {})
         if j in parts:
