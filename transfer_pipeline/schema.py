@@ -328,6 +328,7 @@ class DataConfig:
     num_samples: int = 512  # synthetic only
     num_classes: int = 5  # synthetic only
     num_workers: int = 0
+    skip_bad_images: bool = False  # image_folder: leave out files that cannot be decoded (counted) instead of failing
 
     def __post_init__(self) -> None:
         check_count("data.image_size", self.image_size, 1, MAX_IMAGE_SIZE,

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
+from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from ..errors import UserError
 from ..schema import DataConfig
@@ -86,41 +86,40 @@ def synthetic(cfg: DataConfig, seed: int) -> DataBundle:
 
 
 def image_folder(cfg: DataConfig, seed: int) -> DataBundle:
-    """torchvision ImageFolder on data.root: `root/train` + `root/val` if present, else one folder split."""
-    from torchvision import datasets, transforms
+    """Image files under data.root: `root/train` + `root/val` if present, else one folder split (image_files.py)."""
+    from torchvision import transforms
+
+    from ..paths import check_path, resolve_path
+    from .image_files import ImageFiles, check_images, list_images
 
     if cfg.root is None:
         raise UserError("data.root: image_folder needs a folder of class folders (data.root=/path/to/images).")
-    root = Path(cfg.root).expanduser()
-    if not root.is_dir():
-        raise UserError(f"data.root: no such folder: {root.resolve()}.")
-    mean, std = _norm(cfg, IMAGENET_MEAN if cfg.channels == 3 else [0.5], IMAGENET_STD if cfg.channels == 3 else [0.5])
-    common = [transforms.Resize(cfg.image_size), transforms.CenterCrop(cfg.image_size)]
-    if cfg.channels == 1:
-        common.insert(0, transforms.Grayscale(1))
-    tail = [transforms.ToTensor(), transforms.Normalize(mean.flatten().tolist(), std.flatten().tolist())]
-    train_tf = transforms.Compose(common + [transforms.RandomHorizontalFlip()] + tail)
-    val_tf = transforms.Compose(common + tail)
-
-    def load(folder: Path, tf: Callable) -> datasets.ImageFolder:
-        try:
-            return datasets.ImageFolder(str(folder), transform=tf)
-        except (FileNotFoundError, RuntimeError) as e:
-            raise UserError(f"data.root: {folder} is not a folder of class folders with images ({e}).") from None
-
-    if (root / "train").is_dir() and (root / "val").is_dir():
-        train_ds, val_ds = load(root / "train", train_tf), load(root / "val", val_tf)
-        if train_ds.classes != val_ds.classes:
-            raise UserError(f"data.root: {root}/train and {root}/val have different class folders.")
-    else:
-        train_ds, val_ds = load(root, train_tf), load(root, val_tf)
-        train_idx, val_idx = _split(torch.tensor(train_ds.targets), cfg.val_fraction, seed)
-        train_ds, val_ds = Subset(train_ds, train_idx), Subset(val_ds, val_idx)
-    classes = (train_ds.dataset if isinstance(train_ds, Subset) else train_ds).classes
     if cfg.classes is not None:
         raise UserError("data.classes: choosing classes is for digits; for image_folder keep only the class "
                         "folders you want under data.root.")
-    return DataBundle(train_ds, val_ds, list(classes))
+    root = resolve_path(cfg.root, "data.root")
+    check_path(root, "data.root", "dir", cfg.root)
+    mean, std = _norm(cfg, IMAGENET_MEAN if cfg.channels == 3 else [0.5], IMAGENET_STD if cfg.channels == 3 else [0.5])
+    common = [transforms.Resize(cfg.image_size), transforms.CenterCrop(cfg.image_size)]
+    tail = [transforms.ToTensor(), transforms.Normalize(mean.flatten().tolist(), std.flatten().tolist())]
+    train_tf = transforms.Compose(common + [transforms.RandomHorizontalFlip()] + tail)
+    val_tf = transforms.Compose(common + tail)
+    mode = "L" if cfg.channels == 1 else "RGB"
+
+    def load(folder: Path) -> tuple[list[str], list]:
+        classes, samples = list_images(folder)
+        return classes, check_images(samples, cfg.skip_bad_images, "data.root")
+
+    if (root / "train").is_dir() and (root / "val").is_dir():
+        (classes, train), (val_classes, val) = load(root / "train"), load(root / "val")
+        if classes != val_classes:
+            raise UserError(f"data.root: {root}/train and {root}/val have different class folders "
+                            f"({sorted(set(classes) ^ set(val_classes))[:5]} in one only).")
+        return DataBundle(ImageFiles(train, classes, train_tf, mode), ImageFiles(val, classes, val_tf, mode), classes)
+    classes, samples = load(root)
+    train_idx, val_idx = _split(torch.tensor([c for _, c in samples]), cfg.val_fraction, seed, classes)
+    return DataBundle(ImageFiles([samples[i] for i in train_idx], classes, train_tf, mode),
+                      ImageFiles([samples[i] for i in val_idx], classes, val_tf, mode), classes)
 
 
 DATASETS: dict[str, Callable[[DataConfig, int], DataBundle]] = {
