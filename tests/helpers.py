@@ -113,3 +113,18 @@ def boom_after(steps: int = 3, num_classes: int = 5):
             return self.fc(x.flatten(1))
 
     return Boom()
+
+
+def tuple_model(num_classes: int = 5):
+    """A model that returns (logits, features), as many detection and HF-style models do."""
+    from torch import nn
+
+    class TupleOut(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(64, num_classes)
+
+        def forward(self, x):
+            return self.fc(x.flatten(1)), x
+
+    return TupleOut()

@@ -57,14 +57,15 @@ def test_locate_bare_name_is_unknown_module():
         locate("resnet18", "model")
 
 
-def test_locate_reraises_import_errors_inside_a_real_module(tmp_path, monkeypatch):
-    # a module that exists but whose own import is broken is a bug to show, not a typo to hint at
+def test_locate_reports_import_errors_inside_a_real_module_as_that_error(tmp_path, monkeypatch):
+    # a module that exists but whose own import is broken is that import error, not a typo to hint at
     pkg = tmp_path / "brokenpkg_for_test"
     pkg.mkdir()
     (pkg / "__init__.py").write_text("import a_dependency_that_is_not_installed_xyz\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    with pytest.raises(ModuleNotFoundError, match="a_dependency_that_is_not_installed_xyz"):
+    with pytest.raises(UserError, match="No module named 'a_dependency_that_is_not_installed_xyz'") as e:
         locate("brokenpkg_for_test.Model", "model")
+    assert "brokenpkg_for_test/__init__.py:1" in str(e.value) and "Closest" not in str(e.value)
 
 
 def test_locate_empty_target_is_user_error():
@@ -169,3 +170,69 @@ def test_build_model_non_module_result_is_error():
 def test_build_model_where_is_used():
     with pytest.raises(UserError, match=r"source\.model\._target_: builtins\.dict returned dict"):
         build_model({"_target_": "builtins.dict", "a": 1}, "source.model")
+
+
+# --- Hydra's instantiate semantics, our messages -----------------------------------------------------------------
+
+def test_positional_args_and_nested_nodes_in_lists_build_a_sequential():
+    node = {"_target_": "torch.nn.Sequential", "_args_": [
+        {"_target_": "torch.nn.Flatten"},
+        {"_target_": "torch.nn.Linear", "in_features": 64, "out_features": 8},
+        {"_target_": "torch.nn.ReLU"},
+        {"_target_": "torch.nn.Linear", "in_features": 8, "out_features": 5}]}
+    model = build_model(node)
+    assert isinstance(model, nn.Sequential) and [type(m).__name__ for m in model] == ["Flatten", "Linear", "ReLU", "Linear"]
+    assert model[3].out_features == 5
+
+
+def test_nested_nodes_inside_dicts_are_built_and_partial_returns_a_factory():
+    out = instantiate({"_target_": "builtins.dict", "layers": {"a": {"_target_": "torch.nn.Identity"}, "b": [1, 2]}}, "x")
+    assert isinstance(out["layers"]["a"], nn.Identity) and out["layers"]["b"] == [1, 2]
+    factory = instantiate({"_target_": "torch.nn.Linear", "_partial_": True, "in_features": 3}, "x")
+    assert factory(out_features=2).weight.shape == (2, 3)
+    raw = instantiate({"_target_": "builtins.dict", "_recursive_": False, "inner": {"_target_": "torch.nn.Identity"}}, "x")
+    assert raw["inner"] == {"_target_": "torch.nn.Identity"}
+
+
+def test_bad_positional_args_name_the_key():
+    with pytest.raises(UserError, match=r"model\._args_\[1\]\._target_: 'torch\.nn' has no 'Lineer'.*Linear"):
+        build_model({"_target_": "torch.nn.Sequential", "_args_": [{"_target_": "torch.nn.Flatten"},
+                                                                   {"_target_": "torch.nn.Lineer"}]})
+    with pytest.raises(UserError, match=r"model\._args_: a list of positional arguments"):
+        build_model({"_target_": "torch.nn.Sequential", "_args_": 3})
+
+
+def test_a_package_that_fails_to_import_is_reported_as_that_error(tmp_path, monkeypatch):
+    pkg = tmp_path / "brokenpkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("import math\nraise ValueError('half-configured install')\n")
+    (tmp_path / "needsdep.py").write_text("import not_installed_dependency_xyz\nclass Net: pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(UserError, match=r"'brokenpkg\.models\.Net': importing it failed with ValueError: half-configured install"):
+        locate("brokenpkg.models.Net", "model")
+    with pytest.raises(UserError, match=r"'needsdep\.Net': importing it failed with ModuleNotFoundError: No module named "
+                                        r"'not_installed_dependency_xyz'"):
+        locate("needsdep.Net", "model")
+
+
+def test_yaml_sequential_model_trains_end_to_end(run_pipeline):
+    summary, _ = run_pipeline("experiment=from_scratch", "model=tiny_mlp", "~model.in_features", "~model.hidden",
+                              "~model.num_classes", "model._target_=torch.nn.Sequential",
+                              "+model._args_=[{_target_: torch.nn.Flatten}, "
+                              "{_target_: torch.nn.Linear, in_features: 64, out_features: 5}]", "trainer.epochs=1")
+    assert summary["status"] == "completed"
+
+
+@pytest.mark.parametrize(("overrides", "match"), [
+    (("model.in_channels=3",), r"input of shape \(2, 1, 8, 8\).*data\.channels \(now 1; 3 for RGB models\)"),
+    (("data.image_size=4", "+model.widths=[16,32,64,64]"), r"data\.image_size \(now 4\)"),
+])
+def test_a_model_that_cannot_take_the_data_fails_on_the_first_batch_naming_the_keys(run_pipeline, overrides, match):
+    with pytest.raises(UserError, match=match):
+        run_pipeline("source=none", "mapping=default", "freeze=none", *overrides)
+
+
+def test_a_model_returning_a_tuple_is_told_what_is_needed(run_pipeline):
+    with pytest.raises(UserError, match=r"model: returns a tuple of 2, but training needs a tensor of logits"):
+        run_pipeline("experiment=from_scratch", "model=tiny_mlp", "~model.in_features", "~model.hidden",
+                     "~model.num_classes", "model._target_=helpers.tuple_model")

@@ -1,11 +1,13 @@
 """Build objects from `_target_` nodes (the target model, a source model) without Hydra.
 
-Our own small instantiate: it gives messages that name the config key, the bad `_target_`
-and the close names, which is what a person needs when a model name is misspelt.
+Our own small instantiate, with Hydra's semantics (`_args_`, nested nodes in lists and dicts,
+`_partial_`): it gives messages that name the config key, the bad `_target_` and the close
+names, which is what a person needs when a model name is misspelt.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
 import logging
@@ -26,14 +28,17 @@ def locate(path: str, where: str) -> Any:
         raise UserError(f"{where}._target_: {path!r} is not a dotted path; write e.g. torchvision.models.resnet18.")
     obj, i = None, len(parts)
     while i > 0:
+        module = ".".join(parts[:i])
         try:
-            obj = importlib.import_module(".".join(parts[:i]))
+            obj = importlib.import_module(module)
             break
         except ModuleNotFoundError as e:
-            # a module that exists but fails inside its own imports is a real error, not a typo
-            if e.name is None or not ".".join(parts[:i]).startswith(e.name):
-                raise
-            i -= 1
+            if e.name is not None and module.startswith(e.name):
+                i -= 1  # this prefix is not a module (yet): try a shorter one
+                continue
+            raise _import_failed(where, path, e) from None  # installed, but one of its own imports is missing
+        except Exception as e:  # noqa: BLE001 - the module exists and fails while importing: that is the error
+            raise _import_failed(where, path, e) from None
     if obj is None:
         raise UserError(f"{where}._target_: cannot import {path!r}: no module {parts[0]!r}. "
                         "Write the full dotted path, e.g. torchvision.models.resnet18.")
@@ -46,12 +51,37 @@ def locate(path: str, where: str) -> Any:
     return obj
 
 
-def instantiate(node: Mapping[str, Any], where: str) -> Any:
-    """Call `node['_target_']` with the other keys (nested `_target_` nodes built first)."""
+def _import_failed(where: str, target: str, e: BaseException) -> UserError:
+    """A module that is there but fails to import: say so with its own error (not 'no such module')."""
+    import traceback
+
+    frame = traceback.extract_tb(e.__traceback__)[-1] if e.__traceback__ else None
+    at = f" ({frame.filename}:{frame.lineno})" if frame else ""
+    return UserError(f"{where}._target_: {target!r}: importing it failed with {type(e).__name__}: {e}{at}. The "
+                     "module is there but raises while it is imported; fix that import (or install what it needs).")
+
+
+RESERVED = ("_target_", "_args_", "_partial_", "_convert_", "_recursive_")
+
+
+def instantiate(node: Any, where: str) -> Any:
+    """Hydra's instantiate semantics, with messages that name the config key.
+
+    `_target_` is called with the node's other keys as keyword arguments and `_args_` as
+    positional ones; nodes inside them (in dicts and lists too) are built first, depth first;
+    `_partial_: true` returns a `functools.partial` instead of calling.
+    """
     if not isinstance(node, Mapping) or "_target_" not in node:
         raise UserError(f"{where}: needs a '_target_' (e.g. torchvision.models.resnet18) and its arguments.")
-    kwargs = {k: (instantiate(v, f"{where}.{k}") if isinstance(v, Mapping) and "_target_" in v else v)
-              for k, v in node.items() if k != "_target_"}
+    args = node.get("_args_", [])
+    if not isinstance(args, (list, tuple)):
+        raise UserError(f"{where}._args_: a list of positional arguments, got {type(args).__name__}.")
+    build = _build if node.get("_recursive_", True) else (lambda v, w: v)  # `_recursive_: false`: children as given
+    args = [build(v, f"{where}._args_[{i}]") for i, v in enumerate(args)]
+    kwargs = {k: build(v, f"{where}.{k}") for k, v in node.items() if k not in RESERVED}
+    partial = node.get("_partial_", False)
+    if not isinstance(partial, bool):
+        raise UserError(f"{where}._partial_: true or false, got {partial!r}.")
     fn = locate(str(node["_target_"]), where)
     if not callable(fn):
         raise UserError(f"{where}._target_: {node['_target_']!r} is not callable.")
@@ -61,12 +91,25 @@ def instantiate(node: Mapping[str, Any], where: str) -> Any:
         sig = None
     if sig is not None:
         try:
-            sig.bind(**kwargs)
+            (sig.bind_partial if partial else sig.bind)(*args, **kwargs)
         except TypeError as e:
             params = [p for p in sig.parameters if p not in ("self", "args", "kwargs")]
             raise UserError(f"{where}: {node['_target_']} does not take these arguments ({e}). "
                             f"It takes: {', '.join(params) or 'nothing'}.") from None
-    return fn(**kwargs)
+    if partial:
+        return functools.partial(fn, *args, **kwargs)
+    return fn(*args, **kwargs)
+
+
+def _build(value: Any, where: str) -> Any:
+    """Nodes with a `_target_` anywhere inside dicts and lists are built; everything else is passed as it is."""
+    if isinstance(value, Mapping):
+        if "_target_" in value:
+            return instantiate(value, where)
+        return {k: _build(v, f"{where}.{k}") for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_build(v, f"{where}[{i}]") for i, v in enumerate(value))
+    return value
 
 
 def build_model(node: Mapping[str, Any], where: str = "model", meta: bool = False):

@@ -78,12 +78,26 @@ def evaluate(model: nn.Module, loader, device: torch.device, autocast: Callable[
 
 
 def check_output_size(model: nn.Module, loader, num_classes: int, device: torch.device) -> None:
+    """One forward pass on two validation samples: a model that cannot take the data fails here, with the keys to set."""
     x, _ = next(iter(loader))
+    x = x[:2].to(device)
     was_training = model.training
     model.eval()
-    with torch.no_grad():
-        out = model(x[:2].to(device))
-    model.train(was_training)
+    try:
+        with torch.no_grad():
+            out = model(x)
+    except (RuntimeError, ValueError, TypeError, IndexError) as e:
+        first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+        raise UserError(f"model: the model cannot take the data's batches: input of shape {tuple(x.shape)} "
+                        f"[batch, channels, height, width] gave {type(e).__name__}: {first}. Make the data fit the "
+                        f"model: data.channels (now {x.shape[1]}; 3 for RGB models), data.image_size (now "
+                        f"{x.shape[-1]}), or the model's input arguments (e.g. model.in_channels).") from None
+    finally:
+        model.train(was_training)
+    if not isinstance(out, torch.Tensor):
+        kind = f"a {type(out).__name__}" + (f" of {len(out)}" if isinstance(out, (tuple, list, dict)) else "")
+        raise UserError(f"model: returns {kind}, but training needs a tensor of logits [batch, classes]. Wrap the "
+                        "model so that forward() returns the logits (e.g. out[0] or out.logits).")
     if out.ndim != 2 or out.shape[1] != num_classes:
         raise UserError(f"model: outputs shape {tuple(out.shape)} for a batch of 2, but the data has {num_classes} "
                         f"classes. Set the model's class count (e.g. model.num_classes={num_classes}).")
