@@ -13,7 +13,8 @@ from transfer_pipeline.mapping.report import format_plan, report_dict
 from transfer_pipeline.tables import format_table
 
 PUBLIC_KEYS = {"loaded", "missing", "unexpected", "mismatched", "renamed", "loaded_fraction"}
-ALL_KEYS = PUBLIC_KEYS | {"source", "target", "stripped_prefix", "excluded", "rule_hits", "entries"}
+ALL_KEYS = PUBLIC_KEYS | {"source", "target", "stripped_prefix", "excluded", "rule_hits", "entries", "kept", "tied",
+                          "warnings", "loaded_tensors_fraction"}
 
 
 def M(*shape: int) -> TensorMeta:
@@ -166,3 +167,67 @@ def test_format_table_aligns_columns():
     starts = {ln.index(tok) for ln, tok in zip(lines[2:], ["1", "22"])}
     assert len(starts) == 1
     assert lines[0].index("long header") in starts
+
+
+# --- what names and shapes alone do not tell ---------------------------------------------------------------------
+
+class Tied(__import__("torch").nn.Module):
+    """An embedding and an output layer that share one weight (as language models tie them)."""
+
+    def __init__(self) -> None:
+        import torch
+
+        super().__init__()
+        self.embed = torch.nn.Embedding(10, 4)
+        self.out = torch.nn.Linear(4, 10, bias=False)
+        self.out.weight = self.embed.weight
+        self.register_buffer("positions", torch.arange(10))  # filled by the constructor
+
+
+def test_a_tied_weight_loaded_under_one_name_is_loaded_under_both():
+    import transfer_pipeline as tp
+
+    src = Tied()
+    report = tp.load_weights(Tied(), {"embed.weight": src.embed.weight.detach()}, expect={"missing": []})
+    assert report.missing == ["positions"] and report.plan.tied == {"out.weight": "embed.weight"}
+    assert report.loaded_fraction == 80 / 90  # both names' elements count; the buffer's do not
+    assert report.plan.kept == ["positions"]
+    text = str(report)
+    rows = {line.split()[0]: line for line in text.splitlines()[3:-1]}
+    assert rows["out"].endswith("1/1     loaded (1 tied)") and rows["positions"].endswith("kept from the constructor")
+    assert "fresh init" not in text
+
+
+def test_unloaded_batchnorm_statistics_are_a_warning_in_the_plan():
+    import torch
+
+    import transfer_pipeline as tp
+    from transfer_pipeline.models import DigitsCNN
+
+    sd = {k: v for k, v in DigitsCNN().state_dict().items() if "running" not in k}  # an old export without stats
+    report = tp.plan_weights(DigitsCNN(), sd)
+    assert len(report.plan.warnings) == 3
+    assert report.plan.warnings[0].startswith("BatchNorm stem.1: its weights load but its running statistics "
+                                              "(running_mean, running_var) do not")
+    assert "  warning: BatchNorm block1.1" in str(report)
+    assert report.to_dict()["warnings"] == report.plan.warnings
+    assert not tp.plan_weights(DigitsCNN(), DigitsCNN().state_dict()).plan.warnings
+    del torch
+
+
+def test_long_lists_are_shortened_on_the_terminal_and_kept_whole_in_json():
+    from transfer_pipeline.mapping.report import format_plan
+
+    n = 1152
+    source = {"head.weight": M(n, 4)}
+    target = {"head.weight": M(n, 4)}
+    rules = [{"from": r"head\.weight", "to": "head.weight", "op": "select", "indices": list(range(n))[::-1]}]
+    plan = make_plan(source, target, rules)
+    text = format_plan(plan, target, "x")
+    assert "indices=[1151, 1150, 1149, 1148, 1147, 1146, 1145, 1144, ... (1152 in all)]" in text
+    assert max(len(line) for line in text.splitlines()) < 200
+    assert len(report_dict(plan, "x", "T")["entries"][0]["ops"][0]["indices"]) == n
+    many = {f"a{i}.weight": M(i + 1) for i in range(300)}
+    plan = make_plan(many, {f"b{i}.weight": M(i + 1) for i in range(300)}, auto="shape_order")
+    text = format_plan(plan, {f"b{i}.weight": M(i + 1) for i in range(300)}, "x")
+    assert "... (+280 more pairs: load_report.json lists them all)" in text and len(plan.auto_pairs) == 300

@@ -25,6 +25,7 @@ from .mapping.apply import (
     assign_weights,
     check_values,
     copy_weights,
+    describe_target,
     is_on_meta,
     target_dtypes,
     target_meta,
@@ -68,7 +69,7 @@ def plan_report(model: nn.Module, weights: SourceWeights | None, mapping: Mappin
     """
     target = target_meta(model)
     weights = choose_nested(weights, target) if weights is not None else None
-    plan = plan_load(weights.meta if weights else {}, target, mapping, prefixes)
+    plan = plan_load(weights.meta if weights else {}, target, mapping, prefixes, describe_target(model))
     report = LoadReport(plan, target, weights.meta if weights else None, weights.description if weights else None,
                         type(model).__name__, list(weights.notes) if weights else [])
     return report, weights

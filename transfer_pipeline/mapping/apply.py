@@ -25,7 +25,7 @@ from torch import nn
 from ..errors import UserError
 from ..names import join_name, parents, split_name
 from ..tensor_meta import TensorMeta, meta_of
-from .plan import LoadPlan
+from .plan import LoadPlan, TargetInfo
 from .op_kernels import apply_op
 from ..sources.read import SourceWeights
 
@@ -39,6 +39,23 @@ class CannotInitialise(Exception):
 def target_meta(model: nn.Module) -> dict[str, TensorMeta]:
     """Names, shapes and dtypes of everything a state dict of `model` holds (params + buffers; meta is fine)."""
     return meta_of(model.state_dict(keep_vars=True))
+
+
+def describe_target(model: nn.Module) -> TargetInfo:
+    """What the plan needs beyond names and shapes: buffers, tied names, BatchNorm layers (meta models too)."""
+    state = model.state_dict(keep_vars=True)
+    buffers = frozenset(n for n, _ in model.named_buffers(remove_duplicate=False) if n in state)
+    by_tensor: dict[int, list[str]] = {}
+    for name, tensor in state.items():
+        by_tensor.setdefault(id(tensor), []).append(name)
+    aliases = tuple(tuple(names) for names in by_tensor.values() if len(names) > 1)
+    batchnorm = []
+    for name, module in model.named_modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            affine = tuple(join_name(name, p) for p, _ in module.named_parameters(recurse=False))
+            stats = tuple(join_name(name, b) for b, _ in module.named_buffers(recurse=False) if join_name(name, b) in state)
+            batchnorm.append((name, affine, stats))
+    return TargetInfo(buffers, aliases, tuple(batchnorm))
 
 
 def is_on_meta(model: nn.Module) -> bool:

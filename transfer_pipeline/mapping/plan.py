@@ -9,7 +9,6 @@ match the rest by name, optionally pair what is left by module order and shape
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,6 +43,15 @@ class LoadEntry:
         return self.sources[0]
 
 
+@dataclass(frozen=True)
+class TargetInfo:
+    """What names and shapes do not say about the target: which are buffers, which share a tensor, BN layers."""
+
+    buffers: frozenset[str] = frozenset()  # persistent buffers (their constructor values stand when not loaded)
+    aliases: tuple[tuple[str, ...], ...] = ()  # groups of names of one tensor (tied weights, reused modules)
+    batchnorm: tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...] = ()  # (layer, affine names, statistics names)
+
+
 @dataclass
 class LoadPlan:
     entries: list[LoadEntry]
@@ -58,10 +66,13 @@ class LoadPlan:
     auto_pairs: dict[str, str] = field(default_factory=dict)  # source -> target paired by mapping.auto
     notes: list[str] = field(default_factory=list)  # e.g. ambiguous shapes mapping.auto refused to pair
     added_prefix: str = ""  # put in front of source names after stripping (a prefix swap); '' when none
+    tied: dict[str, str] = field(default_factory=dict)  # target name -> the loaded name it shares its tensor with
+    kept: list[str] = field(default_factory=list)  # unloaded buffers: they keep what the model's constructor gave them
+    warnings: list[str] = field(default_factory=list)  # e.g. BatchNorm statistics left unloaded
 
     @property
     def loaded(self) -> list[str]:
-        return [e.target for e in self.entries]
+        return [e.target for e in self.entries] + list(self.tied)
 
     @property
     def prefix(self) -> PrefixChoice:
@@ -74,12 +85,15 @@ def _renamer(rules: Sequence[Rule]):
 
 
 def plan_load(source: Mapping[str, TensorMeta], target: Mapping[str, TensorMeta],
-              mapping: MappingConfig | None = None, prefixes: SourceConfig | None = None) -> LoadPlan:
+              mapping: MappingConfig | None = None, prefixes: SourceConfig | None = None,
+              info: TargetInfo | None = None) -> LoadPlan:
     """Plan the load of `source` into `target` (both {name: TensorMeta}).
 
     `mapping`: the `mapping.*` keys (rules, exclude, on_mismatch, auto); `prefixes`: the
     `source.*` node, of which `strip_prefixes` / `add_prefix` are read. Defaults: the schema's.
     `mapping.expect` is checked separately (`check_expectations`), after the plan is shown.
+    `info` (from the model: mapping.apply.describe_target) makes tied names count as loaded,
+    unloaded buffers as kept from the constructor, and warns about unloaded BatchNorm statistics.
     """
     mapping = mapping or MappingConfig()
     prefixes = prefixes or SourceConfig()
@@ -177,6 +191,8 @@ def plan_load(source: Mapping[str, TensorMeta], target: Mapping[str, TensorMeta]
                         "mapping.exclude), or set source.allow_lossy_cast=true if the cast is what you want.")
 
     loaded = {e.target for e in entries}
+    tied, kept, warnings = _target_facts(info or TargetInfo(), loaded, excluded, target)
+    loaded |= set(tied)
     total = sum(m.numel for m in target.values())
     return LoadPlan(
         entries=entries,
@@ -186,12 +202,34 @@ def plan_load(source: Mapping[str, TensorMeta], target: Mapping[str, TensorMeta]
         renamed=renamed,
         excluded=[t for t in target if t in excluded],
         stripped_prefix=prefix.stripped,
-        loaded_fraction=(sum(math.prod(e.shape) for e in entries) / total) if total else 0.0,
+        loaded_fraction=(sum(target[t].numel for t in loaded) / total) if total else 0.0,
         rule_hits=hits,
         auto_pairs=auto_pairs,
         notes=notes,
         added_prefix=prefix.add,
+        tied=tied,
+        kept=kept,
+        warnings=warnings,
     )
+
+
+def _target_facts(info: TargetInfo, loaded: set[str], excluded: set[str],
+                  target: Mapping[str, TensorMeta]) -> tuple[dict[str, str], list[str], list[str]]:
+    """(tied: name -> its loaded alias, kept: unloaded buffers, warnings) for the plan."""
+    tied = {}
+    for names in info.aliases:
+        source = next((n for n in names if n in loaded), None)
+        if source is not None:
+            tied.update({n: source for n in names if n not in loaded and n in target})
+    kept = [t for t in target if t in info.buffers and t not in loaded and t not in tied]
+    warnings = []
+    for layer, affine, stats in info.batchnorm:
+        left = [s for s in stats if s not in loaded and s.rsplit(".", 1)[-1] != "num_batches_tracked"]
+        if left and any(a in loaded for a in affine) and not any(s in excluded for s in left):
+            warnings.append(f"BatchNorm {layer or '<root>'}: its weights load but its running statistics "
+                            f"({', '.join(s.rsplit('.', 1)[-1] for s in left)}) do not: they keep the constructor's "
+                            "0/1, so the model will not behave like the source until they are trained or loaded")
+    return tied, kept, warnings
 
 
 def _claim(writers: dict[str, tuple[tuple[str, ...], int | None]], target: str, sources: tuple[str, ...],
@@ -278,8 +316,8 @@ def check_expectations(plan: LoadPlan, missing: Sequence[str] | None, min_loaded
         raise nothing_loaded_error(source, target or {}, plan.prefix, len(plan.mismatched))
     if plan.loaded_fraction + 1e-12 < min_loaded:
         raise UserError(f"mapping.expect.min_loaded={min_loaded}: only {plan.loaded_fraction:.1%} of the target's "
-                        f"elements were loaded ({len(plan.entries)} tensors; {len(plan.missing)} missing, "
-                        f"e.g. {', '.join(plan.missing[:5])}).")
+                        f"elements were loaded ({len(plan.loaded)} of {len(plan.loaded) + len(plan.missing)} tensors; "
+                        f"missing e.g. {', '.join(plan.missing[:5])}).")
     if missing is None:
         return
     allowed: set[str] = set()
@@ -291,7 +329,8 @@ def check_expectations(plan: LoadPlan, missing: Sequence[str] | None, min_loaded
                             f"target tensor matches it (it loaded, or names no parameter). Unloaded: "
                             f"{', '.join(plan.missing[:8]) or 'none'}.")
         allowed.update(hit)
-    surprise = [t for t in plan.missing if t not in allowed]
+    kept = set(plan.kept)  # constructor-filled buffers are not a lost load: the report says "kept"
+    surprise = [t for t in plan.missing if t not in allowed and t not in kept]
     if surprise:
         raise UserError(f"mapping.expect.missing: {len(surprise)} target tensor(s) were not loaded but are not "
                         f"declared missing: {', '.join(surprise[:10])}. Fix the mapping (rules, prefixes) or add "

@@ -26,6 +26,10 @@ def report_dict(plan: LoadPlan, source_description: str | None, target_name: str
         "renamed": plan.renamed,
         "excluded": plan.excluded,
         "loaded_fraction": plan.loaded_fraction,
+        "loaded_tensors_fraction": len(plan.loaded) / max(len(plan.loaded) + len(plan.missing), 1),
+        "kept": plan.kept,  # unloaded buffers: their constructor values stand (they are in `missing` too)
+        "tied": plan.tied,  # target -> the loaded name whose tensor it shares
+        "warnings": plan.warnings,
         "rule_hits": plan.rule_hits,
         "entries": [entry_dict(e, e.target in plan.auto_pairs.values()) for e in plan.entries],
         # only when the prefix step added one (a swap 'encoder.' -> 'backbone.', or a target-only prefix)
@@ -50,12 +54,14 @@ def _op_label(entry: LoadEntry, auto_targets: set[str]) -> str | None:
 
 
 def _status(r: list[int], ops: dict[str, int]) -> str:
-    """r: tensors, loaded, mismatched, excluded, new; ops: how many loaded tensors each op made."""
+    """r: tensors, loaded, mismatched, excluded, new, kept; ops: how many loaded tensors each op made."""
     detail = f" ({', '.join(f'{n} {op}' for op, n in ops.items())})" if ops else ""
     if r[1] == r[0]:
         return "loaded" + detail
     parts = [f"{n} {what}" for n, what in ((r[2], "shape mismatch, skipped"), (r[3], "excluded"),
-                                           (r[4], "not in source")) if n]
+                                           (r[4], "not in source"), (r[5], "kept from the constructor")) if n]
+    if r[5] and r[5] + r[1] == r[0]:
+        return ("partly loaded" + detail + ": " if r[1] else "") + ", ".join(parts)
     return ("partly loaded" + detail + ": " if r[1] else "fresh init: ") + ", ".join(parts)
 
 
@@ -64,7 +70,7 @@ def _tree_rows(names: Sequence[str], kind: Mapping[str, int], ops: Mapping[str, 
     rows: list[list[str]] = []
 
     def visit(label: str, members: list[str], depth: int) -> None:
-        r, op_counts = [len(members), 0, 0, 0, 0], {}
+        r, op_counts = [len(members), 0, 0, 0, 0, 0], {}
         for n in members:
             r[kind[n]] += 1
             if n in ops:
@@ -90,7 +96,7 @@ def _rule_lines(plan: LoadPlan) -> list[str]:
     for i, hits in enumerate(plan.rule_hits):
         es = by_rule.get(i, [])
         op = es[0].op if es else ""
-        args = " ".join(f"{k}={_plain(v)}" for k, v in es[0].args if k != "index") if es else ""
+        args = " ".join(f"{k}={_short(v)}" for k, v in es[0].args if k != "index") if es else ""
         head = f"  rules[{i}]{' ' + op if op and op != 'copy' else ' rename' if es else ''}{' ' + args if args else ''}"
         text = f"{head}: {hits} source tensor(s) -> {len(es)} target(s)"
         if es:
@@ -107,10 +113,13 @@ def format_plan(plan: LoadPlan, target: Mapping[str, TensorMeta], source_descrip
     differently): what loaded, by which op, what did not and why; then what each rule did."""
     loaded, mismatched = set(plan.loaded), {m["target"] for m in plan.mismatched}
     excluded = set(plan.excluded)
-    # 1 loaded, 2 mismatched, 3 excluded, 4 new (the index into the counts of _status)
-    kind = {n: 1 if n in loaded else 2 if n in mismatched else 3 if n in excluded else 4 for n in target}
+    kept = set(plan.kept)
+    # 1 loaded, 2 mismatched, 3 excluded, 4 new, 5 kept (the index into the counts of _status)
+    kind = {n: 1 if n in loaded else 2 if n in mismatched else 3 if n in excluded else 5 if n in kept else 4
+            for n in target}
     auto_targets = set(plan.auto_pairs.values())
     ops = {e.target: op for e in plan.entries if (op := _op_label(e, auto_targets))}
+    ops.update({n: "tied" for n in plan.tied})
     table = format_table(["module", "loaded", "status"], _tree_rows(list(target), kind, ops))
     lines = [f"Load plan: {source_description or 'no source (architecture only)'}"]
     lines += [f"  note: {n}" for n in notes]
@@ -119,16 +128,36 @@ def format_plan(plan: LoadPlan, target: Mapping[str, TensorMeta], source_descrip
     lines += _rule_lines(plan)
     if plan.auto_pairs:
         lines.append(f"  mapping.auto=shape_order paired {len(plan.auto_pairs)} tensor(s) by module order and shape:")
-        lines += [f"    {s} -> {t} {tuple(target[t].shape)}" for s, t in plan.auto_pairs.items()]
-    lines += [f"  note: {n}" for n in plan.notes]
+        lines += _capped([f"    {s} -> {t} {tuple(target[t].shape)}" for s, t in plan.auto_pairs.items()], "pairs")
+    lines += _capped([f"  note: {n}" for n in plan.notes], "notes")
+    lines += [f"  warning: {w}" for w in plan.warnings]
     lines.append(table)
-    for m in plan.mismatched:
-        lines.append(f"  mismatch {m['target']}: source {tuple(m['source_shape'])} vs target {tuple(m['target_shape'])}")
+    lines += _capped([f"  mismatch {m['target']}: source {tuple(m['source_shape'])} vs target {tuple(m['target_shape'])}"
+                      for m in plan.mismatched], "mismatches")
     if plan.unexpected:
         more = f" (+{len(plan.unexpected) - 6} more)" if len(plan.unexpected) > 6 else ""
         lines.append(f"  unused source tensors {len(plan.unexpected)}: {', '.join(plan.unexpected[:6])}{more}")
-    lines.append(f"  loaded {len(plan.entries)}/{len(target)} tensors, {plan.loaded_fraction:.2%} of target elements")
+    n_loaded, n_all = len(plan.loaded), len(target)
+    lines.append(f"  loaded {n_loaded}/{n_all} tensors ({n_loaded / max(n_all, 1):.1%}), "
+                 f"{plan.loaded_fraction:.2%} of target elements")
     return "\n".join(lines)
+
+
+MAX_LINES = 20  # per list in the terminal; load_report.json keeps every one
+
+
+def _capped(lines: list[str], what: str) -> list[str]:
+    if len(lines) <= MAX_LINES:
+        return lines
+    return lines[:MAX_LINES] + [f"    ... (+{len(lines) - MAX_LINES} more {what}: load_report.json lists them all)"]
+
+
+def _short(value: Any, most: int = 8) -> Any:
+    """A long list as its first items and a count (1,152 `select` indices fit on no line)."""
+    v = _plain(value)
+    if isinstance(v, list) and len(v) > most:
+        return "[" + ", ".join(map(str, v[:most])) + f", ... ({len(v)} in all)]"
+    return v
 
 
 @dataclass
