@@ -234,3 +234,13 @@ def test_load_plan_text_and_report_show_the_swap():
     d = report_dict(plan, "file x", "Net")
     assert d["stripped_prefix"] == "encoder." and d["added_prefix"] == "backbone."
     assert "added_prefix" not in report_dict(make_plan(under("module.", cnn()), cnn()), "file x", "Net")
+
+
+def test_a_hint_to_pair_by_shape_always_comes_with_plan_and_expect():
+    e = nothing_loaded_error({"features.0.weight": M(4, 2)}, {"backbone.0.weight": M(4, 2)})
+    msg = str(e)
+    assert "mapping.auto=shape_order" in msg and "mode=plan" in msg and "mapping.expect" in msg
+    e = nothing_loaded_error({"a.w": M(1)}, {"b.w": M(3)})  # no shape in common: no such hint
+    assert "shape_order" not in str(e)
+    e = nothing_loaded_error({"w": M(2)}, {"w": M(3)}, mismatched=1)
+    assert "shape_order" not in str(e)

@@ -13,6 +13,7 @@ import random
 import signal
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -85,7 +86,7 @@ def run_job(load_config: Callable[[], RunConfig], run_dir: Path, origins: Config
     started = time.perf_counter()
     try:
         write_json(run_dir / "summary.json", summary)
-        with _signals_interrupt():
+        with _signals_interrupt(), _warnings_once():
             cfg = load_config()  # the schema's checks: a bad value ends here, recorded as failed
             summary["mode"] = cfg.mode.value
             state = Run(cfg, run_dir, summary)
@@ -122,6 +123,16 @@ def run_job(load_config: Callable[[], RunConfig], run_dir: Path, origins: Config
 
 def _now() -> str:
     return datetime.now(timezone.utc).astimezone().isoformat(timespec="seconds")
+
+
+@contextmanager
+def _warnings_once() -> Iterator[None]:
+    """Third-party deprecation warnings: once per message (not per call, epoch or sweep job), into run.log too."""
+    logging.captureWarnings(True)
+    with warnings.catch_warnings():
+        for category in (DeprecationWarning, FutureWarning, UserWarning):
+            warnings.filterwarnings("once", category=category)
+        yield
 
 
 @contextmanager

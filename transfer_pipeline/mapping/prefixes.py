@@ -195,8 +195,15 @@ def nothing_loaded_error(source: Mapping[str, Any], target: Mapping[str, Any], p
                "(mapping.on_mismatch=skip skipped them)")
     else:
         why = f"no source name matches a target name with the same shape ({step} after prefix detection)"
+    shapes = Counter(_shape(m) for m in target.values())
+    same_shapes = sum(1 for m in source.values() if shapes[_shape(m)])
+    # pairing by shape is only safe when a person checks the pairs and pins the result: say all three together
+    auto = (f" If the layers are the same in another naming ({same_shapes} source tensors have a shape the target "
+            "has), mapping.auto=shape_order pairs them by module order: check every pair with mode=plan first and "
+            "pin the result with mapping.expect (missing: [...], min_loaded: ...), since same-shaped layers can pair "
+            "wrongly.") if same_shapes and not mismatched else ""
     return UserError(
         f"The source loaded nothing into the target: {why}.\n{side_by_side(source, target)}\n"
         "Fix: point source.path at the right checkpoint (or source.key at the right nested dict), "
         "add mapping.rules renames like {from: 'features\\.(.*)', to: 'backbone.\\1'}, "
-        "or set source.strip_prefixes / source.add_prefix.")
+        f"or set source.strip_prefixes / source.add_prefix.{auto}")

@@ -11,6 +11,7 @@ anything else pickled (a whole nn.Module, custom classes) is refused unless
 from __future__ import annotations
 
 import pickle
+import warnings
 import re
 from collections import OrderedDict, defaultdict
 from collections.abc import Mapping
@@ -100,7 +101,9 @@ def torch_load(path: Path, trust_pickle: bool, zipped: bool = True) -> tuple[Any
     mmap = zipped
     for _ in range(64):  # one more safe global per round; checkpoints carry a handful
         try:
-            with torch.serialization.safe_globals(registered):
+            with torch.serialization.safe_globals(registered), warnings.catch_warnings():
+                # torch notes pickle protocols above 2 on every load; a failure is reported here anyway
+                warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
                 return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap), notes
         except pickle.UnpicklingError as e:
             msg = str(e)
