@@ -128,3 +128,21 @@ def tuple_model(num_classes: int = 5):
             return self.fc(x.flatten(1)), x
 
     return TupleOut()
+
+
+def warning_model(num_classes: int = 5):
+    """A model whose every forward warns, as a deprecated third-party call would."""
+    import warnings
+
+    from torch import nn
+
+    class Warns(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(64, num_classes)
+
+        def forward(self, x):
+            warnings.warn("thirdparty.old_call is deprecated", FutureWarning)
+            return self.fc(x.flatten(1))
+
+    return Warns()

@@ -292,3 +292,13 @@ def test_plan_mode_reads_no_tensor_data(run_pipeline, monkeypatch, no_tensor_rea
     monkeypatch.setattr(loading, "load_model", lambda *a, **k: pytest.fail("plan mode must not load tensors"))
     summary, run_dir = run_pipeline("mode=plan")
     assert summary["status"] == "planned" and len(read_json(run_dir / "load_report.json")["loaded"]) == 18
+
+
+def test_a_third_party_deprecation_warning_is_shown_once(run_pipeline, caplog):
+    import logging
+
+    with caplog.at_level(logging.WARNING):
+        summary, _ = run_pipeline("experiment=from_scratch", "model=tiny_mlp", "~model.in_features", "~model.hidden",
+                                  "model._target_=helpers.warning_model", "model.num_classes=5", "trainer.epochs=2")
+    assert summary["status"] == "completed"
+    assert sum("thirdparty.old_call is deprecated" in r.getMessage() for r in caplog.records) == 1

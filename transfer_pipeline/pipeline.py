@@ -125,14 +125,36 @@ def _now() -> str:
     return datetime.now(timezone.utc).astimezone().isoformat(timespec="seconds")
 
 
+class _OncePerMessage(logging.Filter):
+    """Lets each warning text through once, wherever it is raised (warnings' own "once" does not survive
+    the `catch_warnings` blocks libraries use inside)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        first = record.getMessage().split("\n", 1)[0]
+        key = first.split(": ", 1)[-1]  # 'path:line: FutureWarning: text' -> 'FutureWarning: text'
+        if key in self.seen:
+            return False
+        self.seen.add(key)
+        return True
+
+
 @contextmanager
 def _warnings_once() -> Iterator[None]:
-    """Third-party deprecation warnings: once per message (not per call, epoch or sweep job), into run.log too."""
+    """Warnings (third-party deprecations ...) go to the log (so run.log has them), each text once a run."""
+    logger = logging.getLogger("py.warnings")
+    once = _OncePerMessage()
     logging.captureWarnings(True)
-    with warnings.catch_warnings():
-        for category in (DeprecationWarning, FutureWarning, UserWarning):
-            warnings.filterwarnings("once", category=category)
-        yield
+    logger.addFilter(once)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("always")  # every occurrence reaches the filter, which keeps the first
+            yield
+    finally:
+        logger.removeFilter(once)
 
 
 @contextmanager
