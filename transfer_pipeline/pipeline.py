@@ -147,11 +147,15 @@ def _warnings_once() -> Iterator[None]:
     """Warnings (third-party deprecations ...) go to the log (so run.log has them), each text once a run."""
     logger = logging.getLogger("py.warnings")
     once = _OncePerMessage()
-    logging.captureWarnings(True)
+
+    def to_log(message: Any, category: Any, filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
+        logger.warning("%s", warnings.formatwarning(message, category, filename, lineno, line).rstrip())
+
     logger.addFilter(once)
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings():  # restores the filters and showwarning afterwards
             warnings.simplefilter("always")  # every occurrence reaches the filter, which keeps the first
+            warnings.showwarning = to_log
             yield
     finally:
         logger.removeFilter(once)
