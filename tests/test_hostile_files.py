@@ -241,3 +241,25 @@ def test_mode_plan_with_a_backtracking_selector_ends_with_a_message(tmp_path):
                   timeout=60)
     assert out.returncode == 2, out.stdout + out.stderr
     assert "matches no parameter" in out.stdout or "took over" in out.stdout
+
+
+def test_a_tiny_file_claiming_gigabytes_allocates_nothing(tmp_path):
+    import io
+    import struct
+
+    buf = io.BytesIO()
+    torch.save({"w": torch.zeros(4)}, buf, _use_new_zipfile_serialization=False)
+    data = buf.getvalue()
+    i = data.find(b"cpuq\x06K\x04")  # the storage's element count, 4, in the legacy format's pickle
+    assert i > 0
+    bomb = tmp_path / "bomb.pt"
+    bomb.write_bytes(data[:i] + b"cpuq\x06J" + struct.pack("<i", 2**31 - 1) + data[i + 8:])  # now 8 GiB of floats
+    code = ("import sys; from pathlib import Path; from transfer_pipeline.sources.read import read_path\n"
+            "def hwm():\n    return next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmHWM'))\n"
+            "import torch; before = hwm()\n"
+            "try:\n    read_path(Path(sys.argv[1]))\nexcept Exception as e:\n    print(type(e).__name__, e)\n"
+            "print('grew_kb', hwm() - before)")
+    out = subprocess.run([sys.executable, "-c", code, str(bomb)], capture_output=True, text=True, timeout=60)
+    assert "UserError" in out.stdout and "cannot read" in out.stdout, out.stdout + out.stderr
+    grew = int(out.stdout.rsplit("grew_kb", 1)[1])
+    assert grew < 100_000, f"peak memory grew by {grew} KB for a {bomb.stat().st_size}-byte file"
