@@ -31,10 +31,11 @@ def main(cfg: DictConfig) -> float | None:
 
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
+    overrides = tuple(hydra_cfg.overrides.task)
     origins = ConfigOrigins({g: c for g, c in hydra_cfg.runtime.choices.items() if not g.startswith("hydra/")},
-                            tuple(o.lstrip("+~").split("=", 1)[0] for o in hydra_cfg.overrides.task))
+                            tuple(o.lstrip("+~").split("=", 1)[0] for o in overrides), overrides)
     try:
-        summary = run_job(lambda: to_run_config(cfg), run_dir, origins)
+        summary = run_job(lambda: to_run_config(cfg), run_dir, origins, resume=cfg.trainer.resume is not None)
     except UserError:  # already logged, and recorded in summary.json
         if hydra_cfg.mode == RunMode.MULTIRUN:
             FAILED_JOBS.append(str(run_dir))
@@ -44,7 +45,7 @@ def main(cfg: DictConfig) -> float | None:
         sys.exit(128 + e.signum)
     except KeyboardInterrupt:
         sys.exit(130)
-    return summary.get("val_acc")  # what a sweeper optimises
+    return summary.get(f"best_{summary.get('monitor')}", summary.get("val_acc"))  # what a sweeper optimises: the best
 
 
 if __name__ == "__main__":

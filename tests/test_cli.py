@@ -13,7 +13,7 @@ def test_default_run_prints_load_table_and_progress_and_writes_the_run_folder(tm
     out = run_cli(f"hydra.run.dir={tmp_path}")
     assert out.returncode == 0, out.stdout + out.stderr
     assert "Load plan: file" in out.stdout and "head    0/2     fresh init: 2 excluded" in out.stdout
-    assert "epoch 5/5" in out.stdout and "Epoch 3: unfroze block2" in out.stdout
+    assert "epoch 6/6" in out.stdout and "epoch 1/6" in out.stdout and "Before epoch 4 (epoch: 3): unfroze block2" in out.stdout
     for name in RUN_FILES:
         assert (tmp_path / name).is_file(), name
     summary = read_json(tmp_path / "summary.json")

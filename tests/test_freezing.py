@@ -401,15 +401,15 @@ def test_refreeze_event_freezes_what_is_trainable(names):
     first, second = schedule(names, c, set(names), epochs=3)
     assert first.frozen == ("block2.0.weight", "block2.1.weight", "block2.1.bias") and first.names == ()
     assert second.names == first.frozen
-    assert first.describe() == "Epoch 1: froze block2 (3 tensors)"
-    assert second.describe() == "Epoch 2: unfroze block2 (3 tensors)"
+    assert first.describe() == "Before epoch 2 (epoch: 1): froze block2 (3 tensors)"
+    assert second.describe() == "Before epoch 3 (epoch: 2): unfroze block2 (3 tensors)"
 
 
 def test_freeze_and_unfreeze_in_one_event(names):
     c = ev_cfg({"epoch": 1, "freeze": ["block1"], "unfreeze": ["stem"]}, frozen=["stem"])
     (ev,) = schedule(names, c, start(names, c), epochs=2)
     assert set(ev.names) == under(names, "stem") and set(ev.frozen) == under(names, "block1")
-    assert ev.describe() == "Epoch 1: unfroze stem (3 tensors); froze block1 (3 tensors)"
+    assert ev.describe() == "Before epoch 2 (epoch: 1): unfroze stem (3 tensors); froze block1 (3 tensors)"
 
 
 def test_refreezing_what_is_frozen_warns(names, caplog):

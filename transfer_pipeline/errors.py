@@ -43,6 +43,7 @@ class ConfigOrigins:
 
     choices: Mapping[str, str | None] = field(default_factory=dict)  # config group -> chosen file ('mapping': 'new_head')
     overridden: tuple[str, ...] = ()  # keys set on the command line ('mapping.exclude', 'freeze')
+    overrides: tuple[str, ...] = ()  # the command-line overrides as typed ('mapping.exclude=[fc]')
 
     def hint(self, message: str) -> str:
         """For an error about a key that a digits-specific group file set: which file, and the generic switch."""

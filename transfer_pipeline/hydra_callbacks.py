@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from .errors import UserError
 
@@ -21,7 +21,8 @@ class RunFolderGuard(Callback):
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         from .training.run_folder import claim
 
-        _or_exit(lambda: claim(Path(config.hydra.run.dir)))
+        resume = OmegaConf.select(config, "trainer.resume") is not None
+        _or_exit(lambda: claim(Path(config.hydra.run.dir), resume))
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         sweep = Path(config.hydra.sweep.dir)

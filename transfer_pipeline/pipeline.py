@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import shlex
 import signal
 import threading
 import time
@@ -37,6 +38,17 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def make_deterministic() -> None:
+    """`trainer.deterministic`: the same config gives bitwise the same weights (on CPU; on CUDA as far
+    as torch's deterministic algorithms go, which raise where an op has none)."""
+    import torch
+
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it for deterministic matmuls
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+
+
 @dataclass
 class Run:
     """What the steps share: the inputs, then what each step made for the next."""
@@ -53,6 +65,8 @@ class Run:
     optimizer: Any = None
     data: Any = None  # training.data.DataBundle
     loaders: tuple = ()  # (train, val)
+    resume_state: Any = None  # a full-state checkpoint to continue from (trainer.resume)
+    signals: Any = None  # StopSignals: whether a Ctrl-C / SIGTERM asked the loop to stop
 
 
 class Interrupted(BaseException):
@@ -65,10 +79,11 @@ class Interrupted(BaseException):
 
 def run(cfg: RunConfig, run_dir: Path, origins: ConfigOrigins | None = None) -> dict[str, Any]:
     """Do what `cfg.mode` says; returns the summary (also written to summary.json)."""
-    return run_job(lambda: cfg, run_dir, origins)
+    return run_job(lambda: cfg, run_dir, origins, resume=cfg.trainer.resume is not None)
 
 
-def run_job(load_config: Callable[[], RunConfig], run_dir: Path, origins: ConfigOrigins | None = None) -> dict[str, Any]:
+def run_job(load_config: Callable[[], RunConfig], run_dir: Path, origins: ConfigOrigins | None = None,
+            resume: bool = False) -> dict[str, Any]:
     """Claim the run folder, then check the config (`load_config`) and run its mode's steps.
 
     However the run ends, summary.json says how: it is written as `running` (pid, start time)
@@ -81,43 +96,51 @@ def run_job(load_config: Callable[[], RunConfig], run_dir: Path, origins: Config
     from .training.run_folder import claim, release
 
     run_dir = Path(run_dir)
-    claim(run_dir)  # before anything is written: a folder in use or holding a run is refused untouched
+    claim(run_dir, resume)  # before anything is written: a folder in use or holding a run is refused untouched
     summary: dict[str, Any] = {"status": "running", "mode": None, "pid": os.getpid(), "started_at": _now()}
     started = time.perf_counter()
-    try:
-        write_json(run_dir / "summary.json", summary)
-        with _signals_interrupt(), _warnings_once():
-            cfg = load_config()  # the schema's checks: a bad value ends here, recorded as failed
-            summary["mode"] = cfg.mode.value
-            state = Run(cfg, run_dir, summary)
-            for step in STEPS[cfg.mode]:
-                step(state)
-    except UserError as e:
-        message = str(e) + (origins.hint(str(e)) if origins else "")
-        summary.update(status="failed", error_type="UserError", error=message)
-        log.error("error: %s", printable_text(message))
-        if message != str(e):
-            raise UserError(message) from None
-        raise
-    except (KeyboardInterrupt, Interrupted) as e:
-        summary.update(status="interrupted", error=f"interrupted by {e if isinstance(e, Interrupted) else 'SIGINT'}")
-        raise
-    except BaseException as e:
-        summary.update(status="failed", error_type=type(e).__name__, error=str(e))
-        log.exception("The run failed with an unexpected %s (a bug: please report it with this traceback)",
-                      type(e).__name__)
-        raise
-    finally:
-        summary["seconds"] = round(time.perf_counter() - started, 3)
-        summary["ended_at"] = _now()
-        summary["versions"] = versions()
-        summary["git_commit"] = git_commit(Path(__file__).resolve().parent)
+    signals = StopSignals(origins)
+    with signals.installed():  # until summary.json has the ending: a late Ctrl-C cannot cut the record short
         try:
             write_json(run_dir / "summary.json", summary)
+            with _warnings_once():
+                cfg = load_config()  # the schema's checks: a bad value ends here, recorded as failed
+                summary["mode"] = cfg.mode.value
+                state = Run(cfg, run_dir, summary, signals=signals)
+                for step in STEPS[cfg.mode]:
+                    step(state)
+        except UserError as e:
+            signals.closing = True
+            message = str(e) + (origins.hint(str(e)) if origins else "")
+            summary.update(status="failed", error_type="UserError", error=message)
+            log.error("error: %s", printable_text(message))
+            if message != str(e):
+                raise UserError(message) from None
+            raise
+        except (KeyboardInterrupt, Interrupted) as e:
+            signals.closing = True
+            summary.update(status="interrupted", error=f"interrupted by {e if isinstance(e, Interrupted) else 'SIGINT'}")
+            log.warning("Interrupted (%s)%s", e if isinstance(e, Interrupted) else "SIGINT",
+                        f"; resume with: {summary['resume_command']}" if "resume_command" in summary else "")
+            raise
+        except BaseException as e:
+            signals.closing = True
+            summary.update(status="failed", error_type=type(e).__name__, error=str(e))
+            log.exception("The run failed with an unexpected %s (a bug: please report it with this traceback)",
+                          type(e).__name__)
+            raise
         finally:
-            release(run_dir)
-        log.log(logging.INFO if summary["status"] != "failed" else logging.ERROR, "Run %s after %.1f s: %s",
-                summary["status"], summary["seconds"], run_dir)
+            signals.closing = True
+            summary["seconds"] = round(time.perf_counter() - started, 3)
+            summary["ended_at"] = _now()
+            summary["versions"] = versions()
+            summary["git_commit"] = git_commit(Path(__file__).resolve().parent)
+            try:
+                write_json(run_dir / "summary.json", summary)
+            finally:
+                release(run_dir)
+            log.log(logging.INFO if summary["status"] != "failed" else logging.ERROR, "Run %s after %.1f s: %s",
+                    summary["status"], summary["seconds"], run_dir)
     return summary
 
 
@@ -161,21 +184,47 @@ def _warnings_once() -> Iterator[None]:
         logger.removeFilter(once)
 
 
-@contextmanager
-def _signals_interrupt() -> Iterator[None]:
-    """SIGTERM raises Interrupted in the main thread (as Ctrl-C raises KeyboardInterrupt), so it is recorded."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
+class StopSignals:
+    """Ctrl-C and SIGTERM during a run. While the loop trains (`graceful`), the first one asks it to
+    finish the step and save (the loop polls `requested`); a second one, or one at any other time,
+    raises Interrupted at once (files are written atomically, so none is left half-written)."""
 
-    def handler(signum: int, frame: Any) -> None:
+    def __init__(self, origins: ConfigOrigins | None = None) -> None:
+        self.graceful = False
+        self.closing = False  # the run is writing its ending: further signals wait for it
+        self.signum: int | None = None
+        self.origins = origins
+
+    def requested(self) -> bool:
+        return self.signum is not None
+
+    def handle(self, signum: int, frame: Any) -> None:
+        if self.closing:
+            return
+        if self.graceful and self.signum is None:
+            self.signum = signum
+            log.warning("%s: finishing this step and saving checkpoints/last.pt (press Ctrl-C again to stop at once)",
+                        signal.Signals(signum).name)
+            return
         raise Interrupted(signum)
 
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    def resume_command(self, run_dir: Path) -> str:
+        keep = [o for o in (self.origins.overrides if self.origins else ())
+                if not o.lstrip("+~").startswith(("trainer.resume", "hydra.run.dir"))]
+        shown = " ".join(shlex.quote(o) for o in keep) if self.origins else "<the same overrides>"
+        return f"python run.py {shown} trainer.resume=auto hydra.run.dir={shlex.quote(str(run_dir))}".replace("  ", " ")
+
+    @contextmanager
+    def installed(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {s: signal.signal(s, self.handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
 
 
 # --- the steps ---------------------------------------------------------------------------------------
@@ -186,6 +235,8 @@ def setup(r: Run) -> None:
 
     r.device = resolve_device(r.cfg.device)
     autocast_context(r.cfg.trainer.precision, r.device)
+    if r.cfg.trainer.deterministic:
+        make_deterministic()
     seed_everything(r.cfg.seed)
     r.summary["device"] = str(r.device)
 
@@ -280,50 +331,71 @@ def evaluate(r: Run) -> None:
     log.info("val_loss %.4f  val_acc %.4f", val_loss, val_acc)
 
 
+def resume(r: Run) -> None:
+    """`trainer.resume`: read the full-state checkpoint and check that it belongs to this config."""
+    from .paths import resolve_path
+    from .training import checkpoint
+
+    spec = r.cfg.trainer.resume
+    if spec is None:
+        return
+    path = (r.run_dir / "checkpoints" / checkpoint.LAST) if spec == "auto" else resolve_path(spec, "trainer.resume")
+    saved = checkpoint.load(path)
+    diff = checkpoint.config_differences(saved["config"], checkpoint.flatten(r.cfg))
+    if diff:
+        shown = "\n".join(f"  {d}" for d in diff[:12]) + (f"\n  (+{len(diff) - 12} more)" if len(diff) > 12 else "")
+        raise UserError(f"trainer.resume: {path} was written with another config; resuming would not continue the "
+                        f"same run. Differences (checkpoint -> now):\n{shown}\nRun with the checkpoint's config "
+                        "(its .hydra/overrides.yaml), or start a fresh run.")
+    if saved["position"]["epoch"] >= r.cfg.trainer.epochs:
+        raise UserError(f"trainer.resume: {path} is from a run that finished all {r.cfg.trainer.epochs} epochs; "
+                        "there is nothing to resume. Start a fresh run (a new hydra.run.dir).")
+    r.resume_state = saved
+    log.info("trainer.resume: continuing from %s", path)
+
+
 def fit(r: Run) -> None:
-    """Train every epoch: events, per-step LRs, metrics.csv and checkpoints after each epoch, final weights."""
-    from .training import outputs
-    from .training.loop import steps_per_epoch, train
+    """Train every epoch (training/fit.py: checkpoints, best, EMA, early stopping, loggers, curves)."""
+    from .training.fit import fit as fit_loop
+    from .training.loop import steps_per_epoch
     from .tuning.lr_schedule import build_schedule, write_lrs
     from .tuning.param_groups import current_lrs, format_groups, make_optimizer
 
-    cfg, model, run_dir = r.cfg, r.model, r.run_dir
+    cfg, model = r.cfg, r.model
     model.to(r.device)
     r.optimizer = make_optimizer(model, r.groups, cfg.optim)
-    train_loader, val_loader = r.loaders
     schedule = build_schedule(r.groups, r.freeze.trainable, r.freeze.events, cfg.optim.scheduler, cfg.trainer.epochs,
-                              steps_per_epoch(train_loader, cfg.trainer.limit_train_batches))
+                              steps_per_epoch(r.loaders[0], cfg.trainer.limit_train_batches))
     write_lrs(r.optimizer, schedule.lrs(0))
-    history: list[dict[str, Any]] = []
 
     def on_event(evs) -> None:
         log.info("%s\n%s", "\n".join(ev.describe() for ev in evs),
                  format_groups(model, r.groups, current_lrs(r.optimizer), r.freeze.bn_modes))
 
-    def on_epoch(row: dict[str, Any]) -> None:
-        history.append(row)
-        outputs.write_csv(run_dir / "metrics.csv", history)
-        if cfg.trainer.save_checkpoints:
-            outputs.save_weights(run_dir / "checkpoints" / "last.safetensors", model.state_dict(),
-                                 {"epoch": str(row["epoch"])})
-        if cfg.trainer.keep_epoch_checkpoints:
-            outputs.save_weights(run_dir / "checkpoints" / f"epoch_{row['epoch']}.safetensors", model.state_dict(),
-                                 {"epoch": str(row["epoch"])})
-        log.info("epoch %d/%d  train_loss %.4f  train_acc %.3f  val_loss %.4f  val_acc %.3f  trainable %s  %.0f samples/s",
-                 row["epoch"], cfg.trainer.epochs - 1, row["train_loss"], row["train_acc"], row["val_loss"],
-                 row["val_acc"], f"{row['trainable_params']:,}", row["samples_per_s"])
-
-    state = train(model, r.optimizer, train_loader, val_loader, epochs=cfg.trainer.epochs, events=r.freeze.events,
-                  bn_policy=r.freeze.bn_modes, device=r.device, precision=cfg.trainer.precision,
-                  grad_clip=cfg.trainer.grad_clip, limit_train_batches=cfg.trainer.limit_train_batches,
-                  limit_val_batches=cfg.trainer.limit_val_batches, schedule=schedule, on_event=on_event,
-                  on_epoch=on_epoch)
-    outputs.save_weights(run_dir / "model.safetensors", model.state_dict(), {"source": str(r.summary["source"])})
-    last = state.history[-1]
-    r.summary.update(status="completed", epochs=cfg.trainer.epochs, val_acc=last["val_acc"], val_loss=last["val_loss"],
-                     train_samples_per_s=state.samples / state.seconds if state.seconds else None,
-                     final_trainable_params=last["trainable_params"])
-    log.info("Done: val_acc %.4f, weights in %s", last["val_acc"], run_dir / "model.safetensors")
+    r.signals.graceful = True  # from here a first Ctrl-C / SIGTERM finishes the step and saves
+    try:
+        result = fit_loop(cfg, r.run_dir, model, r.optimizer, r.groups, r.freeze, r.loaders, r.device, schedule,
+                          r.resume_state, r.signals.requested, on_event, r.report.table(), str(r.summary["source"]))
+    finally:
+        r.signals.graceful = False
+    state, best = result.state, result.best
+    r.summary.update(epochs=len(state.history), train_samples_per_s=state.samples / state.seconds if state.seconds else None,
+                     monitor=best.metric, best_epoch=best.epoch, **{f"best_{best.metric}": best.value},
+                     stopped_early=state.stopped_early)
+    if state.history:
+        last = state.history[-1]
+        r.summary.update(val_acc=last["val_acc"], val_loss=last["val_loss"],
+                         final_trainable_params=last["trainable_params"])
+    if result.interrupted:
+        command = r.signals.resume_command(r.run_dir)
+        r.summary["resume_command"] = command
+        log.warning("Stopped after epoch %d, batch %d: checkpoints/last.pt holds the state. Resume with:\n  %s",
+                    state.position.epoch + 1, state.position.step_in_epoch, command)
+        raise Interrupted(r.signals.signum or signal.SIGINT)
+    r.summary["status"] = "completed"
+    log.info("Done: val_acc %.4f (best %s %.4f at epoch %s), weights (%s) in %s", r.summary["val_acc"], best.metric,
+             best.value if best.value is not None else float("nan"), (best.epoch or 0) + 1,
+             cfg.trainer.final_weights.value, r.run_dir / "model.safetensors")
 
 
 # Each mode's steps, in order: a plan reads no tensor data (freezing and groups need names only).
@@ -331,5 +403,5 @@ STEPS: dict[Mode, tuple[Callable[[Run], None], ...]] = {
     Mode.plan: (setup, plan, tune, planned),
     Mode.export: (setup, plan, load, export),
     Mode.eval: (setup, plan, load, tune, data, evaluate),
-    Mode.train: (setup, plan, load, tune, data, fit),
+    Mode.train: (setup, resume, plan, load, tune, data, fit),
 }

@@ -356,6 +356,37 @@ class DataConfig:
                 raise UserError(f"data.classes={wanted}: digits are 0-9, each at most once, at least one.")
 
 
+class FinalWeights(Enum):  # what model.safetensors holds at the end of a run
+    last = "last"  # the weights after the last epoch
+    best = "best"  # the weights of the epoch where trainer.monitor was best (checkpoints/best.safetensors)
+
+
+MONITORS = ("val_acc", "val_loss", "train_acc", "train_loss", "ema_val_acc", "ema_val_loss")
+LOGGERS = ("csv", "tensorboard")
+
+
+@dataclass
+class EarlyStoppingConfig:
+    patience: Optional[int] = None  # epochs without improvement of trainer.monitor before stopping; null = off
+    min_delta: float = 0.0  # an improvement must exceed this
+
+    def __post_init__(self) -> None:
+        if self.patience is not None:
+            check_count("trainer.early_stopping.patience", self.patience, 1,
+                        want="a whole number of epochs >= 1 (null: no early stopping)")
+        check_number("trainer.early_stopping.min_delta", self.min_delta, 0, want="a finite number >= 0")
+
+
+@dataclass
+class EMAConfig:
+    decay: Optional[float] = None  # e.g. 0.999: an exponential moving average of the weights; null = off
+
+    def __post_init__(self) -> None:
+        if self.decay is not None:
+            check_number("trainer.ema.decay", self.decay, 0, 1, low_open=True, high_open=True,
+                         want="a number between 0 and 1 (both excluded), e.g. 0.999")
+
+
 @dataclass
 class TrainerConfig:
     epochs: int = 6
@@ -364,8 +395,17 @@ class TrainerConfig:
     limit_train_batches: Optional[int] = None  # cap batches per epoch (smoke tests)
     limit_val_batches: Optional[int] = None
     grad_clip: Optional[float] = None
-    save_checkpoints: bool = True  # checkpoints/last.safetensors after every epoch
+    save_checkpoints: bool = True  # checkpoints/last.safetensors and the full state last.pt after every epoch
     keep_epoch_checkpoints: bool = False  # also checkpoints/epoch_<N>.safetensors for every epoch
+    checkpoint_every_steps: Optional[int] = None  # also write last.pt every N optimizer steps
+    resume: Optional[str] = None  # auto: continue the run in hydra.run.dir from checkpoints/last.pt; or a last.pt path
+    deterministic: bool = False  # deterministic algorithms and seeded workers: same config -> same weights (CPU)
+    monitor: str = "val_acc"  # the metric for best.safetensors, best_epoch, early stopping and the sweeper
+    monitor_mode: Optional[str] = None  # max | min; null = min for losses, max otherwise
+    final_weights: FinalWeights = FinalWeights.last  # what model.safetensors holds: last | best
+    early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
+    ema: EMAConfig = field(default_factory=EMAConfig)
+    progress: bool = True  # a progress bar per epoch on a terminal (never in logs)
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
@@ -379,6 +419,18 @@ class TrainerConfig:
         if self.grad_clip is not None:  # a negative norm would turn every step into gradient ascent
             check_number("trainer.grad_clip", self.grad_clip, 0, low_open=True,
                          want="a finite max gradient norm > 0 (null: no clipping)")
+        if self.checkpoint_every_steps is not None:
+            check_count("trainer.checkpoint_every_steps", self.checkpoint_every_steps, 1,
+                        want="a whole number of steps >= 1 (null: after every epoch only)")
+        if self.monitor not in MONITORS:
+            raise UserError(f"trainer.monitor={self.monitor!r}: choose one of {', '.join(MONITORS)}.")
+        if self.monitor.startswith("ema_") and self.ema.decay is None:
+            raise UserError(f"trainer.monitor={self.monitor}: needs an EMA of the weights; set trainer.ema.decay "
+                            "(e.g. 0.999) or monitor val_acc / val_loss.")
+        if self.monitor_mode not in (None, "max", "min"):
+            raise UserError(f"trainer.monitor_mode={self.monitor_mode!r}: choose max, min or null (by the metric).")
+        if self.resume is not None and not self.resume.strip():
+            raise UserError("trainer.resume: empty; give auto (the run in hydra.run.dir) or a path to a last.pt.")
 
 
 @dataclass
@@ -393,13 +445,19 @@ class RunConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     data: DataConfig = field(default_factory=DataConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    logger: List[str] = field(default_factory=lambda: ["csv"])  # csv (always) and tensorboard
 
     def __post_init__(self) -> None:
         """The checks that span nodes; each node checked its own values when it was built."""
         if not DEVICE.fullmatch(self.device):
             raise UserError(f"device={self.device!r}: choose auto, cpu, cuda or cuda:N.")
         check_count("seed", self.seed, 0, 2**32 - 1)
+        bad = [n for n in self.logger if n not in LOGGERS]
+        if bad:
+            raise UserError(f"logger: {bad[0]!r} is not a logger; choose from {', '.join(LOGGERS)} (csv is always on).")
         epochs = self.trainer.epochs
+        if self.trainer.resume is not None and self.mode != Mode.train:
+            raise UserError(f"trainer.resume: resumes training, and mode={self.mode.value}; drop trainer.resume.")
         if self.mode == Mode.train and epochs < 1:
             raise UserError(f"trainer.epochs={epochs}: train at least one epoch (or use mode=plan).")
         for i, ev in enumerate(self.freeze.schedule):

@@ -133,11 +133,23 @@ def build_data(cfg: DataConfig, seed: int) -> DataBundle:
     return DATASETS[cfg.name](cfg, seed)
 
 
+def seed_worker(worker_id: int) -> None:
+    """Each loader worker's python and numpy RNGs from its torch seed (itself from the loader's generator)."""
+    import random
+
+    import numpy as np
+
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
+
+
 def loaders(bundle: DataBundle, batch_size: int, seed: int, num_workers: int = 0,
             pin_memory: bool = False) -> tuple[DataLoader, DataLoader]:
+    """The shuffled train loader has its own seeded generator: its order is reproducible and resumable."""
     g = torch.Generator().manual_seed(seed)
-    train = DataLoader(bundle.train, batch_size=batch_size, shuffle=True, generator=g,
+    train = DataLoader(bundle.train, batch_size=batch_size, shuffle=True, generator=g, worker_init_fn=seed_worker,
                        num_workers=num_workers, pin_memory=pin_memory)
-    val = DataLoader(bundle.val, batch_size=batch_size * 2, shuffle=False,
+    val = DataLoader(bundle.val, batch_size=batch_size * 2, shuffle=False, worker_init_fn=seed_worker,
                      num_workers=num_workers, pin_memory=pin_memory)
     return train, val

@@ -53,10 +53,31 @@ def autocast_context(precision: str, device: torch.device) -> Callable[[], Any]:
 
 
 @dataclass
+class Position:
+    """Where the loop is: with the model and optimizer, what continues a run bit for bit."""
+
+    epoch: int = 0  # the epoch being trained (epochs before it are done)
+    step_in_epoch: int = 0  # batches of `epoch` already trained
+    global_step: int = 0
+    loss_sum: float = 0.0  # `epoch`'s sums so far (its metrics row needs them)
+    correct: int = 0
+    n: int = 0
+    seconds: float = 0.0
+    loader_rng: torch.Tensor | None = None  # the train loader's generator at the start of `epoch`
+    rng: dict[str, Any] | None = None  # every RNG as it was at this position (training.checkpoint.rng_state)
+
+
+@dataclass
 class TrainState:
     history: list[dict[str, Any]] = field(default_factory=list)
-    samples: int = 0
+    samples: int = 0  # over finished epochs (for samples/s)
     seconds: float = 0.0
+    position: Position = field(default_factory=Position)
+    stopped_early: bool = False
+
+
+class StopTraining(BaseException):
+    """`stop_requested()` said so after a step: the position was handed to `on_checkpoint` first."""
 
 
 @torch.no_grad()
@@ -132,18 +153,34 @@ def train(model: nn.Module, optimizer: torch.optim.Optimizer, train_loader, val_
           grad_clip: float | None = None, limit_train_batches: int | None = None,
           limit_val_batches: int | None = None, schedule: LRSchedule | None = None,
           on_event: Callable[[list[Event]], None] = lambda evs: None,
-          on_epoch: Callable[[dict[str, Any]], None] = lambda row: None,
-          on_step: Callable[[int, torch.optim.Optimizer], None] = lambda step, opt: None) -> TrainState:
+          on_epoch: Callable[[dict[str, Any]], Any] = lambda row: None,
+          on_step: Callable[[int, torch.optim.Optimizer], None] = lambda step, opt: None,
+          state: TrainState | None = None, scaler: Any = None,
+          on_checkpoint: Callable[[TrainState], None] | None = None, checkpoint_every_steps: int | None = None,
+          stop_requested: Callable[[], bool] = lambda: False,
+          progress: Callable[[int, int], Any] | None = None) -> TrainState:
     """Train `epochs` epochs. Before each epoch and each step: fire the events due, set every group's LR.
 
     `schedule` (lr_schedule.build_schedule) gives each group's LR per step; without it the LRs in
     the optimizer are left as they are. `on_event` gets the events fired together (after they are
-    applied and the LRs set); `on_step(step, optimizer)` runs after each optimizer step.
+    applied and the LRs set); `on_step(step, optimizer)` runs after each optimizer step;
+    `on_epoch(row)` after each epoch's evaluation, and a true return value stops training there.
+
+    `state` continues a run (training.checkpoint): the loop starts at `state.position`, replays
+    the events that had fired, skips the batches of the epoch already trained (the loader's
+    generator is put back to the epoch's start, so the shuffled order is the same) and restores
+    every RNG, so the rest is bit for bit the run that was never stopped. `on_checkpoint(state)` is
+    called every `checkpoint_every_steps` steps and, when `stop_requested()` turns true after a
+    step, before StopTraining is raised. `progress(epoch, steps)` returns a bar with
+    `update(n, **postfix)` and `close()` (training.progress).
     """
     autocast = autocast_context(precision, device)
-    scaler = torch.amp.GradScaler("cuda") if precision == "16" else None
+    if scaler is None and precision == "16":
+        scaler = torch.amp.GradScaler("cuda")
     params = list(model.parameters())
-    state = TrainState()
+    state = state or TrainState()
+    start = state.position
+    generator = getattr(train_loader, "generator", None)  # a DataLoader's shuffling (plain lists have none)
     by_epoch: dict[int, list[Event]] = {}
     by_step: dict[int, list[Event]] = {}
     for ev in events:
@@ -158,26 +195,54 @@ def train(model: nn.Module, optimizer: torch.optim.Optimizer, train_loader, val_
             schedule.apply(optimizer, step)
         on_event(due)
 
-    global_step = 0
-    for epoch in range(epochs):
-        if epoch in by_epoch:
-            fire(by_epoch[epoch], global_step)
+    # a continued run: what had fired by the position is applied again, silently
+    for ev in events:
+        done = (ev.trigger.step < start.global_step if ev.trigger.by_step else
+                ev.trigger.epoch < start.epoch or (ev.trigger.epoch == start.epoch and start.step_in_epoch > 0))
+        if done:
+            apply_event(model, ev)
+
+    pos = state.position
+    for epoch in range(start.epoch, epochs):
+        continuing = epoch == start.epoch and (start.step_in_epoch > 0 or start.rng is not None)
+        if not (continuing and start.step_in_epoch > 0) and epoch in by_epoch:
+            fire(by_epoch[epoch], pos.global_step)
         model.train()
         apply_bn_policy(model, bn_policy)
-        loss_sum, correct, n, t0 = 0.0, 0, 0, time.perf_counter()
-        for step, (x, y) in enumerate(train_loader):
+        if generator is not None:
+            if continuing and start.loader_rng is not None:
+                generator.set_state(start.loader_rng)
+            loader_rng = generator.get_state().clone()
+        else:
+            loader_rng = None
+        skip = start.step_in_epoch if continuing else 0
+        if not continuing:
+            pos = state.position = Position(epoch, 0, pos.global_step, loader_rng=loader_rng)
+        else:
+            pos.loader_rng = loader_rng
+        total = steps_per_epoch(train_loader, limit_train_batches)
+        bar = progress(epoch, total) if progress is not None else None
+        batches = iter(train_loader)
+        for _ in range(skip):  # trained before the stop: same order, not trained again
+            next(batches)
+        if continuing and start.rng is not None:
+            from .checkpoint import set_rng_state
+
+            set_rng_state(start.rng)
+        t0 = time.perf_counter() - pos.seconds
+        for step, (x, y) in enumerate(batches, start=skip):
             if limit_train_batches is not None and step >= limit_train_batches:
                 break
-            if global_step in by_step:
-                fire(by_step[global_step], global_step)
+            if pos.global_step in by_step:
+                fire(by_step[pos.global_step], pos.global_step)
             if schedule is not None:
-                schedule.apply(optimizer, global_step)
+                schedule.apply(optimizer, pos.global_step)
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             with autocast():
                 logits = model(x)
             loss = F.cross_entropy(logits.float(), y)
             if not torch.isfinite(loss):
-                raise nonfinite_loss_error(loss.item(), epoch, step, global_step, x, model)
+                raise nonfinite_loss_error(loss.item(), epoch, step, pos.global_step, x, model)
             optimizer.zero_grad(set_to_none=True)
             if scaler is not None:
                 scaler.scale(loss).backward()
@@ -191,21 +256,36 @@ def train(model: nn.Module, optimizer: torch.optim.Optimizer, train_loader, val_
                 scaler.update()
             else:
                 optimizer.step()
-            on_step(global_step, optimizer)
-            global_step += 1
-            loss_sum += loss.item() * len(y)
-            correct += (logits.argmax(1) == y).sum().item()
-            n += len(y)
+            on_step(pos.global_step, optimizer)
+            pos.global_step += 1
+            pos.step_in_epoch = step + 1
+            pos.loss_sum += loss.item() * len(y)
+            pos.correct += (logits.argmax(1) == y).sum().item()
+            pos.n += len(y)
+            pos.seconds = time.perf_counter() - t0
+            if bar is not None:
+                bar.update(1, loss=pos.loss_sum / pos.n, acc=pos.correct / pos.n, samples_per_s=pos.n / max(pos.seconds, 1e-9))
+            every = checkpoint_every_steps and pos.global_step % checkpoint_every_steps == 0
+            stop = stop_requested()
+            if on_checkpoint is not None and (every or stop):
+                on_checkpoint(state)
+            if stop:
+                if bar is not None:
+                    bar.close()
+                raise StopTraining
+        if bar is not None:
+            bar.close()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         seconds = time.perf_counter() - t0
+        n = pos.n
         state.samples += n
         state.seconds += seconds
         val_loss, val_acc = evaluate(model, val_loader, device, autocast, limit_val_batches)
         row: dict[str, Any] = {
             "epoch": epoch,
-            "train_loss": loss_sum / max(n, 1),
-            "train_acc": correct / max(n, 1),
+            "train_loss": pos.loss_sum / max(n, 1),
+            "train_acc": pos.correct / max(n, 1),
             "val_loss": val_loss,
             "val_acc": val_acc,
             "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
@@ -213,5 +293,10 @@ def train(model: nn.Module, optimizer: torch.optim.Optimizer, train_loader, val_
         }
         row.update({f"lr/{g['name']}": g["lr"] for g in optimizer.param_groups})  # the LR of the epoch's last step
         state.history.append(row)
-        on_epoch(row)
+        # the next epoch's start: what a checkpoint written now continues from
+        pos = state.position = Position(epoch + 1, 0, pos.global_step,
+                                        loader_rng=generator.get_state().clone() if generator is not None else None)
+        if on_epoch(row):
+            state.stopped_early = True
+            break
     return state

@@ -33,8 +33,12 @@ REPLACEABLE = {SUMMARY, "load_report.json", "run.log", LOCK, ".hydra"}
 _held: dict[Path, int] = {}  # run folders this process holds: resolved path -> lock file descriptor
 
 
-def claim(run_dir: Path) -> None:
-    """Make `run_dir` this process's run folder, or raise UserError saying why it cannot be."""
+def claim(run_dir: Path, resume: bool = False) -> None:
+    """Make `run_dir` this process's run folder, or raise UserError saying why it cannot be.
+
+    `resume` (trainer.resume is set): a folder whose run stopped before its end and left a
+    checkpoints/last.pt may be continued; the resume step then checks that it fits the config.
+    """
     run_dir = Path(run_dir).resolve()
     if run_dir in _held:
         return
@@ -54,7 +58,7 @@ def claim(run_dir: Path) -> None:
         raise UserError(f"hydra.run.dir: {run_dir} is in use by another run that is still going (pid {pid}). "
                         "Give this run its own folder (hydra.run.dir=...), or wait for that one to end.") from None
     try:
-        _check_previous(run_dir)
+        _check_previous(run_dir, resume)
     except BaseException:
         fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
@@ -85,11 +89,14 @@ def previous_summary(run_dir: Path) -> dict[str, Any] | None:
         return {"status": "unreadable"}
 
 
-def _check_previous(run_dir: Path) -> None:
+def _check_previous(run_dir: Path, resume: bool = False) -> None:
     before = previous_summary(run_dir)
     if before is None:
         return
     status = before.get("status", "unknown")
+    if resume and status in ("running", "interrupted", "failed") and (run_dir / "checkpoints" / "last.pt").is_file():
+        log.info("Continuing the %s run in %s (trainer.resume)", "killed" if status == "running" else status, run_dir)
+        return
     left = sorted(p.name for p in run_dir.iterdir() if p.name not in REPLACEABLE and not _is_temp(p.name))
     if status == "failed" and not left:
         for name in (SUMMARY, "load_report.json", "run.log"):
@@ -102,9 +109,11 @@ def _check_previous(run_dir: Path) -> None:
                 f"started {before.get('started_at', '?')}; it was killed or crashed)")
     else:
         what = f"a finished run (status {status}{', started ' + str(before['started_at']) if 'started_at' in before else ''})"
+    can_resume = status in ("running", "interrupted", "failed") and (run_dir / "checkpoints" / "last.pt").is_file()
+    hint = " To continue it, add trainer.resume=auto." if can_resume else ""
     raise UserError(f"hydra.run.dir: {run_dir} already holds {what}. A new run there would mix with its files or "
                     "overwrite them: give the new run a fresh folder (hydra.run.dir=...; the default is a new "
-                    "timestamped folder), or delete that one.")
+                    f"timestamped folder), or delete that one.{hint}")
 
 
 def _is_temp(name: str) -> bool:

@@ -69,4 +69,6 @@ class Event:
             parts.append(f"unfroze {', '.join(self.selectors)} ({len(self.names)} tensors)")
         if self.freeze_selectors:
             parts.append(f"froze {', '.join(self.freeze_selectors)} ({len(self.frozen)} tensors)")
-        return f"{self.when.capitalize()}: {'; '.join(parts)}"
+        # the log numbers epochs from 1 ("epoch 4/6"); the config from 0 (epoch: 3 fires before the 4th)
+        when = f"Step {self.trigger.step}" if self.trigger.by_step else f"Before epoch {self.trigger.epoch + 1} (epoch: {self.trigger.epoch})"
+        return f"{when}: {'; '.join(parts)}"

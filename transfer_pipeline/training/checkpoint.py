@@ -1,0 +1,121 @@
+"""Full-state checkpoints (`checkpoints/last.pt`): everything a run needs to go on bit for bit.
+
+One `torch.save` file, written to a temporary name and renamed (never half-written, and the
+state is streamed to disk, not built in memory first): the model, optimizer and GradScaler state,
+the EMA weights, where the loop is (epoch, batches done in it, global step, the epoch's partial
+sums, the train loader's generator at the epoch's start), every RNG (python, numpy, torch, CUDA),
+the metrics so far, the best and early-stopping bookkeeping, and the config it belongs to.
+Everything in it is a tensor, a number, a string or a container of them, so it loads with
+`weights_only=True` like any other checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import UserError
+from .outputs import FILE_MODE
+
+FORMAT = 1
+LAST = "last.pt"
+
+
+def rng_state() -> dict[str, Any]:
+    """Every RNG a training step may draw from, as plain data."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": [kind, torch.from_numpy(np.asarray(keys).copy()), int(pos), int(has_gauss), float(gauss)],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save(path: Path, state: dict[str, Any]) -> None:
+    """`torch.save` to `.last.pt.XXXX.tmp` beside `path`, then rename (the umask's permissions)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), FILE_MODE)
+            torch.save({"format": FORMAT, **state}, f)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load(path: Path) -> dict[str, Any]:
+    from ..sources.safe_load import SAFE_REAL
+
+    if not path.is_file():
+        raise UserError(f"trainer.resume: no checkpoint at {path}; a run writes checkpoints/{LAST} after its "
+                        "first epoch (or every trainer.checkpoint_every_steps steps).")
+    try:
+        with torch.serialization.safe_globals(list(SAFE_REAL.values())):
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unreadable file is the same message
+        raise UserError(f"trainer.resume: cannot read {path} ({type(e).__name__}); it is not a checkpoint this "
+                        "pipeline wrote, or it is damaged.") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise UserError(f"trainer.resume: {path} is not a full-state checkpoint of this pipeline (format "
+                        f"{state.get('format') if isinstance(state, dict) else '?'}, expected {FORMAT}).")
+    return state
+
+
+# config keys that may differ when resuming: they do not change what is computed
+RESUME_FREE = ("trainer.resume", "trainer.progress", "trainer.checkpoint_every_steps", "device", "logger",
+               "trainer.save_checkpoints", "trainer.keep_epoch_checkpoints", "data.num_workers")
+
+
+def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+    """{dotted key: value} of a config (dataclasses, dicts, lists), for comparing two configs."""
+    import dataclasses
+    from enum import Enum
+
+    if dataclasses.is_dataclass(node):
+        node = {f.name: getattr(node, f.name) for f in dataclasses.fields(node)}
+    if isinstance(node, dict):
+        out: dict[str, Any] = {}
+        for k, v in node.items():
+            out.update(flatten(v, f"{prefix}{k}."))
+        return out or {prefix.rstrip("."): {}}
+    if isinstance(node, (list, tuple)) and any(dataclasses.is_dataclass(v) or isinstance(v, dict) for v in node):
+        out = {}
+        for i, v in enumerate(node):
+            out.update(flatten(v, f"{prefix.rstrip('.')}[{i}]."))
+        return out or {prefix.rstrip("."): []}
+    value = node.value if isinstance(node, Enum) else list(node) if isinstance(node, tuple) else node
+    return {prefix.rstrip("."): value}
+
+
+def config_differences(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """The keys whose values differ (resume-free keys left out), as 'key: saved -> now'."""
+    keys = sorted(set(saved) | set(now))
+    diff = []
+    for k in keys:
+        if k.startswith(RESUME_FREE):
+            continue
+        a, b = saved.get(k, "<absent>"), now.get(k, "<absent>")
+        if a != b:
+            diff.append(f"{k}: {a!r} -> {b!r}")
+    return diff

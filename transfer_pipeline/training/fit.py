@@ -1,0 +1,171 @@
+"""The `fit` step: the training loop with everything around it that keeps a run's work.
+
+Per epoch: metrics.csv (and TensorBoard), checkpoints/last.safetensors (weights) and
+checkpoints/last.pt (the full state, training/checkpoint.py), checkpoints/best.safetensors at a
+new best of `trainer.monitor`, the EMA's weights, early stopping. A stop request (Ctrl-C,
+SIGTERM) finishes the step, writes last.pt with the position inside the epoch, and ends the run
+as interrupted with the command that resumes it. curves.png is drawn however the run ends.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from ..schema import FinalWeights, RunConfig
+from . import checkpoint, outputs
+from .curves import write_curves
+from .loggers import make_loggers
+from .loop import Position, StopTraining, TrainState, evaluate, steps_per_epoch, train
+from .monitor import Best, EarlyStop, make_ema, monitor_mode
+from .progress import bar_factory
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FitResult:
+    state: TrainState
+    best: Best
+    interrupted: bool = False
+    notes: list[str] = field(default_factory=list)
+
+
+def _weights(model: nn.Module) -> dict[str, torch.Tensor]:
+    return model.state_dict()
+
+
+def fit(cfg: RunConfig, run_dir: Path, model: nn.Module, optimizer: Any, groups: list, freeze: Any,
+        loaders: tuple, device: torch.device, schedule: Any, resume: dict[str, Any] | None,
+        stop_requested: Callable[[], bool], on_event: Callable, plan_text: str, source: str) -> FitResult:
+    t = cfg.trainer
+    train_loader, val_loader = loaders
+    ckpt_dir = run_dir / "checkpoints"
+    state = TrainState()
+    scaler = torch.amp.GradScaler("cuda") if t.precision == "16" else None
+    ema = make_ema(model, t.ema.decay) if t.ema.decay is not None else None
+    best = Best(t.monitor, monitor_mode(t.monitor, t.monitor_mode))
+    early = None
+    if t.early_stopping.patience is not None:
+        spe = steps_per_epoch(train_loader, t.limit_train_batches)
+        last_event = max((ev.trigger.epoch if not ev.trigger.by_step else ev.trigger.step // max(spe, 1)
+                          for ev in freeze.events if ev.names), default=0)
+        early = EarlyStop(t.early_stopping.patience, t.early_stopping.min_delta,
+                          last_event + t.early_stopping.patience - 1 if freeze.events else 0)
+    if resume is not None:
+        state = _restore(resume, model, optimizer, scaler, ema, best, early)
+    fingerprint = checkpoint.flatten(cfg)
+    loggers = make_loggers(cfg.logger, run_dir, state.history)
+    for lg in loggers:
+        lg.start(plan_text)
+
+    def full_state() -> dict[str, Any]:
+        pos = state.position
+        pos.rng = checkpoint.rng_state()
+        return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scaler": scaler.state_dict() if scaler is not None else None,
+                "ema": ema.state_dict() if ema is not None else None,
+                "position": {k: getattr(pos, k) for k in Position.__dataclass_fields__},
+                "history": state.history, "samples": state.samples, "seconds": state.seconds,
+                "best": best.state(), "early": early.state() if early else None,
+                "fired": [ev.where for ev in freeze.events if _fired(ev, pos)], "config": fingerprint}
+
+    def save_last() -> None:
+        if t.save_checkpoints:
+            checkpoint.save(ckpt_dir / checkpoint.LAST, full_state())
+
+    def on_step(step: int, opt: Any) -> None:
+        if ema is not None:
+            ema.update_parameters(model)
+
+    def on_epoch(row: dict[str, Any]) -> bool:
+        if ema is not None:
+            ema_loss, ema_acc = evaluate(ema.module, val_loader, device, _autocast(t.precision, device),
+                                         t.limit_val_batches)
+            row.update(ema_val_loss=ema_loss, ema_val_acc=ema_acc)
+        for lg in loggers:
+            lg.epoch(row)
+        meta = {"epoch": str(row["epoch"])}
+        if t.save_checkpoints:
+            outputs.save_weights(ckpt_dir / "last.safetensors", _weights(model), meta)
+        if t.keep_epoch_checkpoints:
+            outputs.save_weights(ckpt_dir / f"epoch_{row['epoch']}.safetensors", _weights(model), meta)
+        if ema is not None:
+            outputs.save_weights(ckpt_dir / "ema.safetensors", ema.module.state_dict(), meta)
+        if best.update(row):
+            watched = ema.module if t.monitor.startswith("ema_") else model
+            outputs.save_weights(ckpt_dir / "best.safetensors", _weights(watched), {**meta, t.monitor: str(best.value)})
+        stop = early.should_stop(best, row) if early is not None else False
+        save_last()  # after best and early stopping are updated: a resumed run continues their counts
+        _log_epoch(row, cfg.trainer.epochs, best, t.monitor)
+        return stop
+
+    result = FitResult(state, best)
+    try:
+        train(model, optimizer, train_loader, val_loader, epochs=t.epochs, events=freeze.events,
+              bn_policy=freeze.bn_modes, device=device, precision=t.precision, grad_clip=t.grad_clip,
+              limit_train_batches=t.limit_train_batches, limit_val_batches=t.limit_val_batches, schedule=schedule,
+              on_event=on_event, on_epoch=on_epoch, on_step=on_step, state=state, scaler=scaler,
+              on_checkpoint=lambda s: save_last(), checkpoint_every_steps=t.checkpoint_every_steps,
+              stop_requested=stop_requested, progress=bar_factory(t.progress, t.epochs))
+    except StopTraining:
+        result.interrupted = True
+    finally:
+        for lg in loggers:
+            lg.close()
+        marks = [(float(ev.trigger.epoch if not ev.trigger.by_step else ev.trigger.step /
+                        max(steps_per_epoch(train_loader, t.limit_train_batches), 1)),
+                  ev.describe().split(": ", 1)[-1].split(" (")[0]) for ev in freeze.events]
+        write_curves(run_dir / "curves.png", state.history, marks)
+    if not result.interrupted:
+        final = ckpt_dir / "best.safetensors"
+        if t.final_weights == FinalWeights.best and final.is_file():
+            from safetensors.torch import load_file
+
+            outputs.save_weights(run_dir / "model.safetensors", load_file(final), {"source": source,
+                                                                                   "weights": f"best epoch {best.epoch}"})
+        else:
+            outputs.save_weights(run_dir / "model.safetensors", _weights(model), {"source": source, "weights": "last"})
+    return result
+
+
+def _fired(ev: Any, pos: Position) -> bool:
+    return (ev.trigger.step < pos.global_step if ev.trigger.by_step else
+            ev.trigger.epoch < pos.epoch or (ev.trigger.epoch == pos.epoch and pos.step_in_epoch > 0))
+
+
+def _restore(saved: dict[str, Any], model: nn.Module, optimizer: Any, scaler: Any, ema: Any, best: Best,
+             early: EarlyStop | None) -> TrainState:
+    model.load_state_dict(saved["model"])
+    optimizer.load_state_dict(saved["optimizer"])
+    if scaler is not None and saved.get("scaler") is not None:
+        scaler.load_state_dict(saved["scaler"])
+    if ema is not None and saved.get("ema") is not None:
+        ema.load_state_dict(saved["ema"])
+    best.value, best.epoch = saved["best"]["value"], saved["best"]["epoch"]
+    if early is not None and saved.get("early"):
+        early.best, early.stale = saved["early"]["best"], saved["early"]["stale"]
+    pos = Position(**saved["position"])
+    log.info("Resuming at epoch %d, after %d batch(es) of it (global step %d); %d epoch(s) of metrics restored",
+             pos.epoch + 1, pos.step_in_epoch, pos.global_step, len(saved["history"]))
+    return TrainState(history=list(saved["history"]), samples=saved["samples"], seconds=saved["seconds"],
+                      position=pos)
+
+
+def _autocast(precision: str, device: torch.device) -> Any:
+    from .loop import autocast_context
+
+    return autocast_context(precision, device)
+
+
+def _log_epoch(row: dict[str, Any], epochs: int, best: Best, metric: str) -> None:
+    extra = f"  ema_val_acc {row['ema_val_acc']:.3f}" if "ema_val_acc" in row else ""
+    star = "  *best" if best.epoch == row["epoch"] else ""
+    log.info("epoch %d/%d  train_loss %.4f  train_acc %.3f  val_loss %.4f  val_acc %.3f%s  trainable %s  "
+             "%.0f samples/s%s", row["epoch"] + 1, epochs, row["train_loss"], row["train_acc"], row["val_loss"],
+             row["val_acc"], extra, f"{row['trainable_params']:,}", row["samples_per_s"], star)

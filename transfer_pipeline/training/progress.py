@@ -1,0 +1,37 @@
+"""The per-epoch progress bar (tqdm): loss, accuracy, samples/s and ETA while an epoch trains.
+
+Shown only on a terminal (`trainer.progress: true`, the default): in a log file or a pipe a bar
+is noise, and the per-epoch line says the same once per epoch.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, TextIO
+
+
+class Bar:
+    def __init__(self, epoch: int, epochs: int, steps: int, stream: TextIO, refresh_every: int = 10) -> None:
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{epochs}", unit="batch", file=stream, leave=False,
+                        dynamic_ncols=True)
+        self.every, self.count = refresh_every, 0
+
+    def update(self, n: int = 1, **metrics: float) -> None:
+        self.count += n
+        if self.count % self.every == 0 or self.count == self.bar.total:  # the postfix costs a repaint
+            self.bar.set_postfix({"loss": f"{metrics['loss']:.4f}", "acc": f"{metrics['acc']:.3f}",
+                                  "samples/s": f"{metrics['samples_per_s']:.0f}"}, refresh=False)
+        self.bar.update(n)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def bar_factory(enabled: bool, epochs: int, stream: TextIO | None = None) -> Any:
+    """`progress(epoch, steps) -> Bar` for the training loop, or None where no bar is wanted."""
+    stream = stream or sys.stderr
+    if not enabled or not getattr(stream, "isatty", lambda: False)():
+        return None
+    return lambda epoch, steps: Bar(epoch, epochs, steps, stream)
