@@ -291,7 +291,7 @@ def train(model: nn.Module, optimizer: torch.optim.Optimizer, train_loader, val_
             "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
             "samples_per_s": n / seconds if seconds > 0 else math.nan,
         }
-        row.update({f"lr/{g['name']}": g["lr"] for g in optimizer.param_groups})  # the LR of the epoch's last step
+        row.update({f"lr/{g.get('name', i)}": g["lr"] for i, g in enumerate(optimizer.param_groups)})  # last step's LR
         state.history.append(row)
         # the next epoch's start: what a checkpoint written now continues from
         pos = state.position = Position(epoch + 1, 0, pos.global_step,

@@ -11,11 +11,12 @@ from typing import Any, TextIO
 
 
 class Bar:
-    def __init__(self, epoch: int, epochs: int, steps: int, stream: TextIO, refresh_every: int = 10) -> None:
+    def __init__(self, epoch: int, epochs: int, steps: int, stream: TextIO, refresh_every: int = 10,
+                 mininterval: float = 0.1) -> None:
         from tqdm import tqdm
 
         self.bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{epochs}", unit="batch", file=stream, leave=False,
-                        dynamic_ncols=True)
+                        dynamic_ncols=True, mininterval=mininterval)
         self.every, self.count = refresh_every, 0
 
     def update(self, n: int = 1, **metrics: float) -> None:
@@ -29,9 +30,9 @@ class Bar:
         self.bar.close()
 
 
-def bar_factory(enabled: bool, epochs: int, stream: TextIO | None = None) -> Any:
+def bar_factory(enabled: bool, epochs: int, stream: TextIO | None = None, mininterval: float = 0.1) -> Any:
     """`progress(epoch, steps) -> Bar` for the training loop, or None where no bar is wanted."""
     stream = stream or sys.stderr
     if not enabled or not getattr(stream, "isatty", lambda: False)():
         return None
-    return lambda epoch, steps: Bar(epoch, epochs, steps, stream)
+    return lambda epoch, steps: Bar(epoch, epochs, steps, stream, mininterval=mininterval)
