@@ -122,7 +122,7 @@ def test_recipe_from_the_command_line_prints_the_group_table_at_each_event(tmp_p
     assert "Parameter groups (before epoch 0):" in text
     assert "BatchNorm (freeze.bn=auto: statistics fixed while all of a layer's parameters are frozen)" in text
     for epoch, block in ((1, "block2"), (2, "block1"), (3, "stem")):
-        assert f"Epoch {epoch}: unfroze {block} (3 tensors)" in text
+        assert f"Before epoch {epoch + 1} (epoch: {epoch}): unfroze {block} (3 tensors)" in text
     tables = [t for t in text.split("group   selectors")[1:]]
     assert len(tables) == 4  # before training and at each of the 3 events
     assert read_json(tmp_path / "summary.json")["status"] == "completed"
