@@ -27,7 +27,7 @@ def main(cfg: DictConfig) -> float | None:
     from hydra.types import RunMode
 
     from transfer_pipeline.errors import ConfigOrigins, UserError
-    from transfer_pipeline.pipeline import Interrupted, run_job
+    from transfer_pipeline.lifecycle import Interrupted, run_job
 
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)

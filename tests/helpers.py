@@ -34,12 +34,13 @@ def read_json(path: Path):
     return json.loads(Path(path).read_text())
 
 
-def nan_after(steps: int = 3, num_classes: int = 5):
-    """A small model whose output turns NaN after `steps` training forwards (a diverging run)."""
+def failing_after(steps: int = 3, num_classes: int = 5, how: str = "nan"):
+    """A small model whose training forwards go wrong after `steps`: NaN outputs (a diverging run,
+    `how=nan`) or a plain RuntimeError (a bug, `how=raise`)."""
     import torch
     from torch import nn
 
-    class NaNAfter(nn.Module):
+    class FailsAfter(nn.Module):
         def __init__(self) -> None:
             super().__init__()
             self.fc = nn.Linear(64, num_classes)
@@ -48,16 +49,26 @@ def nan_after(steps: int = 3, num_classes: int = 5):
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             self.calls += self.training
             out = self.fc(x.flatten(1))
+            if self.calls > steps and how == "raise":
+                raise RuntimeError("boom: a bug in the model")
             return out * float("nan") if self.calls > steps else out
 
-    return NaNAfter()
+    return FailsAfter()
+
+
+def nan_after(steps: int = 3, num_classes: int = 5):
+    return failing_after(steps, num_classes, "nan")
+
+
+def boom_after(steps: int = 3, num_classes: int = 5):
+    return failing_after(steps, num_classes, "raise")
 
 
 def make_plan(source, target, rules=(), on_mismatch="error", exclude=(), strip_prefixes=None, auto=None,
               add_prefix=None):
     """`plan_load` from plain values, converted as the Python API converts its keyword arguments."""
     from transfer_pipeline.mapping.plan import plan_load
-    from transfer_pipeline.schema import load_options
+    from transfer_pipeline.options import load_options
 
     mapping, prefixes = load_options(rules=list(rules), on_mismatch=on_mismatch, exclude=list(exclude),
                                      strip_prefixes=strip_prefixes, auto=auto, add_prefix=add_prefix)
@@ -94,25 +105,6 @@ def slow_digits_cnn(delay: float = 0.02, **kwargs):
 
     return Slow(**kwargs)
 
-
-def boom_after(steps: int = 3, num_classes: int = 5):
-    """A model whose forward raises a plain RuntimeError (a bug, not a user error) after `steps` training steps."""
-    import torch
-    from torch import nn
-
-    class Boom(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.fc = nn.Linear(64, num_classes)
-            self.calls = 0
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            self.calls += self.training
-            if self.calls > steps:
-                raise RuntimeError("boom: a bug in the model")
-            return self.fc(x.flatten(1))
-
-    return Boom()
 
 
 def tuple_model(num_classes: int = 5):

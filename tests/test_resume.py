@@ -131,4 +131,4 @@ def test_resuming_with_another_config_names_the_differing_keys(tmp_path):
 
 def test_resume_needs_a_checkpoint(tmp_path):
     out = run_cli("trainer.resume=auto", f"hydra.run.dir={tmp_path}")
-    assert out.returncode == 2 and "trainer.resume: no checkpoint at" in out.stdout
+    assert out.returncode == 2 and "trainer.resume=auto continues the run in hydra.run.dir" in out.stdout

@@ -33,15 +33,9 @@ from .mapping.apply import (
 from .mapping.nested import choose_nested
 from .mapping.plan import plan_load
 from .mapping.report import LoadReport
+from .options import build_node, load_options
 from .paths import resolve_path
-from .schema import (
-    FreezeConfig,
-    MappingConfig,
-    OptimConfig,
-    SourceConfig,
-    build_node,
-    load_options,
-)
+from .schema import FreezeConfig, MappingConfig, OptimConfig, SourceConfig
 from .sources.read import SourceWeights, read_object, read_path
 from .tuning.batchnorm import hold_bn_modes
 from .tuning.freezing import FreezePlan, model_blocks, plan_freezing, set_requires_grad

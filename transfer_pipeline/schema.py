@@ -23,6 +23,7 @@ from typing import Any, Dict, List, Optional
 
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from .checks import _is_count, check_count, check_lr_fields, check_number
 from .errors import UserError
 
 PRECISIONS = ("32", "bf16", "16")
@@ -76,45 +77,6 @@ class SchedulerName(Enum):
     linear = "linear"  # linear decay to min_lr_mult x the group's LR, over the whole run
     step = "step"  # x gamma every step_epochs epochs
     onecycle = "onecycle"  # torch OneCycleLR: up from lr/div_factor, cosine down to lr/div_factor/final_div_factor
-
-
-def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
-def _is_count(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def check_number(where: str, value: Any, low: float | None = None, high: float | None = None,
-                 low_open: bool = False, high_open: bool = False, want: str = "") -> None:
-    """A finite number in [low, high] (open ends when asked); the message names the key, the value and the range."""
-    ok = _is_number(value) and math.isfinite(value)
-    ok = ok and (low is None or (value > low if low_open else value >= low))
-    ok = ok and (high is None or (value < high if high_open else value <= high))
-    if not ok:
-        if not want:
-            lo = "" if low is None else f"{'>' if low_open else '>='} {low:g}"
-            hi = "" if high is None else f"{'<' if high_open else '<='} {high:g}"
-            want = "a finite number" + (f" {lo}" if lo else "") + (" and" if lo and hi else "") + (f" {hi}" if hi else "")
-        raise UserError(f"{where}={value!r}: must be {want}.")
-
-
-def check_count(where: str, value: Any, low: int = 0, high: int | None = None, want: str = "") -> None:
-    """A whole number in [low, high]."""
-    if not _is_count(value) or value < low or (high is not None and value > high):
-        raise UserError(f"{where}={value!r}: must be {want or f'a whole number >= {low}' + (f' and <= {high}' if high is not None else '')}.")
-
-
-def check_lr_fields(where: str, lr: Any, lr_mult: Any, warmup: Any) -> None:
-    """`lr` / `lr_mult` / `warmup_steps` of a group or an event: one of lr and lr_mult, none negative."""
-    if lr is not None and lr_mult is not None:
-        raise UserError(f"{where}: sets both lr={lr} and lr_mult={lr_mult}; give one (lr_mult multiplies optim.lr).")
-    for key, value in (("lr", lr), ("lr_mult", lr_mult)):
-        if value is not None:
-            check_number(f"{where}.{key}", value, 0, want="a finite number >= 0")
-    if warmup is not None and (not _is_count(warmup) or warmup < 0):
-        raise UserError(f"{where}.warmup_steps={warmup!r}: must be a whole number of steps >= 0.")
 
 
 @dataclass
@@ -485,66 +447,3 @@ def to_run_config(cfg: DictConfig) -> RunConfig:
                         f"e.g. python run.py {e.full_key}=...") from None
     assert isinstance(obj, RunConfig), type(obj)
     return obj
-
-
-# --- nodes from keyword arguments (the Python API) ----------------------------------------------------
-
-def build_node(cls: type, values: Dict[str, Any], where: str) -> Any:
-    """A config dataclass from plain values, as the YAML would give them ('skip' for an enum, a dict
-    for a nested node), with the same checks and an error naming an unknown key and the close ones."""
-    import dataclasses
-    import typing
-
-    from .errors import did_you_mean
-
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    kwargs = {}
-    for key, value in values.items():
-        if key not in names:
-            raise UserError(f"{where}{key}: unknown key; valid keys: {', '.join(names)}.{did_you_mean(key, names)}")
-        kwargs[key] = _coerce(hints[key], value, f"{where}{key}")
-    return cls(**kwargs)
-
-
-def _coerce(hint: Any, value: Any, where: str) -> Any:
-    import dataclasses
-    import typing
-
-    if value is None:
-        return None
-    args = [a for a in typing.get_args(hint) if a is not type(None)]
-    origin = typing.get_origin(hint)
-    if origin is typing.Union and len(args) == 1:
-        return _coerce(args[0], value, where)
-    if isinstance(hint, type) and issubclass(hint, Enum):
-        if isinstance(value, hint):
-            return value
-        try:
-            return hint(getattr(value, "value", value))
-        except ValueError:
-            raise UserError(f"{where}={value!r}: choose one of {', '.join(m.value for m in hint)}.") from None
-    if dataclasses.is_dataclass(hint) and isinstance(value, dict):
-        return build_node(hint, value, f"{where}.")
-    if origin in (list, List) and args and dataclasses.is_dataclass(args[0]):
-        return [build_node(args[0], v, f"{where}[{i}].") if isinstance(v, dict) else v for i, v in enumerate(value)]
-    return list(value) if origin in (list, List) and isinstance(value, (tuple, list)) else value
-
-
-# The keyword arguments of plan_weights / load_weights: these mapping.* and source.* keys.
-MAPPING_OPTIONS = ("rules", "on_mismatch", "exclude", "expect", "auto")
-SOURCE_OPTIONS = ("key", "strip_prefixes", "add_prefix", "trust_pickle", "allow_nonfinite", "allow_lossy_cast")
-
-
-def load_options(**options: Any) -> tuple[MappingConfig, SourceConfig]:
-    """`mapping.*` and `source.*` keys given as keyword arguments -> the two config nodes (checked)."""
-    from .errors import did_you_mean
-
-    valid = MAPPING_OPTIONS + SOURCE_OPTIONS
-    unknown = [k for k in options if k not in valid]
-    if unknown:
-        raise UserError(f"{unknown[0]}: not an option of the loader; valid: {', '.join(valid)}."
-                        f"{did_you_mean(unknown[0], valid)}")
-    mapping = build_node(MappingConfig, {k: v for k, v in options.items() if k in MAPPING_OPTIONS}, "mapping.")
-    source = build_node(SourceConfig, {k: v for k, v in options.items() if k in SOURCE_OPTIONS}, "source.")
-    return mapping, source
