@@ -159,3 +159,12 @@ def test_temporary_files_of_a_killed_write_are_cleaned(tmp_path):
     out = run_cli("mode=plan", f"hydra.run.dir={tmp_path}")
     assert out.returncode == 0, out.stdout + out.stderr
     assert not any(p.exists() for p in stale)
+
+
+def test_two_runs_started_in_the_same_second_get_their_own_default_folders(tmp_path):
+    procs = [start_cli("mode=plan", cwd=tmp_path) for _ in range(2)]
+    for p in procs:
+        out, err = p.communicate(timeout=120)
+        assert p.returncode == 0, out + err
+    folders = sorted(p.parent for p in (tmp_path / "outputs").glob("*/*/summary.json"))
+    assert len(folders) == 2 and all(status(f) == "planned" for f in folders)

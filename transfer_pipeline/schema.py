@@ -429,11 +429,24 @@ class RunConfig:
                                 "raise trainer.epochs.")
 
 
+def fresh_dir(path: str) -> str:
+    """`${fresh_dir:outputs/...}`: the folder itself, or `<folder>_2`, `_3` ... when a run started in the
+    same second already has it (the default run folders are named by the second)."""
+    from pathlib import Path
+
+    candidate, k = path, 2
+    while Path(candidate).exists():
+        candidate, k = f"{path}_{k}", k + 1
+    return candidate
+
+
 def register_configs() -> None:
     """Put the schema into Hydra's ConfigStore (conf/config.yaml lists `config_schema` first)."""
     from hydra.core.config_store import ConfigStore
 
     ConfigStore.instance().store(name="config_schema", node=RunConfig)
+    if not OmegaConf.has_resolver("fresh_dir"):  # cached: one process asks once and keeps the answer
+        OmegaConf.register_new_resolver("fresh_dir", fresh_dir, use_cache=True)
 
 
 def to_run_config(cfg: DictConfig) -> RunConfig:
