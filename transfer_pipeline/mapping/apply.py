@@ -66,24 +66,30 @@ def _dtype(name: str) -> torch.dtype:
     return getattr(torch, name)
 
 
-CHUNK = 1 << 24  # elements checked at a time: the check's own memory stays small on any tensor
+CHUNK = 1 << 22  # elements checked at a time: the check's own temporaries stay a few MB on any tensor
 
 
-def _bad_values(t: torch.Tensor, target: torch.dtype) -> tuple[bool, bool]:
-    """(holds NaN/inf, holds finite values that become inf in `target`), read in chunks."""
+def _narrows(source: torch.dtype, target: torch.dtype) -> bool:
+    return source.is_floating_point and target.is_floating_point and torch.finfo(source).max > torch.finfo(target).max
+
+
+def _bad_values(t: torch.Tensor, target: torch.dtype, nonfinite_wanted: bool, overflow_wanted: bool) -> tuple[bool, bool]:
+    """(holds NaN/inf, holds finite values that become inf in `target`), read in chunks, stopping when known."""
     if not t.is_floating_point() or t.numel() == 0:
         return False, False
-    limit = torch.finfo(target).max if target.is_floating_point else None
-    narrowing = limit is not None and torch.finfo(t.dtype).max > limit
+    overflow_wanted = overflow_wanted and _narrows(t.dtype, target)
+    if not (nonfinite_wanted or overflow_wanted):
+        return False, False
+    limit = torch.finfo(target).max if overflow_wanted else None
     flat = t.reshape(-1)
     nonfinite = overflow = False
     for i in range(0, flat.numel(), CHUNK):
         part = flat[i:i + CHUNK]
         finite = torch.isfinite(part)
         nonfinite = nonfinite or not bool(finite.all())
-        if narrowing:
-            overflow = overflow or bool((part.abs() > limit).logical_and(finite).any())
-        if nonfinite and (overflow or not narrowing):
+        if limit is not None:
+            overflow = overflow or bool((part.abs() > limit).logical_and_(finite).any())
+        if (nonfinite or not nonfinite_wanted) and (overflow or limit is None):
             break
     return nonfinite, overflow
 
@@ -92,17 +98,18 @@ def check_values(plan: LoadPlan, source: SourceWeights, dtypes: Mapping[str, tor
                  allow_nonfinite: bool = False, allow_lossy_cast: bool = False) -> None:
     """NaN/inf in what is loaded, and floats too large for the target's dtype, are errors naming the tensors.
 
-    Reads each loaded source tensor once (from the memory map) before anything is written.
+    Reads each loaded source tensor once (from the memory map) before anything is written; with
+    `allow_nonfinite` only the ones cast to a narrower float are read (for overflow).
     """
     if allow_nonfinite and allow_lossy_cast:
         return
     nonfinite, overflow = [], []
     for entry in plan.entries:
         for name in entry.sources:
-            bad, big = _bad_values(source.get(name), dtypes[entry.target])
-            if bad and not allow_nonfinite:
+            bad, big = _bad_values(source.get(name), dtypes[entry.target], not allow_nonfinite, not allow_lossy_cast)
+            if bad:
                 nonfinite.append(name)
-            if big and not allow_lossy_cast:
+            if big:
                 overflow.append(f"{name} ({entry.source_dtype} -> {entry.target_dtype})")
     if nonfinite:
         names = list(dict.fromkeys(nonfinite))
