@@ -58,11 +58,36 @@ def write_csv(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
 
 
 def save_weights(path: Path, state_dict: Mapping[str, Any], metadata: Mapping[str, str] | None = None) -> None:
-    """A state dict (target names) as safetensors; tied tensors are stored once per name."""
-    from safetensors.torch import save
+    """A state dict (target names) as safetensors, streamed to a temporary file and renamed.
 
-    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state_dict.items()}
-    atomic_write_bytes(path, save(tensors, metadata=dict(metadata or {})))
+    Tensors are written from where they are (no copy of the whole model in memory, which a
+    memory-mapped source would turn into a second full read); only a tensor whose memory another
+    name already uses (tied weights) or that is not contiguous on the CPU is copied, since the
+    format stores each name on its own.
+    """
+    from safetensors.torch import save_file
+
+    seen: set[tuple[int, int]] = set()
+    tensors = {}
+    for name, value in state_dict.items():
+        t = value.detach()
+        if t.device.type != "cpu" or not t.is_contiguous():
+            t = t.to("cpu").contiguous()
+        key = (t.untyped_storage().data_ptr(), t.untyped_storage().nbytes())
+        if key in seen and t.numel():
+            t = t.clone()
+        seen.add((t.untyped_storage().data_ptr(), t.untyped_storage().nbytes()))
+        tensors[name] = t
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=dict(metadata or {}))
+        os.chmod(tmp, FILE_MODE)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def sha256_files(paths: Sequence[Path]) -> str:
