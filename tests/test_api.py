@@ -245,3 +245,19 @@ def test_the_api_works_on_a_plain_torch_model(tmp_path):
     assert report.loaded == ["0.weight", "0.bias"] and torch.equal(dst[0].weight, src[0].weight)
     tp.freeze(dst, frozen=["0"])
     assert [p.requires_grad for p in dst.parameters()] == [False, False, True, True]
+
+
+def test_a_frozen_model_still_deep_copies_and_saves_whole(tmp_path):
+    import copy
+
+    from torch.optim.swa_utils import AveragedModel
+
+    model = fresh()
+    tp.freeze(model, trainable=["head"])
+    twin = copy.deepcopy(model)
+    AveragedModel(model)  # deep-copies the model, as EMA does
+    torch.save(model, tmp_path / "m.pt")
+    before = twin.stem[1].running_mean.clone()
+    twin.train()
+    twin(torch.randn(4, 1, 8, 8))
+    assert torch.equal(twin.stem[1].running_mean, before)  # the copy keeps the BN hold

@@ -11,6 +11,7 @@ BatchNorm statistics are not parameters, so freezing parameters does not fix the
 
 from __future__ import annotations
 
+import weakref
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from functools import partial
@@ -106,12 +107,15 @@ def hold_bn_modes(model: nn.Module, modes: Mapping[str, str]) -> None:
     """
     layers = bn_modules(model)
     for name, module in layers.items():
-        old = module.__dict__.pop("_bn_hold", None)
+        old = _HOLDS.pop(module, None)
         if old is not None:
             old.remove()
         mode = modes.get(name, "train")
-        if mode != "train":
-            module.__dict__["_bn_hold"] = module.register_forward_pre_hook(partial(_hold, mode=mode))
+        if mode != "train":  # the hook itself is a picklable partial: the model still deep-copies and saves
+            _HOLDS[module] = module.register_forward_pre_hook(partial(_hold, mode=mode))
+
+
+_HOLDS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # BN layer -> its hook's handle (for replacing it)
 
 
 def _hold(module: nn.Module, args: Any, mode: str) -> None:
