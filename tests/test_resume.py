@@ -132,3 +132,19 @@ def test_resuming_with_another_config_names_the_differing_keys(tmp_path):
 def test_resume_needs_a_checkpoint(tmp_path):
     out = run_cli("trainer.resume=auto", f"hydra.run.dir={tmp_path}")
     assert out.returncode == 2 and "trainer.resume=auto continues the run in hydra.run.dir" in out.stdout
+
+
+def test_resuming_a_completed_run_says_there_is_nothing_to_resume(tmp_path):
+    assert run_cli("trainer.epochs=1", "freeze.schedule=[]", f"hydra.run.dir={tmp_path}").returncode == 0
+    out = run_cli("trainer.epochs=1", "freeze.schedule=[]", "trainer.resume=auto", f"hydra.run.dir={tmp_path}")
+    assert out.returncode == 2 and "completed; there is nothing to resume" in out.stderr
+    assert read_json(tmp_path / "summary.json")["status"] == "completed"
+
+
+def test_a_resume_file_that_is_not_a_full_state_checkpoint_is_refused(tmp_path):
+    from transfer_pipeline.models.digits import ASSETS
+
+    for name, match in (("digits_cnn_0to4_wrapped.pt", "is not a full-state checkpoint of this pipeline"),
+                        ("digits_cnn_0to4_module.pt", "cannot read")):  # a pickled module: never unpickled
+        out = run_cli(f"trainer.resume={ASSETS / name}", f"hydra.run.dir={tmp_path / name}")
+        assert out.returncode == 2 and match in out.stdout, out.stdout

@@ -97,6 +97,9 @@ def _check_previous(run_dir: Path, resume: bool = False) -> None:
     if resume and status in ("running", "interrupted", "failed") and (run_dir / "checkpoints" / "last.pt").is_file():
         log.info("Continuing the %s run in %s (trainer.resume)", "killed" if status == "running" else status, run_dir)
         return
+    if resume and status == "completed":
+        raise UserError(f"trainer.resume: the run in {run_dir} completed; there is nothing to resume. Start a fresh "
+                        "run (drop trainer.resume, or give another hydra.run.dir).")
     left = sorted(p.name for p in run_dir.iterdir() if p.name not in REPLACEABLE and not _is_temp(p.name))
     if status == "failed" and not left:
         for name in (SUMMARY, "load_report.json", "run.log"):
