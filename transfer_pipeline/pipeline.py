@@ -234,10 +234,14 @@ def fit(r: Run) -> None:
         r.summary.update(val_acc=last["val_acc"], val_loss=last["val_loss"],
                          final_trainable_params=last["trainable_params"])
     if result.interrupted:
-        command = r.signals.resume_command(r.run_dir)
-        r.summary["resume_command"] = command
-        log.warning("Stopped after epoch %d, batch %d: checkpoints/last.pt holds the state. Resume with:\n  %s",
-                    state.position.epoch + 1, state.position.step_in_epoch, command)
+        if (r.run_dir / "checkpoints" / "last.pt").is_file():
+            command = r.signals.resume_command(r.run_dir)
+            r.summary["resume_command"] = command
+            log.warning("Stopped in epoch %d after %d batch(es): checkpoints/last.pt holds the state. Resume with:\n  %s",
+                        state.position.epoch + 1, state.position.step_in_epoch, command)
+        else:
+            log.warning("Stopped in epoch %d; trainer.save_checkpoints=false, so there is no checkpoint to resume from.",
+                        state.position.epoch + 1)
         from .lifecycle import Interrupted
 
         raise Interrupted(r.signals.signum or signal.SIGINT)
