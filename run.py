@@ -33,7 +33,7 @@ def main(cfg: DictConfig) -> float | None:
     run_dir = Path(hydra_cfg.runtime.output_dir)
     overrides = tuple(hydra_cfg.overrides.task)
     origins = ConfigOrigins({g: c for g, c in hydra_cfg.runtime.choices.items() if not g.startswith("hydra/")},
-                            tuple(o.lstrip("+~").split("=", 1)[0] for o in overrides), overrides)
+                            overrides)
     try:
         summary = run_job(lambda: to_run_config(cfg), run_dir, origins, resume=cfg.trainer.resume is not None)
     except UserError:  # already logged, and recorded in summary.json

@@ -109,9 +109,9 @@ def test_a_value_set_on_the_command_line_gets_no_group_hint(tmp_path):
 def test_group_hints_name_only_groups_that_are_not_generic():
     from transfer_pipeline.errors import ConfigOrigins
 
-    origins = ConfigOrigins({"mapping": "new_head", "freeze": "none", "source": "digits_0to4"}, ("freeze.schedule",))
+    origins = ConfigOrigins({"mapping": "new_head", "freeze": "none", "source": "digits_0to4"}, ("freeze.schedule=[]",))
     assert "mapping=new_head" in origins.hint("mapping.expect.missing: 'head' was expected")
     assert "mapping=default" in origins.hint("mapping.exclude: x") and "freeze=none" not in origins.hint("mapping.exclude: x")
     assert origins.hint("freeze.trainable: selector 'head' matches no parameter") == ""  # freeze=none is generic
     assert origins.hint("source.path: no such file") == ""  # not a digits-specific group
-    assert ConfigOrigins({"freeze": "head_then_block2"}, ("freeze.schedule",)).hint("freeze.schedule[0].unfreeze: x") == ""
+    assert ConfigOrigins({"freeze": "head_then_block2"}, ("+freeze.schedule=[]",)).hint("freeze.schedule[0].unfreeze: x") == ""

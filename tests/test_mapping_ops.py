@@ -456,9 +456,9 @@ def test_planning_never_imports_torch():
     # the whole plan from a safetensors header: sources (header), nested choice, prefixes, rules, op specs, report
     code = ("import sys; import transfer_pipeline.mapping.plan, transfer_pipeline.mapping.rules, "
             "transfer_pipeline.mapping.op_specs, transfer_pipeline.mapping.nested, transfer_pipeline.mapping.report; "
-            "from transfer_pipeline.sources.read import safetensors_meta; from transfer_pipeline.mapping.plan import plan_load; "
+            "from transfer_pipeline.sources.safetensors_header import header_meta; from transfer_pipeline.mapping.plan import plan_load; "
             "from transfer_pipeline.paths import resolve_path; "
-            "meta, _ = safetensors_meta(resolve_path('pkg://transfer_pipeline/assets/digits_cnn_0to4.safetensors')); "
+            "meta, _ = header_meta(resolve_path('pkg://transfer_pipeline/assets/digits_cnn_0to4.safetensors')); "
             "plan = plan_load(meta, meta); assert len(plan.entries) == len(meta); "
             "assert 'torch' not in sys.modules, 'mapping imported torch'")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

@@ -42,8 +42,12 @@ class ConfigOrigins:
     """Where config values came from, as plain data (run.py reads it from Hydra): for error hints."""
 
     choices: Mapping[str, str | None] = field(default_factory=dict)  # config group -> chosen file ('mapping': 'new_head')
-    overridden: tuple[str, ...] = ()  # keys set on the command line ('mapping.exclude', 'freeze')
-    overrides: tuple[str, ...] = ()  # the command-line overrides as typed ('mapping.exclude=[fc]')
+    overrides: tuple[str, ...] = ()  # the command-line overrides as typed ('mapping.exclude=[fc]', '+model.x=1')
+
+    @property
+    def overridden(self) -> tuple[str, ...]:
+        """The keys the command line set ('mapping.exclude', 'freeze')."""
+        return tuple(o.lstrip("+~").split("=", 1)[0] for o in self.overrides)
 
     def hint(self, message: str) -> str:
         """For an error about a key that a digits-specific group file set: which file, and the generic switch."""

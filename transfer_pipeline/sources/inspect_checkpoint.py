@@ -44,13 +44,14 @@ def _human(n: float) -> str:
 
 def read(path: Path, key: str = "auto", trust_pickle: bool = False) -> Summary:
     """What `inspect` shows, read lazily (headers, pickles, no tensor data)."""
-    from .read import find_in_folder, preferred, read_path, safetensors_meta, sniff
+    from .read import find_in_folder, preferred, read_path, sniff
+    from .safetensors_header import header_meta
 
     if not path.exists():
         read_path(path)  # raises the usual 'no such file' message
     file = find_in_folder(path) if path.is_dir() else path
     if sniff(file) == "safetensors" and not file.name.endswith(".json"):
-        meta, extra = safetensors_meta(file)  # no torch import: instant on any size
+        meta, extra = header_meta(file)  # no torch import: instant on any size
         meta = dict(sorted(meta.items(), key=lambda kv: natural_key(kv[0])))
         return Summary(file, "safetensors", meta, extra=extra)
     src = preferred(read_path(path, key, trust_pickle))

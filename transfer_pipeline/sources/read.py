@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import warnings
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -101,11 +101,6 @@ def sniff(path: Path) -> str:
     return "unknown"
 
 
-def safetensors_meta(path: Path) -> tuple[dict[str, TensorMeta], dict[str, str]]:
-    """{name: TensorMeta} and the __metadata__ of a safetensors file, from its validated header alone (no torch)."""
-    return header_meta(path)
-
-
 # --- torch files -----------------------------------------------------------------------------------
 
 def _candidates(obj: Any, keypath: str = "", depth: int = 0) -> list[tuple[str, dict]]:
@@ -145,7 +140,7 @@ def _read_safetensors(path: Path, key: str = "auto") -> SourceWeights:
     if key not in ("auto", ""):
         raise UserError(f"source.key={key!r}: {path} is a safetensors file, which is flat (no nested keys). "
                         "Remove source.key (or set it to auto).")
-    meta, extra = safetensors_meta(path)
+    meta, extra = header_meta(path)
     try:
         f = safe_open(str(path), framework="pt", device="cpu")  # data memory-mapped, read when used
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
@@ -289,9 +284,9 @@ def preferred(src: SourceWeights) -> SourceWeights:
     best = max(src.candidates, key=lambda kp: (nested_preference(kp), len(src.candidates[kp].meta)))
     others = ", ".join(repr(k or "<top level>") for k in src.candidates if k != best)
     chosen = src.candidates[best]
-    chosen.notes.insert(0, f"source.key=auto: nested key {best or '<top level>'!r} by name (others: {others}); "
-                           "set source.key to choose another")
-    return chosen
+    note = (f"source.key=auto: nested key {best or '<top level>'!r} by name (others: {others}); "
+            "set source.key to choose another")
+    return replace(chosen, notes=[note, *chosen.notes])
 
 
 def _read_file(path: Path, key: str, trust_pickle: bool, sharded: bool = True) -> SourceWeights:

@@ -36,10 +36,6 @@ class FitResult:
     notes: list[str] = field(default_factory=list)
 
 
-def _weights(model: nn.Module) -> dict[str, torch.Tensor]:
-    return model.state_dict()
-
-
 def fit(cfg: RunConfig, run_dir: Path, model: nn.Module, optimizer: Any, groups: list, freeze: Any,
         loaders: tuple, device: torch.device, schedule: Any, resume: dict[str, Any] | None,
         stop_requested: Callable[[], bool], on_event: Callable, plan_text: str, source: str) -> FitResult:
@@ -51,10 +47,9 @@ def fit(cfg: RunConfig, run_dir: Path, model: nn.Module, optimizer: Any, groups:
     ema = make_ema(model, t.ema.decay) if t.ema.decay is not None else None
     best = Best(t.monitor, monitor_mode(t.monitor, t.monitor_mode))
     early = None
+    spe = steps_per_epoch(train_loader, t.limit_train_batches)
     if t.early_stopping.patience is not None:
-        spe = steps_per_epoch(train_loader, t.limit_train_batches)
-        last_event = max((ev.trigger.epoch if not ev.trigger.by_step else ev.trigger.step // max(spe, 1)
-                          for ev in freeze.events if ev.names), default=0)
+        last_event = max((int(ev.trigger.epoch_of(spe)) for ev in freeze.events if ev.names), default=0)
         early = EarlyStop(t.early_stopping.patience, t.early_stopping.min_delta,
                           last_event + t.early_stopping.patience - 1 if freeze.events else 0)
     if resume is not None:
@@ -73,7 +68,9 @@ def fit(cfg: RunConfig, run_dir: Path, model: nn.Module, optimizer: Any, groups:
                 "position": {k: getattr(pos, k) for k in Position.__dataclass_fields__},
                 "history": state.history, "samples": state.samples, "seconds": state.seconds,
                 "best": best.state(), "early": early.state() if early else None,
-                "fired": [ev.where for ev in freeze.events if _fired(ev, pos)], "config": fingerprint}
+                "fired": [ev.where for ev in freeze.events
+                          if ev.trigger.fired_by(pos.epoch, pos.step_in_epoch, pos.global_step)],
+                "config": fingerprint}
 
     def save_last() -> None:
         if t.save_checkpoints:
@@ -92,14 +89,14 @@ def fit(cfg: RunConfig, run_dir: Path, model: nn.Module, optimizer: Any, groups:
             lg.epoch(row)
         meta = {"epoch": str(row["epoch"])}
         if t.save_checkpoints:
-            outputs.save_weights(ckpt_dir / "last.safetensors", _weights(model), meta)
+            outputs.save_weights(ckpt_dir / "last.safetensors", model.state_dict(), meta)
         if t.keep_epoch_checkpoints:
-            outputs.save_weights(ckpt_dir / f"epoch_{row['epoch']}.safetensors", _weights(model), meta)
+            outputs.save_weights(ckpt_dir / f"epoch_{row['epoch']}.safetensors", model.state_dict(), meta)
         if ema is not None:
             outputs.save_weights(ckpt_dir / "ema.safetensors", ema.module.state_dict(), meta)
         if best.update(row):
             watched = ema.module if t.monitor.startswith("ema_") else model
-            outputs.save_weights(ckpt_dir / "best.safetensors", _weights(watched), {**meta, t.monitor: str(best.value)})
+            outputs.save_weights(ckpt_dir / "best.safetensors", watched.state_dict(), {**meta, t.monitor: str(best.value)})
         stop = early.should_stop(best, row) if early is not None else False
         save_last()  # after best and early stopping are updated: a resumed run continues their counts
         _log_epoch(row, cfg.trainer.epochs, best, t.monitor)
@@ -118,9 +115,7 @@ def fit(cfg: RunConfig, run_dir: Path, model: nn.Module, optimizer: Any, groups:
     finally:
         for lg in loggers:
             lg.close()
-        marks = [(float(ev.trigger.epoch if not ev.trigger.by_step else ev.trigger.step /
-                        max(steps_per_epoch(train_loader, t.limit_train_batches), 1)),
-                  ev.describe().split(": ", 1)[-1].split(" (")[0]) for ev in freeze.events]
+        marks = [(ev.trigger.epoch_of(spe), ev.action) for ev in freeze.events]
         write_curves(run_dir / "curves.png", state.history, marks)
     if not result.interrupted:
         final = ckpt_dir / "best.safetensors"
@@ -130,13 +125,8 @@ def fit(cfg: RunConfig, run_dir: Path, model: nn.Module, optimizer: Any, groups:
             outputs.save_weights(run_dir / "model.safetensors", load_file(final), {"source": source,
                                                                                    "weights": f"best epoch {best.epoch}"})
         else:
-            outputs.save_weights(run_dir / "model.safetensors", _weights(model), {"source": source, "weights": "last"})
+            outputs.save_weights(run_dir / "model.safetensors", model.state_dict(), {"source": source, "weights": "last"})
     return result
-
-
-def _fired(ev: Any, pos: Position) -> bool:
-    return (ev.trigger.step < pos.global_step if ev.trigger.by_step else
-            ev.trigger.epoch < pos.epoch or (ev.trigger.epoch == pos.epoch and pos.step_in_epoch > 0))
 
 
 def _restore(saved: dict[str, Any], model: nn.Module, optimizer: Any, scaler: Any, ema: Any, best: Best,

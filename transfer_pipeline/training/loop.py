@@ -197,9 +197,7 @@ def train(model: nn.Module, optimizer: torch.optim.Optimizer, train_loader, val_
 
     # a continued run: what had fired by the position is applied again, silently
     for ev in events:
-        done = (ev.trigger.step < start.global_step if ev.trigger.by_step else
-                ev.trigger.epoch < start.epoch or (ev.trigger.epoch == start.epoch and start.step_in_epoch > 0))
-        if done:
+        if ev.trigger.fired_by(start.epoch, start.step_in_epoch, start.global_step):
             apply_event(model, ev)
 
     pos = state.position

@@ -30,6 +30,16 @@ class Trigger:
         """The global optimizer step before which it fires."""
         return self.step if self.step is not None else self.epoch * steps_per_epoch  # type: ignore[operator]
 
+    def epoch_of(self, steps_per_epoch: int) -> float:
+        """Where it fires, in epochs (a step event part-way through one)."""
+        return self.step / max(steps_per_epoch, 1) if self.by_step else float(self.epoch)  # type: ignore[operator]
+
+    def fired_by(self, epoch: int, step_in_epoch: int, global_step: int) -> bool:
+        """Whether a loop at this position has fired it (an epoch event fires before its epoch's first batch)."""
+        if self.by_step:
+            return self.step < global_step  # type: ignore[operator]
+        return self.epoch < epoch or (self.epoch == epoch and step_in_epoch > 0)  # type: ignore[operator]
+
     @property
     def label(self) -> str:
         return f"step {self.step}" if self.by_step else f"epoch {self.epoch}"
@@ -63,12 +73,21 @@ class Event:
     def sets_lr(self) -> bool:
         return self.lr is not None or self.lr_mult is not None
 
-    def describe(self) -> str:
+    @property
+    def action(self) -> str:
+        """What it does, short ('unfroze block2; froze stem'): a plot label."""
+        return "; ".join(p.split(" (")[0] for p in self._parts())
+
+    def _parts(self) -> list[str]:
         parts = []
         if self.selectors:
             parts.append(f"unfroze {', '.join(self.selectors)} ({len(self.names)} tensors)")
         if self.freeze_selectors:
             parts.append(f"froze {', '.join(self.freeze_selectors)} ({len(self.frozen)} tensors)")
+        return parts
+
+    def describe(self) -> str:
+        parts = self._parts()
         # the log numbers epochs from 1 ("epoch 4/6"); the config from 0 (epoch: 3 fires before the 4th)
         when = f"Step {self.trigger.step}" if self.trigger.by_step else f"Before epoch {self.trigger.epoch + 1} (epoch: {self.trigger.epoch})"
         return f"{when}: {'; '.join(parts)}"
