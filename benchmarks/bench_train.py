@@ -1,14 +1,21 @@
 """The pipeline's training loop against a plain hand-written loop: samples/s of each and the ratio.
 
-    python benchmarks/bench_train.py                 # CPU, synthetic 8x8 data, DigitsCNN and a small MLP
-    python benchmarks/bench_train.py --epochs 5 --device cuda
+    python benchmarks/bench_train.py                        # CPU: small CNN, MLP, resnet18 rows
+    python benchmarks/bench_train.py --device cuda --model resnet50 --image-size 224 --batch-size 256 \\
+        --samples 8192 --precision bf16 --channels-last [--compile]    # the GPU rows
 
-Same model, data, batch size, optimizer and seed on both sides; each row is the median of the
-epochs after a warm-up epoch. The pipeline side is `transfer_pipeline.training.loop.train` with
-everything a run switches on by default (events, per-step LRs, the finite-loss check, metrics),
-so the ratio is what the pipeline's bookkeeping costs. Rows: a small CNN, an MLP, resnet18 full
-fine-tune and resnet18 with only `fc` trainable (the frozen backbone builds no autograd graph:
-only its forward runs), and the frozen/full ratio. (Feature caching and GPU rows: issue 12.)
+Same model, data, batch size, precision, memory format, optimizer and seed on both sides. The
+sides take turns (`--rounds`), each round a warm-up epoch and `--epochs` measured ones, and a row
+is the median of every measured epoch. The pipeline side is
+`transfer_pipeline.training.loop.train` with its engine (engine.py) and what a run switches on
+by default (per-step LRs, deferred NaN check, metrics, events), so the ratio is what the
+pipeline's bookkeeping costs. The hand-written loop is the minimal one: no metrics at all.
+
+Rows: a small CNN and an MLP on 8x8 inputs (per-step overhead shows most there), the ResNet full
+fine-tune, the ResNet with only `fc` trainable (frozen backbone, BatchNorm held: autograd builds
+no graph through it), and only `fc` with `trainer.cache_features` (the backbone runs once, then
+the head trains on its cached outputs; the hand-written side is the frozen loop). Then the
+frozen/full and cached/frozen ratios.
 """
 
 from __future__ import annotations
@@ -31,74 +38,110 @@ def hold_frozen_bn(model) -> None:
             m.eval()
 
 
-def plain_epoch(model, loader, optimizer, device) -> float:
+def plain_epoch(model, loader, optimizer, device, autocast, channels_last: bool, forward=None) -> float:
+    import torch
     import torch.nn.functional as F
 
     model.train()
     hold_frozen_bn(model)
+    forward = forward or model
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
     start, n = time.perf_counter(), 0
     for x, y in loader:
-        x, y = x.to(device), y.to(device)
-        loss = F.cross_entropy(model(x), y)
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        if channels_last and x.ndim == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast():
+            logits = forward(x)
+        loss = F.cross_entropy(logits.float(), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         n += len(y)
     if device.type == "cuda":
-        import torch
-
         torch.cuda.synchronize(device)
     return n / (time.perf_counter() - start)
 
 
-def pipeline_epochs(model, loader, val, optimizer, device, epochs: int) -> list[float]:
+def pipeline_epochs(model, loaders, optimizer, engine, epochs: int, cache: bool) -> tuple[list[float], float]:
+    """samples/s of each epoch, and the seconds spent building the feature cache (0 without it)."""
+    from transfer_pipeline.training import feature_cache
     from transfer_pipeline.training.loop import train
-
     from transfer_pipeline.tuning.batchnorm import bn_modules
 
     policy = {name: "auto" for name in bn_modules(model)}
-    state = train(model, optimizer, loader, val, epochs=epochs, events=(), bn_policy=policy, device=device,
-                  precision="32")
-    return [row["samples_per_s"] for row in state.history]
+    head, built = None, 0.0
+    if cache:
+        t0 = time.perf_counter()
+        trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+        name, loaders = feature_cache.prepare(model, trainable, policy, loaders, engine)
+        assert name is not None, "the cache should apply to this row"
+        head, built = model.get_submodule(name), time.perf_counter() - t0
+    state = train(model, optimizer, loaders[0], loaders[1], epochs=epochs, events=(), bn_policy=policy, engine=engine,
+                  forward_module=head)
+    return [row["samples_per_s"] for row in state.history], built
 
 
-def row(name: str, make_model, epochs: int, device, batch_size: int, shape=(1, 8, 8), samples: int = 4096,
-        trainable: str | None = None) -> tuple[str, float, float]:
+def make_side(make_model, x, y, args, device, trainable: str | None):
+    import torch
+    from torch.utils.data import TensorDataset
+
+    from transfer_pipeline.training.data import DataBundle, loaders
+
+    torch.manual_seed(0)
+    model = make_model().to(device)
+    if args.channels_last:
+        model.to(memory_format=torch.channels_last)
+    if trainable is not None:
+        for n, p in model.named_parameters():
+            p.requires_grad_(n.startswith(trainable + "."))
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-3)
+    for pg in optimizer.param_groups:
+        pg["name"] = "default"
+    bundle = DataBundle(TensorDataset(x, y), TensorDataset(x[:256], y[:256]), [str(c) for c in range(5)])
+    return model, optimizer, loaders(bundle, args.batch_size, 0, pin_memory=device.type == "cuda")
+
+
+def row(name: str, make_model, args, device, shape, samples: int, trainable: str | None = None,
+        cache: bool = False) -> tuple[str, float, float, float]:
     """`trainable`: a top-level module that alone trains (the rest frozen, its BatchNorm layers in eval)."""
     import torch
-    from torch.utils.data import DataLoader, TensorDataset
+
+    from transfer_pipeline.training.engine import Engine
 
     g = torch.Generator().manual_seed(0)
     x = torch.randn(samples, *shape, generator=g)
     y = torch.randint(0, 5, (samples,), generator=g)
-    results = {}
-    for side in ("plain", "pipeline"):
-        torch.manual_seed(0)
-        model = make_model().to(device)
-        if trainable is not None:
-            for n, p in model.named_parameters():
-                p.requires_grad_(n.startswith(trainable + "."))
-        params = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=1e-3)
-        for pg in optimizer.param_groups:
-            pg["name"] = "default"
-        loader = DataLoader(TensorDataset(x, y), batch_size=batch_size, shuffle=True,
-                            generator=torch.Generator().manual_seed(0))
-        val = DataLoader(TensorDataset(x[:256], y[:256]), batch_size=batch_size)
-        if side == "plain":
-            rates = [plain_epoch(model, loader, optimizer, device) for _ in range(epochs + 1)][1:]
-        else:
-            rates = pipeline_epochs(model, loader, val, optimizer, device, epochs + 1)[1:]
-        results[side] = statistics.median(rates)
-    return name, results["plain"], results["pipeline"]
+    rates: dict[str, list[float]] = {"plain": [], "pipeline": []}
+    built = []
+    for _ in range(args.rounds):
+        model, optimizer, (train_loader, _val) = make_side(make_model, x, y, args, device, trainable)
+        engine = Engine(device, args.precision, args.channels_last, args.compile)
+        forward = torch.compile(model) if args.compile else model
+        rates["plain"] += [plain_epoch(model, train_loader, optimizer, device, engine.autocast, args.channels_last,
+                                       forward) for _ in range(args.epochs + 1)][1:]
+        model, optimizer, loaders = make_side(make_model, x, y, args, device, trainable)
+        epochs, seconds = pipeline_epochs(model, loaders, optimizer, engine, args.epochs + 1, cache)
+        rates["pipeline"] += epochs[1:]
+        built.append(seconds)
+    return name, statistics.median(rates["plain"]), statistics.median(rates["pipeline"]), statistics.median(built)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--epochs", type=int, default=3, help="measured epochs per side (after one warm-up)")
+    parser.add_argument("--epochs", type=int, default=3, help="measured epochs per side and round (after a warm-up)")
+    parser.add_argument("--rounds", type=int, default=2, help="turns each side takes")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--image-size", type=int, default=32, help="resnet18 rows: synthetic RGB images of this size")
+    parser.add_argument("--model", default="resnet18", help="the torchvision ResNet of the large rows")
+    parser.add_argument("--image-size", type=int, default=32, help="ResNet rows: synthetic RGB images of this size")
+    parser.add_argument("--samples", type=int, default=512, help="ResNet rows: images per epoch")
+    parser.add_argument("--precision", default="32", choices=("32", "bf16", "16"))
+    parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--compile", action="store_true", help="torch.compile on both sides")
+    parser.add_argument("--skip-small", action="store_true", help="only the ResNet rows")
     args = parser.parse_args()
     import torch
     import torchvision
@@ -107,22 +150,31 @@ def main() -> None:
     from transfer_pipeline.models import DigitsCNN
 
     device = torch.device(args.device)
+    resnet = getattr(torchvision.models, args.model)
     small = dict(shape=(1, 8, 8), samples=4096)
-    rgb = dict(shape=(3, args.image_size, args.image_size), samples=512)
-    rows = [("DigitsCNN (full fine-tune)", lambda: DigitsCNN(num_classes=5), small),
-            ("MLP 64-256-5", lambda: nn.Sequential(nn.Flatten(), nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 5)), small),
-            ("resnet18 full fine-tune", lambda: torchvision.models.resnet18(num_classes=5), rgb),
-            ("resnet18 only fc trainable", lambda: torchvision.models.resnet18(num_classes=5), {**rgb, "trainable": "fc"})]
-    print(f"device {device}, batch {args.batch_size}, median of {args.epochs} epochs after a warm-up, synthetic data "
-          f"(4096 x 1x8x8; resnet18: 512 x 3x{args.image_size}x{args.image_size})")
-    print(f"{'model':<30} {'plain samples/s':>16} {'pipeline samples/s':>19} {'ratio':>6}")
+    rgb = dict(shape=(3, args.image_size, args.image_size), samples=args.samples)
+    rows = [] if args.skip_small else [
+        ("small CNN (full fine-tune)", lambda: DigitsCNN(num_classes=5), small),
+        ("MLP 64-256-5", lambda: nn.Sequential(nn.Flatten(), nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 5)), small)]
+    rows += [(f"{args.model} full fine-tune", lambda: resnet(num_classes=5), rgb),
+             (f"{args.model} only fc trainable", lambda: resnet(num_classes=5), {**rgb, "trainable": "fc"}),
+             (f"{args.model} fc + cache_features", lambda: resnet(num_classes=5), {**rgb, "trainable": "fc", "cache": True})]
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
+    print(f"device {where}, torch {torch.__version__}, batch {args.batch_size}, precision {args.precision}"
+          f"{', channels_last' if args.channels_last else ''}{', compiled' if args.compile else ''}; median of "
+          f"{args.rounds} x {args.epochs} epochs after warm-ups; synthetic data (small rows 4096 x 1x8x8, "
+          f"{args.model} rows {args.samples} x 3x{args.image_size}x{args.image_size})")
+    print(f"{'model':<36} {'plain samples/s':>16} {'pipeline samples/s':>19} {'ratio':>6}")
     rates = {}
     for name, make, kw in rows:
-        name, plain, pipe = row(name, make, args.epochs, device, args.batch_size, **kw)
+        name, plain, pipe, built = row(name, make, args, device, **kw)
         rates[name] = pipe
-        print(f"{name:<30} {plain:>16,.0f} {pipe:>19,.0f} {pipe / plain:>6.2f}")
-    frozen = rates["resnet18 only fc trainable"] / rates["resnet18 full fine-tune"]
-    print(f"frozen backbone (only fc) vs full fine-tune, pipeline: {frozen:.2f}x")
+        note = f"   (cache built in {built:.2f} s, once per run)" if built else ""
+        print(f"{name:<36} {plain:>16,.0f} {pipe:>19,.0f} {pipe / plain:>6.2f}{note}", flush=True)
+    full, frozen = rates[f"{args.model} full fine-tune"], rates[f"{args.model} only fc trainable"]
+    cached = rates[f"{args.model} fc + cache_features"]
+    print(f"frozen backbone (only fc) vs full fine-tune, pipeline: {frozen / full:.2f}x")
+    print(f"cache_features vs frozen backbone, pipeline: {cached / frozen:.2f}x")
 
 
 if __name__ == "__main__":

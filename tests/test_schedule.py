@@ -15,6 +15,7 @@ from transfer_pipeline.tuning.freezing import plan_freezing, set_requires_grad
 from transfer_pipeline.tuning.lr_schedule import build_schedule
 from transfer_pipeline.models import DigitsCNN
 from transfer_pipeline.tuning.param_groups import build_groups, make_optimizer, no_decay_names
+from transfer_pipeline.training.engine import Engine
 from transfer_pipeline.training.loop import train
 
 STEM = ("stem.0.weight", "stem.1.weight", "stem.1.bias", "stem.1.running_mean", "stem.1.running_var",
@@ -63,7 +64,7 @@ def run_training(compose, *overrides: str, epochs: int = 4, spe: int = 3, every_
             out.steps.append(clone(model.state_dict()))
 
     state = train(model, optimizer, batches, batches[:1], epochs=epochs, events=plan.events, bn_policy=plan.bn_modes,
-                  device=torch.device("cpu"), precision="32", schedule=schedule, on_step=on_step,
+                  engine=Engine(torch.device("cpu")), schedule=schedule, on_step=on_step,
                   on_epoch=lambda row: out.epochs.append(clone(model.state_dict())))
     out.history = state.history
     return out

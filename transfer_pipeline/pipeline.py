@@ -61,6 +61,9 @@ class Run:
     loaders: tuple = ()  # (train, val)
     resume_state: Any = None  # a full-state checkpoint to continue from (trainer.resume)
     signals: Any = None  # StopSignals: whether a Ctrl-C / SIGTERM asked the loop to stop
+    engine: Any = None  # training.engine.Engine: how steps run (precision, compile, DDP, accumulation)
+    group: Any = None  # training.distributed.Group under torchrun (None in a single process)
+    main_dir: Path | None = None  # rank 0's run folder (under torchrun the other ranks run in folders of their own)
 
 
 def run(cfg: RunConfig, run_dir: Path, origins: ConfigOrigins | None = None) -> dict[str, Any]:
@@ -74,14 +77,25 @@ def run(cfg: RunConfig, run_dir: Path, origins: ConfigOrigins | None = None) -> 
 
 def setup(r: Run) -> None:
     """Everything that can be checked without the model or the data, before anything heavy."""
-    from .training.loop import autocast_context, resolve_device
+    from .training import distributed
+    from .training.engine import Engine, resolve_device
 
-    r.device = resolve_device(r.cfg.device)
-    autocast_context(r.cfg.trainer.precision, r.device)
-    if r.cfg.trainer.deterministic:
+    t = r.cfg.trainer
+    joined = distributed.join(r.cfg.device)  # under torchrun: the process group and this rank's device
+    r.group, r.device = joined if joined is not None else (None, resolve_device(r.cfg.device))
+    r.main_dir = Path(r.group.broadcast(str(r.run_dir))) if r.group is not None else r.run_dir
+    r.engine = Engine(r.device, t.precision, t.channels_last, t.compile, t.accumulate_grad_batches, t.grad_clip, r.group)
+    if t.deterministic:
         make_deterministic()
+    elif r.device.type == "cuda" and t.cudnn_benchmark:
+        import torch
+
+        torch.backends.cudnn.benchmark = True  # fixed input shapes: the kernel search pays off from the second step
     seed_everything(r.cfg.seed)
     r.summary["device"] = str(r.device)
+    if r.group is not None:
+        r.summary["processes"] = r.group.world
+        log.info("torchrun: process %d of %d (%s, %s)", r.group.rank, r.group.world, r.device, r.group.backend)
 
 
 def plan(r: Run) -> None:
@@ -146,6 +160,14 @@ def tune(r: Run) -> None:
     r.summary["param_groups"] = group_rows(model, r.groups, lrs, r.freeze.bn_modes)
     log.info("Parameter groups (before epoch 0):\n%s", format_groups(model, r.groups, lrs, r.freeze.bn_modes))
     log.info(format_bn_plan(model, r.freeze.bn_modes, cfg.freeze.bn.value))
+    if cfg.trainer.cache_features:
+        from .training.data import augments
+        from .training.feature_cache import cache_plan
+
+        in_run = set(r.freeze.trainable).union(*(ev.names for ev in r.freeze.events))
+        cache = cache_plan(model, in_run, r.freeze.bn_modes, augments(cfg.data))
+        r.summary["cache_features"] = cache.head
+        log.info("%s%s", cache.describe(), " (checked again on a batch when training starts)" if cache.head else "")
 
 
 def planned(r: Run) -> None:
@@ -158,18 +180,17 @@ def data(r: Run) -> None:
 
     cfg = r.cfg
     r.data = build_data(cfg.data, cfg.seed)
+    rank, world = (r.group.rank, r.group.world) if r.group is not None else (0, 1)
     r.loaders = loaders(r.data, cfg.trainer.batch_size, cfg.seed, cfg.data.num_workers,
-                        pin_memory=r.device.type == "cuda")
-    check_output_size(r.model, r.loaders[1], r.data.num_classes, r.device)
+                        pin_memory=r.device.type == "cuda", rank=rank, world=world)
+    check_output_size(r.model, r.loaders[1], r.data.num_classes, r.engine)
     r.summary.update(num_classes=r.data.num_classes, train_samples=len(r.data.train), val_samples=len(r.data.val))
 
 
 def evaluate(r: Run) -> None:
-    from .training.loop import autocast_context, evaluate as evaluate_loader
+    from .training.loop import evaluate as evaluate_loader
 
-    cfg = r.cfg
-    val_loss, val_acc = evaluate_loader(r.model, r.loaders[1], r.device, autocast_context(cfg.trainer.precision, r.device),
-                                        cfg.trainer.limit_val_batches)
+    val_loss, val_acc = evaluate_loader(r.model, r.loaders[1], r.engine, r.cfg.trainer.limit_val_batches)
     r.summary.update(status="evaluated", val_loss=val_loss, val_acc=val_acc)
     log.info("val_loss %.4f  val_acc %.4f", val_loss, val_acc)
 
@@ -182,9 +203,9 @@ def resume(r: Run) -> None:
     spec = r.cfg.trainer.resume
     if spec is None:
         return
-    path = (r.run_dir / "checkpoints" / checkpoint.LAST) if spec == "auto" else resolve_path(spec, "trainer.resume")
+    path = (r.main_dir / "checkpoints" / checkpoint.LAST) if spec == "auto" else resolve_path(spec, "trainer.resume")
     if spec == "auto" and not path.is_file():
-        raise UserError(f"trainer.resume=auto continues the run in hydra.run.dir, and {r.run_dir} has no "
+        raise UserError(f"trainer.resume=auto continues the run in hydra.run.dir, and {r.main_dir} has no "
                         f"checkpoints/{checkpoint.LAST}. Give the stopped run's folder (hydra.run.dir=outputs/...; its "
                         "summary.json has the resume_command), or trainer.resume=<path to a last.pt>.")
     saved = checkpoint.load(path)
@@ -209,10 +230,13 @@ def fit(r: Run) -> None:
     from .tuning.param_groups import current_lrs, format_groups, make_optimizer
 
     cfg, model = r.cfg, r.model
-    model.to(r.device)
+    r.engine.prepare(model)
+    if cfg.trainer.sync_batchnorm:
+        model = r.model = sync_batchnorm(model, r.group, r.device)
     r.optimizer = make_optimizer(model, r.groups, cfg.optim)
     schedule = build_schedule(r.groups, r.freeze.trainable, r.freeze.events, cfg.optim.scheduler, cfg.trainer.epochs,
-                              steps_per_epoch(r.loaders[0], cfg.trainer.limit_train_batches))
+                              steps_per_epoch(r.loaders[0], cfg.trainer.limit_train_batches,
+                                              cfg.trainer.accumulate_grad_batches))
     write_lrs(r.optimizer, schedule.lrs(0))
 
     def on_event(evs) -> None:
@@ -221,11 +245,12 @@ def fit(r: Run) -> None:
 
     r.signals.graceful = True  # from here a first Ctrl-C / SIGTERM finishes the step and saves
     try:
-        result = fit_loop(cfg, r.run_dir, model, r.optimizer, r.groups, r.freeze, r.loaders, r.device, schedule,
+        result = fit_loop(cfg, r.run_dir, model, r.optimizer, r.groups, r.freeze, r.loaders, r.engine, schedule,
                           r.resume_state, r.signals.requested, on_event, r.report.table(), str(r.summary["source"]))
     finally:
         r.signals.graceful = False
     state, best = result.state, result.best
+    r.summary["cache_features"] = result.cached
     r.summary.update(epochs=len(state.history), train_samples_per_s=state.samples / state.seconds if state.seconds else None,
                      monitor=best.metric, best_epoch=best.epoch, **{f"best_{best.metric}": best.value},
                      stopped_early=state.stopped_early)
@@ -249,6 +274,19 @@ def fit(r: Run) -> None:
     log.info("Done: val_acc %.4f (best %s %.4f at epoch %s), weights (%s) in %s", r.summary["val_acc"], best.metric,
              best.value if best.value is not None else float("nan"), (best.epoch or 0) + 1,
              cfg.trainer.final_weights.value, r.run_dir / "model.safetensors")
+
+
+def sync_batchnorm(model: Any, group: Any, device: Any) -> Any:
+    """`trainer.sync_batchnorm`: BatchNorm statistics over the global batch, as one process with the whole batch."""
+    if group is None:
+        log.info("trainer.sync_batchnorm: one process, so every BatchNorm layer already sees the whole batch")
+        return model
+    if device.type != "cuda":
+        raise UserError("trainer.sync_batchnorm=true: torch's SyncBatchNorm runs on CUDA only; on CPU drop it (each "
+                        "process's BatchNorm layers then see their share of the batch) or freeze them (freeze.bn).")
+    import torch
+
+    return torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)  # the same Parameter objects: groups still hold
 
 
 # Each mode's steps, in order: a plan reads no tensor data (freezing and groups need names only).

@@ -368,6 +368,13 @@ class TrainerConfig:
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
     ema: EMAConfig = field(default_factory=EMAConfig)
     progress: bool = True  # a progress bar per epoch on a terminal (never in logs)
+    accumulate_grad_batches: int = 1  # batches per optimizer step (the effective batch is batch_size x this)
+    channels_last: bool = False  # NHWC memory format for model and images (faster convolutions on GPUs)
+    compile: bool = False  # torch.compile the forward (needs a C++ compiler on CPU, Triton on CUDA)
+    cudnn_benchmark: bool = True  # on CUDA, let cuDNN pick the fastest kernels (off under trainer.deterministic)
+    sync_every_steps: int = 50  # read losses/accuracy from the device (and check for NaN) every N optimizer steps
+    sync_batchnorm: bool = False  # under torchrun: BatchNorm statistics over the global batch (CUDA only)
+    cache_features: bool = False  # frozen backbone: compute its outputs once, train the head on them
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
@@ -384,6 +391,10 @@ class TrainerConfig:
         if self.checkpoint_every_steps is not None:
             check_count("trainer.checkpoint_every_steps", self.checkpoint_every_steps, 1,
                         want="a whole number of steps >= 1 (null: after every epoch only)")
+        check_count("trainer.accumulate_grad_batches", self.accumulate_grad_batches, 1,
+                    want="a whole number of batches per optimizer step >= 1 (1: no accumulation)")
+        check_count("trainer.sync_every_steps", self.sync_every_steps, 1,
+                    want="a whole number of steps >= 1 (1: read the loss every step)")
         if self.monitor not in MONITORS:
             raise UserError(f"trainer.monitor={self.monitor!r}: choose one of {', '.join(MONITORS)}.")
         if self.monitor.startswith("ema_") and self.ema.decay is None:

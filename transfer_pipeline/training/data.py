@@ -115,16 +115,22 @@ def image_folder(cfg: DataConfig, seed: int) -> DataBundle:
         if classes != val_classes:
             raise UserError(f"data.root: {root}/train and {root}/val have different class folders "
                             f"({sorted(set(classes) ^ set(val_classes))[:5]} in one only).")
-        return DataBundle(ImageFiles(train, classes, train_tf, mode), ImageFiles(val, classes, val_tf, mode), classes)
+        return DataBundle(ImageFiles(train, classes, train_tf, mode, augmented=True),
+                          ImageFiles(val, classes, val_tf, mode), classes)
     classes, samples = load(root)
     train_idx, val_idx = _split(torch.tensor([c for _, c in samples]), cfg.val_fraction, seed, classes)
-    return DataBundle(ImageFiles([samples[i] for i in train_idx], classes, train_tf, mode),
+    return DataBundle(ImageFiles([samples[i] for i in train_idx], classes, train_tf, mode, augmented=True),
                       ImageFiles([samples[i] for i in val_idx], classes, val_tf, mode), classes)
 
 
 DATASETS: dict[str, Callable[[DataConfig, int], DataBundle]] = {
     "digits": digits, "image_folder": image_folder, "synthetic": synthetic,
 }
+
+
+def augments(cfg: DataConfig) -> bool:
+    """Whether the training split draws random transforms (image_folder flips its training images)."""
+    return cfg.name == "image_folder"
 
 
 def build_data(cfg: DataConfig, seed: int) -> DataBundle:
@@ -144,12 +150,22 @@ def seed_worker(worker_id: int) -> None:
     random.seed(seed)
 
 
-def loaders(bundle: DataBundle, batch_size: int, seed: int, num_workers: int = 0,
-            pin_memory: bool = False) -> tuple[DataLoader, DataLoader]:
-    """The shuffled train loader has its own seeded generator: its order is reproducible and resumable."""
+def loaders(bundle: DataBundle, batch_size: int, seed: int, num_workers: int = 0, pin_memory: bool = False,
+            rank: int = 0, world: int = 1) -> tuple[DataLoader, DataLoader]:
+    """The shuffled train loader has its own seeded generator: its order is reproducible and resumable.
+
+    `batch_size` is the global batch: under torchrun each of `world` processes takes its share of
+    every batch (batches.py), so the batches are the same whatever the number of processes. Every
+    process evaluates the whole validation split (the same numbers everywhere, so the same early
+    stopping). Workers persist across epochs (no process start-up per epoch); pinned memory makes
+    the copies to a GPU asynchronous.
+    """
+    from .batches import ShuffledBatches
+
     g = torch.Generator().manual_seed(seed)
-    train = DataLoader(bundle.train, batch_size=batch_size, shuffle=True, generator=g, worker_init_fn=seed_worker,
-                       num_workers=num_workers, pin_memory=pin_memory)
-    val = DataLoader(bundle.val, batch_size=batch_size * 2, shuffle=False, worker_init_fn=seed_worker,
-                     num_workers=num_workers, pin_memory=pin_memory)
+    common = dict(worker_init_fn=seed_worker, num_workers=num_workers, pin_memory=pin_memory,
+                  persistent_workers=num_workers > 0)
+    train = DataLoader(bundle.train, batch_sampler=ShuffledBatches(len(bundle.train), batch_size, g, rank, world),
+                       generator=g, **common)
+    val = DataLoader(bundle.val, batch_size=batch_size * 2, shuffle=False, **common)
     return train, val

@@ -14,13 +14,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-import torch
 from torch import nn
 
 from ..schema import FinalWeights, RunConfig
 from . import checkpoint, outputs
 from .curves import write_curves
 from .loggers import make_loggers
+from .engine import Engine
 from .loop import Position, StopTraining, TrainState, evaluate, steps_per_epoch, train
 from .monitor import Best, EarlyStop, make_ema, monitor_mode
 from .progress import bar_factory
@@ -33,29 +33,39 @@ class FitResult:
     state: TrainState
     best: Best
     interrupted: bool = False
+    cached: str | None = None  # the head trained on cached features (trainer.cache_features)
     notes: list[str] = field(default_factory=list)
 
 
 def fit(cfg: RunConfig, run_dir: Path, model: nn.Module, optimizer: Any, groups: list, freeze: Any,
-        loaders: tuple, device: torch.device, schedule: Any, resume: dict[str, Any] | None,
+        loaders: tuple, engine: Engine, schedule: Any, resume: dict[str, Any] | None,
         stop_requested: Callable[[], bool], on_event: Callable, plan_text: str, source: str) -> FitResult:
     t = cfg.trainer
     train_loader, val_loader = loaders
     ckpt_dir = run_dir / "checkpoints"
     state = TrainState()
-    scaler = torch.amp.GradScaler("cuda") if t.precision == "16" else None
+    scaler = engine.scaler
+    main = engine.is_main  # under torchrun only rank 0 writes files
     ema = make_ema(model, t.ema.decay) if t.ema.decay is not None else None
     best = Best(t.monitor, monitor_mode(t.monitor, t.monitor_mode))
     early = None
-    spe = steps_per_epoch(train_loader, t.limit_train_batches)
+    spe = steps_per_epoch(train_loader, t.limit_train_batches, t.accumulate_grad_batches)
     if t.early_stopping.patience is not None:
         last_event = max((int(ev.trigger.epoch_of(spe)) for ev in freeze.events if ev.names), default=0)
         early = EarlyStop(t.early_stopping.patience, t.early_stopping.min_delta,
                           last_event + t.early_stopping.patience - 1 if freeze.events else 0)
     if resume is not None:
         state = _restore(resume, model, optimizer, scaler, ema, best, early)
+    head_name = None
+    if t.cache_features:
+        from . import feature_cache
+
+        in_run = set(freeze.trainable).union(*(ev.names for ev in freeze.events))
+        head_name, (train_loader, val_loader) = feature_cache.prepare(model, in_run, freeze.bn_modes,
+                                                                      (train_loader, val_loader), engine)
+    head = model.get_submodule(head_name) if head_name is not None else None
     fingerprint = checkpoint.flatten(cfg)
-    loggers = make_loggers(cfg.logger, run_dir, state.history)
+    loggers = make_loggers(cfg.logger, run_dir, state.history) if main else []
     for lg in loggers:
         lg.start(plan_text)
 
@@ -73,7 +83,7 @@ def fit(cfg: RunConfig, run_dir: Path, model: nn.Module, optimizer: Any, groups:
                 "config": fingerprint}
 
     def save_last() -> None:
-        if t.save_checkpoints:
+        if t.save_checkpoints and main:
             checkpoint.save(ckpt_dir / checkpoint.LAST, full_state())
 
     def on_step(step: int, opt: Any) -> None:
@@ -82,12 +92,15 @@ def fit(cfg: RunConfig, run_dir: Path, model: nn.Module, optimizer: Any, groups:
 
     def on_epoch(row: dict[str, Any]) -> bool:
         if ema is not None:
-            ema_loss, ema_acc = evaluate(ema.module, val_loader, device, _autocast(t.precision, device),
-                                         t.limit_val_batches)
+            watched = ema.module.get_submodule(head_name) if head_name is not None else ema.module
+            ema_loss, ema_acc = evaluate(watched, val_loader, engine, t.limit_val_batches)
             row.update(ema_val_loss=ema_loss, ema_val_acc=ema_acc)
         for lg in loggers:
             lg.epoch(row)
         meta = {"epoch": str(row["epoch"])}
+        if not main:  # the same numbers on every rank (all-reduced), so the same best and early stop
+            best.update(row)
+            return early.should_stop(best, row) if early is not None else False
         if t.save_checkpoints:
             outputs.save_weights(ckpt_dir / "last.safetensors", model.state_dict(), meta)
         if t.keep_epoch_checkpoints:
@@ -102,22 +115,24 @@ def fit(cfg: RunConfig, run_dir: Path, model: nn.Module, optimizer: Any, groups:
         _log_epoch(row, cfg.trainer.epochs, best, t.monitor)
         return stop
 
-    result = FitResult(state, best)
+    result = FitResult(state, best, cached=head_name)
     try:
         train(model, optimizer, train_loader, val_loader, epochs=t.epochs, events=freeze.events,
-              bn_policy=freeze.bn_modes, device=device, precision=t.precision, grad_clip=t.grad_clip,
+              bn_policy=freeze.bn_modes, engine=engine,
               limit_train_batches=t.limit_train_batches, limit_val_batches=t.limit_val_batches, schedule=schedule,
-              on_event=on_event, on_epoch=on_epoch, on_step=on_step, state=state, scaler=scaler,
+              on_event=on_event, on_epoch=on_epoch, on_step=on_step if ema is not None else None, state=state,
               on_checkpoint=lambda s: save_last(), checkpoint_every_steps=t.checkpoint_every_steps,
-              stop_requested=stop_requested, progress=bar_factory(t.progress, t.epochs))
+              stop_requested=stop_requested, progress=bar_factory(t.progress and main, t.epochs),
+              sync_every=t.sync_every_steps, forward_module=head)
     except StopTraining:
         result.interrupted = True
     finally:
         for lg in loggers:
             lg.close()
-        marks = [(ev.trigger.epoch_of(spe), ev.action) for ev in freeze.events]
-        write_curves(run_dir / "curves.png", state.history, marks)
-    if not result.interrupted:
+        if main:
+            marks = [(ev.trigger.epoch_of(spe), ev.action) for ev in freeze.events]
+            write_curves(run_dir / "curves.png", state.history, marks)
+    if not result.interrupted and main:
         final = ckpt_dir / "best.safetensors"
         if t.final_weights == FinalWeights.best and final.is_file():
             from safetensors.torch import load_file
@@ -145,12 +160,6 @@ def _restore(saved: dict[str, Any], model: nn.Module, optimizer: Any, scaler: An
              pos.epoch + 1, pos.step_in_epoch, pos.global_step, len(saved["history"]))
     return TrainState(history=list(saved["history"]), samples=saved["samples"], seconds=saved["seconds"],
                       position=pos)
-
-
-def _autocast(precision: str, device: torch.device) -> Any:
-    from .loop import autocast_context
-
-    return autocast_context(precision, device)
 
 
 def _log_epoch(row: dict[str, Any], epochs: int, best: Best, metric: str) -> None:

@@ -119,8 +119,9 @@ class ImageFiles(Dataset):
     """(image, class index) pairs from checked files, through `transform`."""
 
     def __init__(self, samples: Sequence[tuple[Path, int]], classes: Sequence[str], transform: Callable,
-                 mode: str = "RGB") -> None:
+                 mode: str = "RGB", augmented: bool = False) -> None:
         self.samples, self.classes, self.transform, self.mode = list(samples), list(classes), transform, mode
+        self.augmented = augmented  # random transforms: an image differs from epoch to epoch (feature_cache.py)
         self.targets = [c for _, c in self.samples]
 
     def __len__(self) -> int:

@@ -14,43 +14,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..tuning.batchnorm import apply_bn_policy
 from ..errors import UserError
+from ..tuning.batchnorm import apply_bn_policy
 from ..tuning.events import Event
 from ..tuning.freezing import apply_event
 from ..tuning.lr_schedule import LRSchedule
+from .batches import ShuffledBatches, steps_in_epoch
+from .engine import Engine
 
 log = logging.getLogger(__name__)
-
-PRECISIONS = {"32": None, "bf16": torch.bfloat16, "16": torch.float16}
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UserError(f"device={name!r}: choose auto, cpu, cuda or cuda:N.") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise UserError(f"device={name}: CUDA is not available here (torch {torch.__version__}, "
-                            f"built for CUDA {torch.version.cuda or 'none'}). Use device=cpu or device=auto.")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise UserError(f"device={name}: only {torch.cuda.device_count()} CUDA device(s) here.")
-    elif device.type != "cpu":
-        raise UserError(f"device={name!r}: choose auto, cpu, cuda or cuda:N.")
-    return device
-
-
-def autocast_context(precision: str, device: torch.device) -> Callable[[], Any]:
-    dtype = PRECISIONS[precision]  # the schema checked the choice
-    if dtype is None:
-        return contextlib.nullcontext
-    if dtype == torch.float16 and device.type != "cuda":
-        raise UserError("trainer.precision=16 needs CUDA; on CPU use trainer.precision=bf16 or 32.")
-    return lambda: torch.autocast(device_type=device.type, dtype=dtype)
-
 
 @dataclass
 class Position:
@@ -81,27 +53,28 @@ class StopTraining(BaseException):
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader, device: torch.device, autocast: Callable[[], Any],
-             limit: int | None = None) -> tuple[float, float]:
-    """Mean loss and accuracy over the loader (or its first `limit` batches)."""
+def evaluate(model: nn.Module, loader, engine: Engine, limit: int | None = None) -> tuple[float, float]:
+    """Mean loss and accuracy over the loader (or its first `limit` batches), read from the device once."""
     model.eval()
-    loss_sum, correct, n = 0.0, 0, 0
+    losses, hits, n = [], [], 0
     for i, (x, y) in enumerate(loader):
         if limit is not None and i >= limit:
             break
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        with autocast():
+        x, y = engine.inputs(x), y.to(engine.device, non_blocking=True)
+        with engine.autocast():
             logits = model(x)
-        loss_sum += F.cross_entropy(logits.float(), y, reduction="sum").item()
-        correct += (logits.argmax(1) == y).sum().item()
+        losses.append(F.cross_entropy(logits.float(), y, reduction="sum"))
+        hits.append((logits.argmax(1) == y).sum())
         n += len(y)
-    return (loss_sum / n, correct / n) if n else (math.nan, math.nan)
+    if not n:
+        return math.nan, math.nan
+    return sum(torch.stack(losses).tolist()) / n, int(torch.stack(hits).sum()) / n
 
 
-def check_output_size(model: nn.Module, loader, num_classes: int, device: torch.device) -> None:
+def check_output_size(model: nn.Module, loader, num_classes: int, engine: Engine) -> None:
     """One forward pass on two validation samples: a model that cannot take the data fails here, with the keys to set."""
     x, _ = next(iter(loader))
-    x = x[:2].to(device)
+    x = engine.inputs(x[:2])
     was_training = model.training
     model.eval()
     try:
@@ -124,16 +97,22 @@ def check_output_size(model: nn.Module, loader, num_classes: int, device: torch.
                         f"classes. Set the model's class count (e.g. model.num_classes={num_classes}).")
 
 
-def nonfinite_loss_error(value: float, epoch: int, step: int, global_step: int, x: torch.Tensor,
-                         model: nn.Module) -> UserError:
-    """Say what made the loss NaN/inf: the input, weights that were bad from the start, or the training."""
+def nonfinite_loss_error(value: float, epoch: int, step: int, global_step: int, x: torch.Tensor | None,
+                         model: nn.Module, found_at: int | None = None) -> UserError:
+    """Say what made the loss NaN/inf: the input, weights that were bad from the start, or the training.
+
+    `x` is the batch (None where it cannot be had again); `found_at` the step at which a deferred
+    check found it (the weights have taken the steps in between, so they are not looked at).
+    """
     where = f"training: the loss became {value} at epoch {epoch}, step {step}"
+    if found_at is not None and found_at != global_step:
+        where += f" (global step {global_step}; found at the check after global step {found_at}, trainer.sync_every_steps)"
     kept = " Files from finished epochs are kept."
-    if not torch.isfinite(x).all():
+    if x is not None and not torch.isfinite(x).all():
         return UserError(f"{where}: the input batch itself holds NaN or inf. Check the dataset and data.mean / "
                          f"data.std.{kept}")
-    bad = [n for n, p in model.named_parameters() if not torch.isfinite(p).all()]
-    if global_step == 0:
+    if global_step == 0 and found_at is None:
+        bad = [n for n, p in model.named_parameters() if not torch.isfinite(p).all()]
         what = (f"the weights hold NaN or inf before any update ({', '.join(bad[:5])})" if bad
                 else "the model's first forward pass, before any update")
         return UserError(f"{where}: {what}, so the learning rate is not the cause. Check the source weights "
@@ -142,45 +121,108 @@ def nonfinite_loss_error(value: float, epoch: int, step: int, global_step: int, 
                      f"trainer.precision=32.{kept}")
 
 
-def steps_per_epoch(loader, limit_train_batches: int | None = None) -> int:
-    """Optimizer steps per epoch: the loader's batches, capped by trainer.limit_train_batches."""
+def refetch_inputs(loader, batch: int) -> torch.Tensor | None:
+    """Batch `batch` of this epoch's inputs again (to tell bad data from divergence), or None where it cannot be had."""
+    from torch.utils.data import default_collate
+
+    sampler = getattr(loader, "batch_sampler", None)
+    try:
+        if isinstance(sampler, ShuffledBatches):
+            idx, dataset = sampler.global_batch(batch), loader.dataset
+            items = dataset.__getitems__(idx) if hasattr(dataset, "__getitems__") else [dataset[i] for i in idx]
+            x = (loader.collate_fn or default_collate)(items)[0]
+        elif isinstance(loader, Sequence):
+            x = loader[batch][0]
+        else:
+            return None
+    except Exception:  # the diagnosis must not hide the NaN itself
+        return None
+    return x if isinstance(x, torch.Tensor) else None
+
+
+def batches_per_epoch(loader, limit_train_batches: int | None = None) -> int:
+    """Batches trained per epoch: the loader's, capped by trainer.limit_train_batches."""
     n = len(loader)
     return n if limit_train_batches is None else min(n, limit_train_batches)
 
 
+def steps_per_epoch(loader, limit_train_batches: int | None = None, accumulate: int = 1) -> int:
+    """Optimizer steps per epoch (what schedules and step events count)."""
+    return steps_in_epoch(batches_per_epoch(loader, limit_train_batches), accumulate)
+
+
+@dataclass
+class Pending:
+    """Per-batch results not yet read from the device: the loop reads them every few steps, not every step."""
+
+    losses: list[torch.Tensor] = field(default_factory=list)
+    logits: list[torch.Tensor] = field(default_factory=list)
+    targets: list[torch.Tensor] = field(default_factory=list)
+    sizes: list[int] = field(default_factory=list)
+    where: list[tuple[int, int]] = field(default_factory=list)  # (batch in epoch, global step)
+
+    def add(self, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor, batch: int, step: int) -> None:
+        self.losses.append(loss)
+        self.logits.append(logits)
+        self.targets.append(y)
+        self.sizes.append(len(y))
+        self.where.append((batch, step))
+
+    def __len__(self) -> int:
+        return len(self.sizes)
+
+    def read(self) -> tuple[list[float], int]:
+        """(each batch's mean loss, correct predictions of all), and empty again."""
+        values = torch.stack(self.losses).tolist()
+        correct = int((torch.cat(self.logits).argmax(1) == torch.cat(self.targets)).sum())
+        self.losses, self.logits, self.targets = [], [], []
+        return values, correct
+
+
 def train(model: nn.Module, optimizer: torch.optim.Optimizer, train_loader, val_loader, *, epochs: int,
-          events: Sequence[Event], bn_policy: str | Mapping[str, str], device: torch.device, precision: str,
-          grad_clip: float | None = None, limit_train_batches: int | None = None,
-          limit_val_batches: int | None = None, schedule: LRSchedule | None = None,
+          events: Sequence[Event], bn_policy: str | Mapping[str, str], engine: Engine,
+          limit_train_batches: int | None = None, limit_val_batches: int | None = None,
+          schedule: LRSchedule | None = None,
           on_event: Callable[[list[Event]], None] = lambda evs: None,
           on_epoch: Callable[[dict[str, Any]], Any] = lambda row: None,
-          on_step: Callable[[int, torch.optim.Optimizer], None] = lambda step, opt: None,
-          state: TrainState | None = None, scaler: Any = None,
+          on_step: Callable[[int, torch.optim.Optimizer], None] | None = None,
+          state: TrainState | None = None,
           on_checkpoint: Callable[[TrainState], None] | None = None, checkpoint_every_steps: int | None = None,
           stop_requested: Callable[[], bool] = lambda: False,
-          progress: Callable[[int, int], Any] | None = None) -> TrainState:
-    """Train `epochs` epochs. Before each epoch and each step: fire the events due, set every group's LR.
+          progress: Callable[[int, int], Any] | None = None, sync_every: int = 50,
+          forward_module: nn.Module | None = None) -> TrainState:
+    """Train `epochs` epochs. Before each epoch and each optimizer step: fire the events due, set every group's LR.
 
-    `schedule` (lr_schedule.build_schedule) gives each group's LR per step; without it the LRs in
-    the optimizer are left as they are. `on_event` gets the events fired together (after they are
-    applied and the LRs set); `on_step(step, optimizer)` runs after each optimizer step;
-    `on_epoch(row)` after each epoch's evaluation, and a true return value stops training there.
+    `engine` runs the steps (engine.py: device, precision, compile, DDP, `accumulate` batches per
+    optimizer step). `schedule` (lr_schedule.build_schedule) gives each group's LR per optimizer
+    step; without it the LRs in the optimizer are left as they are. `on_event` gets the events
+    fired together (after they are applied and the LRs set); `on_step(step, optimizer)` runs after
+    each optimizer step; `on_epoch(row)` after each epoch's evaluation, and a true return value
+    stops training there. `forward_module` computes the logits from the loader's inputs when that
+    is not the whole model (cached features feed the head alone).
+
+    Losses and accuracy stay on the device and are read every `sync_every` steps, at a
+    checkpoint, at a stop request and at the epoch's end (reading them is a device sync); a NaN or
+    inf loss found at a read stops training naming the batch it came from. The first step of a
+    call is checked at once, before its update, so bad weights are told apart from divergence.
 
     `state` continues a run (training.checkpoint): the loop starts at `state.position`, replays
     the events that had fired, skips the batches of the epoch already trained (the loader's
     generator is put back to the epoch's start, so the shuffled order is the same) and restores
     every RNG, so the rest is bit for bit the run that was never stopped. `on_checkpoint(state)` is
     called every `checkpoint_every_steps` steps and, when `stop_requested()` turns true after a
-    step, before StopTraining is raised. `progress(epoch, steps)` returns a bar with
-    `update(n, **postfix)` and `close()` (training.progress).
+    step, before StopTraining is raised. Under torchrun the processes agree on a stop at the next
+    read. `progress(epoch, steps)` returns a bar with `update(n)`, `show(**metrics)` and `close()`.
     """
-    autocast = autocast_context(precision, device)
-    if scaler is None and precision == "16":
-        scaler = torch.amp.GradScaler("cuda")
+    device, group, k = engine.device, engine.group, engine.accumulate
+    runner = forward_module if forward_module is not None else model
     params = list(model.parameters())
     state = state or TrainState()
     start = state.position
     generator = getattr(train_loader, "generator", None)  # a DataLoader's shuffling (plain lists have none)
+    sampler = getattr(train_loader, "batch_sampler", None)
+    if group is not None and not isinstance(sampler, ShuffledBatches):
+        raise ValueError("under torchrun the train loader needs a ShuffledBatches batch sampler (training.data.loaders)")
     by_epoch: dict[int, list[Event]] = {}
     by_step: dict[int, list[Event]] = {}
     for ev in events:
@@ -191,6 +233,7 @@ def train(model: nn.Module, optimizer: torch.optim.Optimizer, train_loader, val_
             apply_event(model, ev)
         model.train()
         apply_bn_policy(model, bn_policy)
+        engine.wrap(runner)  # DDP hooks for what was unfrozen
         if schedule is not None:
             schedule.apply(optimizer, step)
         on_event(due)
@@ -200,6 +243,43 @@ def train(model: nn.Module, optimizer: torch.optim.Optimizer, train_loader, val_
         if ev.trigger.fired_by(start.epoch, start.step_in_epoch, start.global_step):
             apply_event(model, ev)
 
+    pending = Pending()
+    check_first = True  # the first step of this call is checked before its update
+
+    def read(epoch: int, bar: Any, ask_stop: bool) -> bool:
+        """Bring the pending results into the position; raise on a NaN/inf loss; whether to stop (all processes)."""
+        if not len(pending):
+            return ask_stop
+        sizes, where = pending.sizes, pending.where
+        values, correct = pending.read()
+        pending.sizes, pending.where = [], []
+        bad = next((i for i, v in enumerate(values) if not math.isfinite(v)), None)
+        if group is not None:
+            loss_sum, correct, n, stops, bads = group.sum(
+                [math.fsum(v * m for v, m in zip(values, sizes)), correct, sum(sizes), float(ask_stop),
+                 float(bad is not None)], device)
+            if bads and bad is None:
+                raise UserError(f"training: the loss became NaN or inf on another process (of {group.world}) in epoch "
+                                f"{epoch}, before global step {pos.global_step}; that process's log names the batch. "
+                                "Lower optim.lr, set trainer.grad_clip, or check the data.")
+        if bad is not None:
+            batch, step = where[bad]
+            raise nonfinite_loss_error(values[bad], epoch, batch, step, refetch_inputs(train_loader, batch), model,
+                                       found_at=pos.global_step - 1)
+        if group is not None:
+            pos.loss_sum += loss_sum
+            pos.correct += int(correct)
+            pos.n += int(n)
+            ask_stop = stops > 0
+        else:
+            for v, m in zip(values, sizes):  # one batch at a time: the same sums however the reads fall
+                pos.loss_sum += v * m
+            pos.correct += correct
+            pos.n += sum(sizes)
+        if bar is not None and pos.n:
+            bar.show(loss=pos.loss_sum / pos.n, acc=pos.correct / pos.n, samples_per_s=pos.n / max(pos.seconds, 1e-9))
+        return ask_stop
+
     pos = state.position
     for epoch in range(start.epoch, epochs):
         continuing = epoch == start.epoch and (start.step_in_epoch > 0 or start.rng is not None)
@@ -207,6 +287,7 @@ def train(model: nn.Module, optimizer: torch.optim.Optimizer, train_loader, val_
             fire(by_epoch[epoch], pos.global_step)
         model.train()
         apply_bn_policy(model, bn_policy)
+        engine.wrap(runner)
         if generator is not None:
             if continuing and start.loader_rng is not None:
                 generator.set_state(start.loader_rng)
@@ -218,8 +299,8 @@ def train(model: nn.Module, optimizer: torch.optim.Optimizer, train_loader, val_
             pos = state.position = Position(epoch, 0, pos.global_step, loader_rng=loader_rng)
         else:
             pos.loader_rng = loader_rng
-        total = steps_per_epoch(train_loader, limit_train_batches)
-        bar = progress(epoch, total) if progress is not None else None
+        nb = batches_per_epoch(train_loader, limit_train_batches)
+        bar = progress(epoch, steps_in_epoch(nb, k)) if progress is not None else None
         batches = iter(train_loader)
         for _ in range(skip):  # trained before the stop: same order, not trained again
             next(batches)
@@ -228,49 +309,49 @@ def train(model: nn.Module, optimizer: torch.optim.Optimizer, train_loader, val_
 
             set_rng_state(start.rng)
         t0 = time.perf_counter() - pos.seconds
-        for step, (x, y) in enumerate(batches, start=skip):
-            if limit_train_batches is not None and step >= limit_train_batches:
+        for b, (x, y) in enumerate(batches, start=skip):
+            if b >= nb:
                 break
-            if pos.global_step in by_step:
-                fire(by_step[pos.global_step], pos.global_step)
-            if schedule is not None:
-                schedule.apply(optimizer, pos.global_step)
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            with autocast():
-                logits = model(x)
-            loss = F.cross_entropy(logits.float(), y)
-            if not torch.isfinite(loss):
-                raise nonfinite_loss_error(loss.item(), epoch, step, pos.global_step, x, model)
-            optimizer.zero_grad(set_to_none=True)
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                scaler.unscale_(optimizer)
-            else:
-                loss.backward()
-            if grad_clip is not None:
-                torch.nn.utils.clip_grad_norm_([p for p in params if p.grad is not None], grad_clip)
-            if scaler is not None:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
-            on_step(pos.global_step, optimizer)
+            window_start = b - b % k
+            if b == window_start:
+                if pos.global_step in by_step:
+                    fire(by_step[pos.global_step], pos.global_step)
+                if schedule is not None:
+                    schedule.apply(optimizer, pos.global_step)
+            last = b + 1 - window_start == k or b + 1 == nb  # the window's last batch: the optimizer steps
+            x, y = engine.inputs(x), y.to(device, non_blocking=True)
+            with contextlib.nullcontext() if last else engine.no_sync():
+                logits = engine.forward(runner, x)
+                loss = F.cross_entropy(logits.float(), y)
+                if check_first and not torch.isfinite(loss):
+                    raise nonfinite_loss_error(loss.item(), epoch, b, pos.global_step, x, model)
+                scale = 1.0 / min(k, nb - window_start)  # mean over the window's batches
+                if group is not None:  # DDP averages over processes: weigh this share by its size in the global batch
+                    scale *= len(y) * group.world / sampler.global_size(b)
+                engine.backward(loss * scale if scale != 1.0 else loss)
+            pending.add(loss.detach(), logits.detach(), y, b, pos.global_step)
+            pos.step_in_epoch = b + 1
+            if not last:
+                continue
+            engine.step(optimizer, params)
+            if on_step is not None:
+                on_step(pos.global_step, optimizer)
             pos.global_step += 1
-            pos.step_in_epoch = step + 1
-            pos.loss_sum += loss.item() * len(y)
-            pos.correct += (logits.argmax(1) == y).sum().item()
-            pos.n += len(y)
             pos.seconds = time.perf_counter() - t0
             if bar is not None:
-                bar.update(1, loss=pos.loss_sum / pos.n, acc=pos.correct / pos.n, samples_per_s=pos.n / max(pos.seconds, 1e-9))
+                bar.update(1)
             every = checkpoint_every_steps and pos.global_step % checkpoint_every_steps == 0
-            stop = stop_requested()
+            stop = stop_requested() if group is None else False
+            if check_first or every or stop or len(pending) >= sync_every or b + 1 == nb:
+                stop = read(epoch, bar, stop if group is None else stop_requested())
+                check_first = False
             if on_checkpoint is not None and (every or stop):
                 on_checkpoint(state)
             if stop:
                 if bar is not None:
                     bar.close()
                 raise StopTraining
+        read(epoch, bar, False)
         if bar is not None:
             bar.close()
         if device.type == "cuda":
@@ -279,7 +360,7 @@ def train(model: nn.Module, optimizer: torch.optim.Optimizer, train_loader, val_
         n = pos.n
         state.samples += n
         state.seconds += seconds
-        val_loss, val_acc = evaluate(model, val_loader, device, autocast, limit_val_batches)
+        val_loss, val_acc = evaluate(runner, val_loader, engine, limit_val_batches)
         row: dict[str, Any] = {
             "epoch": epoch,
             "train_loss": pos.loss_sum / max(n, 1),

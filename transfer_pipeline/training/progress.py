@@ -11,20 +11,19 @@ from typing import Any, TextIO
 
 
 class Bar:
-    def __init__(self, epoch: int, epochs: int, steps: int, stream: TextIO, refresh_every: int = 10,
-                 mininterval: float = 0.1) -> None:
+    def __init__(self, epoch: int, epochs: int, steps: int, stream: TextIO, mininterval: float = 0.1) -> None:
         from tqdm import tqdm
 
         self.bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{epochs}", unit="batch", file=stream, leave=False,
                         dynamic_ncols=True, mininterval=mininterval)
-        self.every, self.count = refresh_every, 0
 
-    def update(self, n: int = 1, **metrics: float) -> None:
-        self.count += n
-        if self.count % self.every == 0 or self.count == self.bar.total:  # the postfix costs a repaint
-            self.bar.set_postfix({"loss": f"{metrics['loss']:.4f}", "acc": f"{metrics['acc']:.3f}",
-                                  "samples/s": f"{metrics['samples_per_s']:.0f}"}, refresh=False)
+    def update(self, n: int = 1) -> None:
         self.bar.update(n)
+
+    def show(self, **metrics: float) -> None:
+        """The postfix, when the loop has read the metrics from the device (not every step: a read is a sync)."""
+        self.bar.set_postfix({"loss": f"{metrics['loss']:.4f}", "acc": f"{metrics['acc']:.3f}",
+                              "samples/s": f"{metrics['samples_per_s']:.0f}"}, refresh=False)
 
     def close(self) -> None:
         self.bar.close()
