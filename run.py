@@ -8,6 +8,7 @@ interrupted by Ctrl-C / SIGTERM; 1 a bug (with its traceback) or a Hydra composi
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -30,6 +31,8 @@ def main(cfg: DictConfig) -> float | None:
     from transfer_pipeline.lifecycle import Interrupted, run_job
 
     hydra_cfg = HydraConfig.get()
+    if os.environ.get("TRANSFER_PIPELINE_RANK_FOLDER"):  # torchrun rank > 0: rank 0 tells the story
+        log.setLevel(logging.WARNING)
     run_dir = Path(hydra_cfg.runtime.output_dir)
     overrides = tuple(hydra_cfg.overrides.task)
     origins = ConfigOrigins({g: c for g, c in hydra_cfg.runtime.choices.items() if not g.startswith("hydra/")},
@@ -48,7 +51,29 @@ def main(cfg: DictConfig) -> float | None:
     return summary.get(f"best_{summary.get('monitor')}", summary.get("val_acc"))  # what a sweeper optimises: the best
 
 
+def torchrun_rank_folder() -> None:
+    """Under torchrun, rank 0 writes the run folder; every other rank runs in a temporary folder of its own
+    (removed when it exits), so no two processes write one file."""
+    if os.environ.get("WORLD_SIZE", "1") in ("", "1"):
+        return
+    if any(a in ("-m", "--multirun") or a.startswith("--multirun") for a in sys.argv[1:]):
+        print("run.py: a -m sweep cannot run under torchrun (each job would be every process's); run the sweep "
+              "without torchrun, or one torchrun command per job.", file=sys.stderr)
+        sys.exit(2)
+    if os.environ.get("RANK", "0") == "0":
+        return
+    import atexit
+    import shutil
+    import tempfile
+
+    folder = tempfile.mkdtemp(prefix=f"transfer_pipeline_rank{os.environ['RANK']}_")
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    os.environ["TRANSFER_PIPELINE_RANK_FOLDER"] = folder
+    sys.argv = [a for a in sys.argv if not a.startswith("hydra.run.dir=")] + [f"hydra.run.dir={folder}"]
+
+
 if __name__ == "__main__":
+    torchrun_rank_folder()
     main()
     if FAILED_JOBS:
         log.error("%d job(s) failed: %s (each folder's summary.json says why)", len(FAILED_JOBS), ", ".join(FAILED_JOBS))

@@ -108,6 +108,7 @@ def row(name: str, make_model, args, device, shape, samples: int, trainable: str
         cache: bool = False) -> tuple[str, float, float, float]:
     """`trainable`: a top-level module that alone trains (the rest frozen, its BatchNorm layers in eval)."""
     import torch
+    from torch.utils.data import DataLoader, TensorDataset
 
     from transfer_pipeline.training.engine import Engine
 
@@ -117,7 +118,9 @@ def row(name: str, make_model, args, device, shape, samples: int, trainable: str
     rates: dict[str, list[float]] = {"plain": [], "pipeline": []}
     built = []
     for _ in range(args.rounds):
-        model, optimizer, (train_loader, _val) = make_side(make_model, x, y, args, device, trainable)
+        model, optimizer, _ = make_side(make_model, x, y, args, device, trainable)
+        train_loader = DataLoader(TensorDataset(x, y), batch_size=args.batch_size, shuffle=True,
+                                  generator=torch.Generator().manual_seed(0), pin_memory=device.type == "cuda")
         engine = Engine(device, args.precision, args.channels_last, args.compile)
         forward = torch.compile(model) if args.compile else model
         rates["plain"] += [plain_epoch(model, train_loader, optimizer, device, engine.autocast, args.channels_last,

@@ -12,6 +12,7 @@ import logging
 import os
 import shlex
 import signal
+import sys
 import threading
 import time
 import warnings
@@ -94,6 +95,10 @@ def run_job(load_config: Callable[[], RunConfig], run_dir: Path, origins: Config
                 write_json(run_dir / "summary.json", summary)
             finally:
                 release(run_dir)
+                if "torch.distributed" in sys.modules:
+                    from .training.distributed import leave
+
+                    leave()
             log.log(logging.INFO if summary["status"] != "failed" else logging.ERROR, "Run %s after %.1f s: %s",
                     summary["status"], summary["seconds"], run_dir)
     return summary
@@ -167,7 +172,10 @@ class StopSignals:
         keep = [o for o in (self.origins.overrides if self.origins else ())
                 if not o.lstrip("+~").startswith(("trainer.resume", "hydra.run.dir"))]
         shown = " ".join(shlex.quote(o) for o in keep) if self.origins else "<the same overrides>"
-        return f"python run.py {shown} trainer.resume=auto hydra.run.dir={shlex.quote(str(run_dir))}".replace("  ", " ")
+        world = os.environ.get("WORLD_SIZE", "1")
+        launcher = (f"torchrun --nproc_per_node={os.environ.get('LOCAL_WORLD_SIZE', world)} run.py" if world not in ("", "1")
+                    else "python run.py")  # multi-node jobs add their --nnodes / --rdzv-* options as before
+        return f"{launcher} {shown} trainer.resume=auto hydra.run.dir={shlex.quote(str(run_dir))}".replace("  ", " ")
 
     @contextmanager
     def installed(self) -> Iterator[None]:

@@ -223,6 +223,8 @@ def train(model: nn.Module, optimizer: torch.optim.Optimizer, train_loader, val_
     sampler = getattr(train_loader, "batch_sampler", None)
     if group is not None and not isinstance(sampler, ShuffledBatches):
         raise ValueError("under torchrun the train loader needs a ShuffledBatches batch sampler (training.data.loaders)")
+    sized = isinstance(sampler, ShuffledBatches)  # batch sizes known ahead: a window's mean weighs each batch by size
+    window_samples = 0
     by_epoch: dict[int, list[Event]] = {}
     by_step: dict[int, list[Event]] = {}
     for ev in events:
@@ -314,6 +316,8 @@ def train(model: nn.Module, optimizer: torch.optim.Optimizer, train_loader, val_
                 break
             window_start = b - b % k
             if b == window_start:
+                if sized:  # the samples the optimizer step averages over, all processes together
+                    window_samples = sum(sampler.global_size(j) for j in range(b, min(b + k, nb)))
                 if pos.global_step in by_step:
                     fire(by_step[pos.global_step], pos.global_step)
                 if schedule is not None:
@@ -325,9 +329,10 @@ def train(model: nn.Module, optimizer: torch.optim.Optimizer, train_loader, val_
                 loss = F.cross_entropy(logits.float(), y)
                 if check_first and not torch.isfinite(loss):
                     raise nonfinite_loss_error(loss.item(), epoch, b, pos.global_step, x, model)
-                scale = 1.0 / min(k, nb - window_start)  # mean over the window's batches
-                if group is not None:  # DDP averages over processes: weigh this share by its size in the global batch
-                    scale *= len(y) * group.world / sampler.global_size(b)
+                if sized:  # this share's part of the window's mean (DDP averages over the processes, hence world)
+                    scale = len(y) * (group.world if group is not None else 1) / window_samples
+                else:
+                    scale = 1.0 / min(k, nb - window_start)
                 engine.backward(loss * scale if scale != 1.0 else loss)
             pending.add(loss.detach(), logits.detach(), y, b, pos.global_step)
             pos.step_in_epoch = b + 1
