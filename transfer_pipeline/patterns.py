@@ -11,24 +11,40 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Any
 
-import regex
-
 from .errors import UserError
 from .names import printable
 
 TIMEOUT_S = 0.25  # one match of one name; real patterns take microseconds
-error = regex.error
-Pattern = regex.Pattern
-Match = regex.Match
+Pattern = Any  # regex.Pattern (the package is imported at the first user regex: most runs have none)
+Match = Any  # regex.Match
+
+
+class PatternError(ValueError):
+    """A user regex that does not compile, or a `to` template it cannot fill (regex.error's message)."""
 
 
 @lru_cache(maxsize=4096)
-def compile_pattern(pattern: str) -> regex.Pattern:
-    """`regex.compile` (raises `regex.error` on bad syntax), cached: selectors are matched against every name."""
-    return regex.compile(pattern)
+def compile_pattern(pattern: str) -> Pattern:
+    """`regex.compile`, cached: selectors are matched against every name. Bad syntax: PatternError."""
+    import regex
+
+    try:
+        return regex.compile(pattern)
+    except regex.error as e:
+        raise PatternError(str(e)) from None
 
 
-def fullmatch(pattern: regex.Pattern, name: str, where: str) -> Any:
+def expand(m: Match, template: str) -> str:
+    """`m.expand(template)` (`\\1`, `\\g<name>`); a group it does not have: PatternError."""
+    import regex
+
+    try:
+        return m.expand(template)
+    except regex.error as e:
+        raise PatternError(str(e)) from None
+
+
+def fullmatch(pattern: Pattern, name: str, where: str) -> Any:
     """`pattern.fullmatch(name)`, or a UserError naming `where`, the pattern and the name when it takes too long."""
     try:
         return pattern.fullmatch(name, timeout=TIMEOUT_S)

@@ -12,8 +12,7 @@ from fnmatch import fnmatchcase
 
 from .errors import UserError, did_you_mean
 from .names import module_prefixes
-from .patterns import compile_pattern, fullmatch
-from .patterns import error as pattern_error
+from .patterns import PatternError, compile_pattern, fullmatch
 
 
 def matches(selector: str, name: str, where: str = "selector") -> bool:
@@ -30,7 +29,7 @@ def check_selector(selector: str, where: str) -> None:
     if selector.startswith("re:"):
         try:
             compile_pattern(selector[3:])
-        except pattern_error as e:
+        except PatternError as e:
             raise UserError(f"{where}: selector {selector!r} is not a valid regex: {e}.") from None
 
 

@@ -14,8 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import UserError
-from ..patterns import Match, Pattern, compile_pattern, fullmatch
-from ..patterns import error as pattern_error
+from ..patterns import Match, Pattern, PatternError, compile_pattern, expand, fullmatch
 from .op_specs import OPS, OpSpec, _is_list
 
 RULE_KEYS = {"from", "to", "op", "optional"} | {k for spec in OPS.values() for k in spec.keys}
@@ -53,8 +52,8 @@ class Rule:
 
     def expand(self, template: str, m: Match, name: str) -> str:
         try:
-            return m.expand(template)
-        except (pattern_error, IndexError) as e:
+            return expand(m, template)
+        except (PatternError, IndexError) as e:
             raise UserError(f"{self.where}.to: {template!r} cannot be filled from {name!r}: {e}.") from None
 
 
@@ -65,7 +64,7 @@ def _compile(p: Any, where: str) -> Pattern:
         raise UserError(f"{where}: expected a regex string, got {p!r}.")
     try:
         return compile_pattern(p)
-    except pattern_error as e:
+    except PatternError as e:
         raise UserError(f"{where}: {p!r} is not a valid regex: {e}.") from None
 
 
