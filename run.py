@@ -31,9 +31,11 @@ def main(cfg: DictConfig) -> float | None:
     from transfer_pipeline.lifecycle import Interrupted, run_job
 
     hydra_cfg = HydraConfig.get()
-    if os.environ.get("TRANSFER_PIPELINE_RANK_FOLDER"):  # torchrun rank > 0: rank 0 tells the story
-        log.setLevel(logging.WARNING)
     run_dir = Path(hydra_cfg.runtime.output_dir)
+    folder = rank_folder()  # a SLURM task started by the submitit launcher gets here without passing __main__
+    if folder is not None:  # rank > 0: rank 0 writes the run folder and tells the story
+        run_dir = Path(folder)
+        log.setLevel(logging.WARNING)
     overrides = tuple(hydra_cfg.overrides.task)
     origins = ConfigOrigins({g: c for g, c in hydra_cfg.runtime.choices.items() if not g.startswith("hydra/")},
                             overrides)
@@ -51,29 +53,68 @@ def main(cfg: DictConfig) -> float | None:
     return summary.get(f"best_{summary.get('monitor')}", summary.get("val_acc"))  # what a sweeper optimises: the best
 
 
-def torchrun_rank_folder() -> None:
-    """Under torchrun, rank 0 writes the run folder; every other rank runs in a temporary folder of its own
-    (removed when it exits), so no two processes write one file."""
-    if os.environ.get("WORLD_SIZE", "1") in ("", "1"):
-        return
-    if any(a in ("-m", "--multirun") or a.startswith("--multirun") for a in sys.argv[1:]):
-        print("run.py: a -m sweep cannot run under torchrun (each job would be every process's); run the sweep "
-              "without torchrun, or one torchrun command per job.", file=sys.stderr)
-        sys.exit(2)
-    if os.environ.get("RANK", "0") == "0":
-        return
+def rank_folder() -> str | None:
+    """Under torchrun or srun, rank 0 writes the run folder; every other rank runs in a temporary folder of
+    its own (removed when it exits), so no two processes write one file. Returns that folder."""
+    from transfer_pipeline.training.distributed import launched
+
+    where = launched()
+    if where is None or where[0] == 0:
+        return None
+    if os.environ.get("TRANSFER_PIPELINE_RANK_FOLDER"):
+        return os.environ["TRANSFER_PIPELINE_RANK_FOLDER"]
     import atexit
     import shutil
     import tempfile
 
-    folder = tempfile.mkdtemp(prefix=f"transfer_pipeline_rank{os.environ['RANK']}_")
+    folder = tempfile.mkdtemp(prefix=f"transfer_pipeline_rank{where[0]}_")
     atexit.register(shutil.rmtree, folder, ignore_errors=True)
     os.environ["TRANSFER_PIPELINE_RANK_FOLDER"] = folder
-    sys.argv = [a for a in sys.argv if not a.startswith("hydra.run.dir=")] + [f"hydra.run.dir={folder}"]
+    return folder
+
+
+# launcher / sweeper config -> (the plugin module it needs, the extra that installs it)
+PLUGINS = {"slurm": ("hydra_plugins.hydra_submitit_launcher", "sweeps"),
+           "submitit_local": ("hydra_plugins.hydra_submitit_launcher", "sweeps"),
+           "submitit_slurm": ("hydra_plugins.hydra_submitit_launcher", "sweeps")}
+
+
+def check_plugins() -> None:
+    """A shipped launcher asked for without its Hydra plugin: say what to install (Hydra would only say
+    that a config is missing)."""
+    import importlib.util
+
+    for arg in sys.argv[1:]:
+        group, _, choice = arg.partition("=")
+        if group.lstrip("+") == "hydra/launcher" and choice in PLUGINS:
+            module, extra = PLUGINS[choice]
+            if importlib.util.find_spec(module.split(".")[0]) is None or importlib.util.find_spec(module) is None:
+                print(f"run.py: {arg} needs the Hydra plugin {module.split('.')[-1].replace('_', '-')}, which is not "
+                      f"installed here. Install it with: pip install -e \".[{extra}]\"", file=sys.stderr)
+                sys.exit(2)
+
+
+def refuse_sweeps_across_processes() -> None:
+    from transfer_pipeline.errors import UserError
+    from transfer_pipeline.training.distributed import launched
+
+    try:
+        several = launched() is not None
+    except UserError as e:
+        print(f"run.py: {e}", file=sys.stderr)
+        sys.exit(2)
+    if several and any(a in ("-m", "--multirun") or a.startswith("--multirun") for a in sys.argv[1:]):
+        print("run.py: a -m sweep cannot run under torchrun or srun (each job would be every process's); run the "
+              "sweep without them (hydra/launcher=slurm starts each job on SLURM), or one torchrun command per job.",
+              file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":
-    torchrun_rank_folder()
+    check_plugins()
+    refuse_sweeps_across_processes()
+    if (folder := rank_folder()) is not None:  # before Hydra: it writes .hydra/ and run.log into its folder
+        sys.argv = [a for a in sys.argv if not a.startswith("hydra.run.dir=")] + [f"hydra.run.dir={folder}"]
     main()
     if FAILED_JOBS:
         log.error("%d job(s) failed: %s (each folder's summary.json says why)", len(FAILED_JOBS), ", ".join(FAILED_JOBS))

@@ -240,6 +240,109 @@ def test_two_gloo_processes_of_32_train_the_weights_of_one_process_of_64(tmp_pat
     assert not list(tmp_path.glob("transfer_pipeline_rank*"))
 
 
+@pytest.mark.slow
+def test_sigterm_under_torchrun_stops_every_process_and_the_printed_command_resumes(tmp_path):
+    import shlex
+    import signal
+    import subprocess
+
+    from helpers import wait_for
+
+    run_dir = tmp_path / "ddp"
+    common = ("device=cpu", "freeze.bn=frozen", "trainer.epochs=5", "model._target_=helpers.slow_digits_cnn",
+              "+model.delay=0.02", "trainer.progress=false", "trainer.sync_every_steps=2")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "tests")}
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone"]
+    proc = subprocess.Popen([*launcher, "run.py", *common, f"hydra.run.dir={run_dir}"], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for(lambda: (run_dir / "metrics.csv").is_file() and len((run_dir / "metrics.csv").read_text().splitlines()) >= 3,
+             timeout=120)
+    proc.send_signal(signal.SIGTERM)  # torchrun passes it to both workers
+    proc.wait(timeout=60)
+    summary = read_json(run_dir / "summary.json")
+    assert summary["status"] == "interrupted", summary
+    command = shlex.split(summary["resume_command"])
+    assert command[:2] == ["torchrun", "--nproc_per_node=2"] and "trainer.resume=auto" in command
+    resumed = subprocess.run([*launcher, *command[2:]], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert read_json(run_dir / "summary.json")["status"] == "completed"
+    single = run_cli(*common, f"hydra.run.dir={tmp_path / 'one'}", env=env)
+    assert single.returncode == 0, single.stderr[-3000:]
+    a, b = load_file(run_dir / "model.safetensors"), load_file(tmp_path / "one" / "model.safetensors")
+    assert all(torch.allclose(a[k], b[k], rtol=1e-3, atol=1e-4) for k in a)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_processes_started_as_srun_starts_them_train_as_one(tmp_path):
+    import subprocess
+
+    common = ("device=cpu", "trainer.epochs=2", "freeze.bn=frozen", "freeze.schedule=[]", "trainer.progress=false")
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "RANK", "WORLD_SIZE", "LOCAL_", "MASTER_"))}
+    base.update(OMP_NUM_THREADS="1", SLURM_STEP_NUM_TASKS="2", SLURM_STEP_NODELIST="localhost", SLURM_JOB_ID="7",
+                SLURM_STEP_TASKS_PER_NODE="2", MASTER_PORT=str(free_port()))
+    procs = [subprocess.Popen([sys.executable, "run.py", *common, f"hydra.run.dir={tmp_path / 'slurm'}"], cwd=ROOT,
+                              env={**base, "SLURM_PROCID": str(r), "SLURM_LOCALID": str(r)}, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for r in (0, 1)]
+    for p in procs:
+        out, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err[-3000:]
+    summary = read_json(tmp_path / "slurm" / "summary.json")
+    assert summary["processes"] == 2 and summary["status"] == "completed"
+    one = run_cli(*common, f"hydra.run.dir={tmp_path / 'one'}")
+    assert one.returncode == 0
+    a, b = load_file(tmp_path / "slurm" / "model.safetensors"), load_file(tmp_path / "one" / "model.safetensors")
+    assert all(torch.allclose(a[k], b[k], rtol=1e-3, atol=1e-4) for k in a)
+
+
+def test_slurm_job_steps_are_told_from_batch_scripts(monkeypatch):
+    from transfer_pipeline.training import distributed
+
+    for key in [k for k in os.environ if k.startswith(("SLURM_", "RANK", "WORLD_SIZE", "LOCAL_", "MASTER_"))]:
+        monkeypatch.delenv(key)
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
+                "TRANSFER_PIPELINE_LAUNCHER"):  # launched() sets them: monkeypatch must know to take them away
+        monkeypatch.setenv(key, "")
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("SLURM_NTASKS", "4")  # an sbatch script or salloc shell: no job step, one process
+    monkeypatch.setenv("SLURM_PROCID", "0")
+    assert distributed.launched() is None
+    monkeypatch.setenv("SLURM_STEP_NUM_TASKS", "8")  # srun: a step of 8 tasks over 2 nodes
+    monkeypatch.setenv("SLURM_PROCID", "5")
+    monkeypatch.setenv("SLURM_LOCALID", "1")
+    monkeypatch.setenv("SLURM_STEP_TASKS_PER_NODE", "4(x2)")
+    monkeypatch.setenv("SLURM_STEP_NODELIST", "gpu[07-08]")
+    monkeypatch.setenv("SLURM_JOB_ID", "123456")
+    assert distributed.launched() == (5, 8, 1)
+    assert (os.environ["RANK"], os.environ["WORLD_SIZE"], os.environ["LOCAL_WORLD_SIZE"]) == ("5", "8", "4")
+    assert os.environ["MASTER_ADDR"] == "gpu07" and os.environ["MASTER_PORT"] == str(29500 + 123456 % 10000)
+    assert distributed.launcher_command(8) == "srun --ntasks=8 python run.py"
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "x")
+    with pytest.raises(UserError, match="torchrun"):
+        distributed.launched()
+
+
+@pytest.mark.parametrize("nodelist, host", [("", "localhost"), ("node1", "node1"), ("node1,node2", "node1"),
+                                            ("gpu[07-09,12],cpu1", "gpu07"), ("a[1,3]-ib", "a1-ib"),
+                                            ("x[001-004]", "x001")])
+def test_first_host_of_a_slurm_node_list(nodelist, host):
+    from transfer_pipeline.training.distributed import first_host
+
+    assert first_host(nodelist) == host
+
+
+def test_the_environment_is_restored_after_the_slurm_test():
+    assert "RANK" not in os.environ or os.environ.get("WORLD_SIZE", "1") == "1"
+
+
 def test_a_sweep_under_torchrun_is_refused(tmp_path):
     result = run_cli("-m", "seed=0,1", env={**os.environ, "WORLD_SIZE": "2", "RANK": "0"})
     assert result.returncode == 2 and "cannot run under torchrun" in result.stderr
@@ -277,3 +380,31 @@ def test_two_nccl_processes_with_sync_batchnorm(tmp_path):
         pytest.skip("needs 2 GPUs")
     result = torchrun("device=cuda", "trainer.sync_batchnorm=true", "trainer.epochs=2", f"hydra.run.dir={tmp_path}")
     assert result.returncode == 0, result.stderr[-3000:]
+
+
+# --- SLURM through Hydra's submitit launcher ------------------------------------------------------
+
+def test_the_shipped_slurm_launcher_config_composes():
+    result = run_cli("hydra/launcher=slurm", "hydra.launcher.partition=gpu", "hydra.launcher.gpus_per_node=4",
+                     "hydra.launcher.tasks_per_node=4", "--cfg", "hydra")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "SlurmLauncher" in result.stdout and "partition: gpu" in result.stdout
+    assert "tasks_per_node: 4" in result.stdout and "signal_delay_s: 120" in result.stdout
+
+
+def test_a_launcher_whose_plugin_is_missing_says_what_to_install():
+    code = ("import sys; sys.argv = ['run.py', 'hydra/launcher=slurm']; import run; "
+            "run.PLUGINS['slurm'] = ('hydra_plugins.not_installed_here', 'sweeps'); run.check_plugins()")
+    import subprocess
+
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert "hydra/launcher=slurm needs the Hydra plugin" in result.stderr and 'pip install -e ".[sweeps]"' in result.stderr
+
+
+@pytest.mark.slow
+def test_a_job_through_the_submitit_launcher_completes(tmp_path):
+    result = run_cli("-m", "hydra/launcher=submitit_local", "trainer.epochs=1", "freeze.schedule=[]",
+                     f"hydra.sweep.dir={tmp_path}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert read_json(tmp_path / "0" / "summary.json")["status"] == "completed"

@@ -172,9 +172,10 @@ class StopSignals:
         keep = [o for o in (self.origins.overrides if self.origins else ())
                 if not o.lstrip("+~").startswith(("trainer.resume", "hydra.run.dir"))]
         shown = " ".join(shlex.quote(o) for o in keep) if self.origins else "<the same overrides>"
-        world = os.environ.get("WORLD_SIZE", "1")
-        launcher = (f"torchrun --nproc_per_node={os.environ.get('LOCAL_WORLD_SIZE', world)} run.py" if world not in ("", "1")
-                    else "python run.py")  # multi-node jobs add their --nnodes / --rdzv-* options as before
+        from .training.distributed import launched, launcher_command
+
+        where = launched()  # multi-node jobs add their --nnodes / --rdzv-* options as before
+        launcher = launcher_command(where[1]) if where is not None else "python run.py"
         return f"{launcher} {shown} trainer.resume=auto hydra.run.dir={shlex.quote(str(run_dir))}".replace("  ", " ")
 
     @contextmanager

@@ -17,15 +17,55 @@ from ..errors import UserError
 
 
 def launched() -> tuple[int, int, int] | None:
-    """(rank, world size, local rank) when torchrun started this process with more than one, else None."""
+    """(rank, world size, local rank) when this process is one of several, else None.
+
+    torchrun sets RANK / WORLD_SIZE / LOCAL_RANK; a SLURM job step (`srun`, or Hydra's submitit
+    launcher with tasks_per_node > 1) sets SLURM_PROCID / SLURM_STEP_NUM_TASKS / SLURM_LOCALID,
+    which are turned into torchrun's variables (and MASTER_ADDR / MASTER_PORT from the step's
+    first node and the job id) so that the process group starts the same way. A batch script or
+    an salloc shell is no job step (no SLURM_STEP_NUM_TASKS): there `python run.py` is one process.
+    """
+    env = os.environ
     try:
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-        if world <= 1:
-            return None
-        return int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", os.environ["RANK"]))
+        if env.get("WORLD_SIZE", "1") not in ("", "1"):
+            world = int(env["WORLD_SIZE"])
+            return int(env["RANK"]), world, int(env.get("LOCAL_RANK", env["RANK"]))
+        if int(env.get("SLURM_STEP_NUM_TASKS", "1") or 1) > 1 and "SLURM_PROCID" in env:
+            rank, world = int(env["SLURM_PROCID"]), int(env["SLURM_STEP_NUM_TASKS"])
+            local = int(env.get("SLURM_LOCALID", "0"))
+            env.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(local),
+                       LOCAL_WORLD_SIZE=env.get("SLURM_STEP_TASKS_PER_NODE", "1").split("(")[0].split(",")[0])
+            env.setdefault("MASTER_ADDR", first_host(env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST", "")))
+            env.setdefault("MASTER_PORT", str(29500 + int(env.get("SLURM_JOB_ID", "0") or 0) % 10000))
+            env["TRANSFER_PIPELINE_LAUNCHER"] = "slurm"
+            return rank, world, local
     except (KeyError, ValueError):
-        raise UserError("WORLD_SIZE is set but RANK / LOCAL_RANK are not whole numbers: start distributed runs with "
-                        "torchrun (torchrun --nproc_per_node=N run.py ...).") from None
+        raise UserError("WORLD_SIZE (or SLURM_STEP_NUM_TASKS) says this is one of several processes, but RANK / "
+                        "LOCAL_RANK (SLURM_PROCID / SLURM_LOCALID) are not whole numbers: start distributed runs "
+                        "with torchrun (torchrun --nproc_per_node=N run.py ...) or srun.") from None
+    return None
+
+
+def first_host(nodelist: str) -> str:
+    """The first host of a SLURM node list: 'gpu[07-09,12],cpu1' -> 'gpu07'; '' -> 'localhost'."""
+    entry, depth = nodelist.strip(), 0
+    for i, ch in enumerate(entry):  # the first entry ends at the first comma outside brackets
+        depth += (ch == "[") - (ch == "]")
+        if ch == "," and depth == 0:
+            entry = entry[:i]
+            break
+    if "[" not in entry:
+        return entry or "localhost"
+    prefix, rest = entry.split("[", 1)
+    inside, _, suffix = rest.partition("]")
+    return prefix + inside.split(",")[0].split("-")[0] + suffix
+
+
+def launcher_command(world: int) -> str:
+    """How to start this run's processes again (for the resume command)."""
+    if os.environ.get("TRANSFER_PIPELINE_LAUNCHER") == "slurm":
+        return f"srun --ntasks={world} python run.py"
+    return f"torchrun --nproc_per_node={os.environ.get('LOCAL_WORLD_SIZE', world)} run.py"
 
 
 @dataclass
