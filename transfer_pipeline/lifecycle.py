@@ -56,6 +56,7 @@ def run_job(load_config: Callable[[], RunConfig], run_dir: Path, origins: Config
     summary: dict[str, Any] = {"status": "running", "mode": None, "pid": os.getpid(), "started_at": _now()}
     started = time.perf_counter()
     signals = StopSignals(origins)
+    state = None
     with signals.installed():  # until summary.json has the ending: a late Ctrl-C cannot cut the record short
         try:
             write_json(run_dir / "summary.json", summary)
@@ -87,6 +88,9 @@ def run_job(load_config: Callable[[], RunConfig], run_dir: Path, origins: Config
             raise
         finally:
             signals.closing = True
+            hashing = getattr(state, "source_hash", None)
+            if "source_sha256" not in summary and hashing is not None and hashing.done() and not hashing.failed:
+                summary["source_sha256"] = hashing.result()  # a run that ended early: if it is already known
             summary["seconds"] = round(time.perf_counter() - started, 3)
             summary["ended_at"] = _now()
             summary["versions"] = versions()

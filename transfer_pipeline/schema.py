@@ -442,13 +442,17 @@ class RunConfig:
 
 def fresh_dir(path: str) -> str:
     """`${fresh_dir:outputs/...}`: the folder itself, or `<folder>_2`, `_3` ... when a run started in the
-    same second already has it (the default run folders are named by the second)."""
+    same second already has it (the default run folders are named by the second). The folder is made
+    here, so two runs starting at the same moment cannot both take it."""
     from pathlib import Path
 
     candidate, k = path, 2
-    while Path(candidate).exists():
-        candidate, k = f"{path}_{k}", k + 1
-    return candidate
+    while True:
+        try:
+            Path(candidate).mkdir(parents=True)
+            return candidate
+        except FileExistsError:
+            candidate, k = f"{path}_{k}", k + 1
 
 
 def register_configs() -> None:

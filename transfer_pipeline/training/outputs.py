@@ -98,6 +98,39 @@ def sha256_files(paths: Sequence[Path]) -> str:
     return hashlib.sha256(lines.encode()).hexdigest()
 
 
+class BackgroundHash:
+    """`sha256_files` in a thread of its own: hashing a multi-GB checkpoint (hashlib lets go of the GIL)
+    overlaps with loading, checking and writing it instead of adding to them."""
+
+    def __init__(self, paths: Sequence[Path]) -> None:
+        import threading
+
+        self._value: str | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(list(paths),), name="sha256", daemon=True)
+        self._thread.start()
+
+    def _run(self, paths: list[Path]) -> None:
+        try:
+            self._value = sha256_files(paths)
+        except BaseException as e:  # handed to whoever asks for the result
+            self._error = e
+
+    def done(self) -> bool:
+        return not self._thread.is_alive()
+
+    @property
+    def failed(self) -> bool:
+        return self._error is not None
+
+    def result(self) -> str:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        assert self._value is not None
+        return self._value
+
+
 def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
