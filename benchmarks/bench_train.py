@@ -4,9 +4,10 @@
     python benchmarks/bench_train.py --device cuda --model resnet50 --image-size 224 --batch-size 256 \\
         --samples 8192 --precision bf16 --channels-last [--compile]    # the GPU rows
 
-Same model, data, batch size, precision, memory format, optimizer and seed on both sides. The
-sides take turns (`--rounds`), each round a warm-up epoch and `--epochs` measured ones, and a row
-is the median of every measured epoch. The pipeline side is
+Same model, data, batch size, precision, memory format, optimizer and seed on both sides. After a
+warm-up epoch each, the sides take turns epoch by epoch (`--rounds` x `--epochs` epochs each,
+alternating which goes first); samples/s are the medians of the measured epochs, the ratio the
+median of the epoch-by-epoch ratios (the machine's drift cancels within a pair). The pipeline side is
 `transfer_pipeline.training.loop.train` with its engine (engine.py) and what a run switches on
 by default (per-step LRs, deferred NaN check, metrics, events), so the ratio is what the
 pipeline's bookkeeping costs. The hand-written loop is the minimal one: no metrics at all.
@@ -64,23 +65,32 @@ def plain_epoch(model, loader, optimizer, device, autocast, channels_last: bool,
     return n / (time.perf_counter() - start)
 
 
-def pipeline_epochs(model, loaders, optimizer, engine, epochs: int, cache: bool) -> tuple[list[float], float]:
-    """samples/s of each epoch, and the seconds spent building the feature cache (0 without it)."""
-    from transfer_pipeline.training import feature_cache
-    from transfer_pipeline.training.loop import train
-    from transfer_pipeline.tuning.batchnorm import bn_modules
+class PipelineSide:
+    """The pipeline's loop, one epoch per call (the loop continues from its state)."""
 
-    policy = {name: "auto" for name in bn_modules(model)}
-    head, built = None, 0.0
-    if cache:
-        t0 = time.perf_counter()
-        trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-        name, loaders = feature_cache.prepare(model, trainable, policy, loaders, engine)
-        assert name is not None, "the cache should apply to this row"
-        head, built = model.get_submodule(name), time.perf_counter() - t0
-    state = train(model, optimizer, loaders[0], loaders[1], epochs=epochs, events=(), bn_policy=policy, engine=engine,
-                  forward_module=head)
-    return [row["samples_per_s"] for row in state.history], built
+    def __init__(self, model, loaders, optimizer, engine, cache: bool) -> None:
+        from transfer_pipeline.training import feature_cache
+        from transfer_pipeline.training.loop import TrainState
+        from transfer_pipeline.tuning.batchnorm import bn_modules
+
+        self.model, self.optimizer, self.engine = model, optimizer, engine
+        self.policy = {name: "auto" for name in bn_modules(model)}
+        self.head, self.built, self.state = None, 0.0, TrainState()
+        if cache:
+            t0 = time.perf_counter()
+            trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+            name, loaders = feature_cache.prepare(model, trainable, self.policy, loaders, engine)
+            assert name is not None, "the cache should apply to this row"
+            self.head, self.built = model.get_submodule(name), time.perf_counter() - t0
+        self.loaders = loaders
+
+    def epoch(self) -> float:
+        from transfer_pipeline.training.loop import train
+
+        epochs = len(self.state.history) + 1
+        train(self.model, self.optimizer, self.loaders[0], self.loaders[1], epochs=epochs, events=(),
+              bn_policy=self.policy, engine=self.engine, forward_module=self.head, state=self.state)
+        return self.state.history[-1]["samples_per_s"]
 
 
 def make_side(make_model, x, y, args, device, trainable: str | None):
@@ -105,7 +115,7 @@ def make_side(make_model, x, y, args, device, trainable: str | None):
 
 
 def row(name: str, make_model, args, device, shape, samples: int, trainable: str | None = None,
-        cache: bool = False) -> tuple[str, float, float, float]:
+        cache: bool = False) -> tuple[str, float, float, float, float]:
     """`trainable`: a top-level module that alone trains (the rest frozen, its BatchNorm layers in eval)."""
     import torch
     from torch.utils.data import DataLoader, TensorDataset
@@ -116,31 +126,36 @@ def row(name: str, make_model, args, device, shape, samples: int, trainable: str
     x = torch.randn(samples, *shape, generator=g)
     y = torch.randint(0, 5, (samples,), generator=g)
     rates: dict[str, list[float]] = {"plain": [], "pipeline": []}
-    built = []
-    for _ in range(args.rounds):
-        model, optimizer, _ = make_side(make_model, x, y, args, device, trainable)
-        train_loader = DataLoader(TensorDataset(x, y), batch_size=args.batch_size, shuffle=True,
-                                  generator=torch.Generator().manual_seed(0), pin_memory=device.type == "cuda")
-        engine = Engine(device, args.precision, args.channels_last, args.compile)
-        forward = torch.compile(model) if args.compile else model
-        rates["plain"] += [plain_epoch(model, train_loader, optimizer, device, engine.autocast, args.channels_last,
-                                       forward) for _ in range(args.epochs + 1)][1:]
-        model, optimizer, loaders = make_side(make_model, x, y, args, device, trainable)
-        epochs, seconds = pipeline_epochs(model, loaders, optimizer, engine, args.epochs + 1, cache)
-        rates["pipeline"] += epochs[1:]
-        built.append(seconds)
-    return name, statistics.median(rates["plain"]), statistics.median(rates["pipeline"]), statistics.median(built)
+    model, optimizer, _ = make_side(make_model, x, y, args, device, trainable)
+    train_loader = DataLoader(TensorDataset(x, y), batch_size=args.batch_size, shuffle=True,
+                              generator=torch.Generator().manual_seed(0), pin_memory=device.type == "cuda")
+    engine = Engine(device, args.precision, args.channels_last, args.compile)
+    forward = torch.compile(model) if args.compile else model
+
+    def plain() -> float:
+        return plain_epoch(model, train_loader, optimizer, device, engine.autocast, args.channels_last, forward)
+
+    p_model, p_optimizer, p_loaders = make_side(make_model, x, y, args, device, trainable)
+    side = PipelineSide(p_model, p_loaders, p_optimizer, engine, cache)
+    plain(), side.epoch()  # warm-up
+    for i in range(args.rounds * args.epochs):  # epoch by epoch, taking turns at going first: drift hits both
+        first, second = (plain, side.epoch) if i % 2 == 0 else (side.epoch, plain)
+        a, b = first(), second()
+        rates["plain"].append(a if first is plain else b)
+        rates["pipeline"].append(b if first is plain else a)
+    pairs = statistics.median(q / p for p, q in zip(rates["plain"], rates["pipeline"]))  # drift cancels pair by pair
+    return name, statistics.median(rates["plain"]), statistics.median(rates["pipeline"]), pairs, side.built
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--epochs", type=int, default=3, help="measured epochs per side and round (after a warm-up)")
-    parser.add_argument("--rounds", type=int, default=2, help="turns each side takes")
+    parser.add_argument("--rounds", type=int, default=4, help="turns each side takes")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--model", default="resnet18", help="the torchvision ResNet of the large rows")
     parser.add_argument("--image-size", type=int, default=32, help="ResNet rows: synthetic RGB images of this size")
-    parser.add_argument("--samples", type=int, default=512, help="ResNet rows: images per epoch")
+    parser.add_argument("--samples", type=int, default=1024, help="ResNet rows: images per epoch")
     parser.add_argument("--precision", default="32", choices=("32", "bf16", "16"))
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--compile", action="store_true", help="torch.compile on both sides")
@@ -170,10 +185,10 @@ def main() -> None:
     print(f"{'model':<36} {'plain samples/s':>16} {'pipeline samples/s':>19} {'ratio':>6}")
     rates = {}
     for name, make, kw in rows:
-        name, plain, pipe, built = row(name, make, args, device, **kw)
+        name, plain, pipe, ratio, built = row(name, make, args, device, **kw)
         rates[name] = pipe
         note = f"   (cache built in {built:.2f} s, once per run)" if built else ""
-        print(f"{name:<36} {plain:>16,.0f} {pipe:>19,.0f} {pipe / plain:>6.2f}{note}", flush=True)
+        print(f"{name:<36} {plain:>16,.0f} {pipe:>19,.0f} {ratio:>6.2f}{note}", flush=True)
     full, frozen = rates[f"{args.model} full fine-tune"], rates[f"{args.model} only fc trainable"]
     cached = rates[f"{args.model} fc + cache_features"]
     print(f"frozen backbone (only fc) vs full fine-tune, pipeline: {frozen / full:.2f}x")

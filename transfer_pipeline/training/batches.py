@@ -20,7 +20,7 @@ from torch.utils.data import Sampler
 class ShuffledBatches(Sampler[list[int]]):
     def __init__(self, n: int, batch_size: int, generator: torch.Generator, rank: int = 0, world: int = 1) -> None:
         self.n, self.batch_size, self.generator, self.rank, self.world = n, batch_size, generator, rank, world
-        self.order: torch.Tensor | None = None  # this epoch's shuffle, once iteration has begun
+        self.order: list[int] | None = None  # this epoch's shuffle, once iteration has begun
 
     def __len__(self) -> int:
         full, rest = divmod(self.n, self.batch_size)
@@ -33,13 +33,19 @@ class ShuffledBatches(Sampler[list[int]]):
 
     def global_batch(self, k: int) -> list[int]:
         assert self.order is not None, "global_batch() is asked during an epoch"
-        return self.order[k * self.batch_size:(k + 1) * self.batch_size].tolist()
+        return self.order[k * self.batch_size:(k + 1) * self.batch_size]
 
     def __iter__(self) -> Iterator[list[int]]:
-        self.order = torch.randperm(self.n, generator=self.generator)
+        self.order = torch.randperm(self.n, generator=self.generator).tolist()  # python ints: slicing is cheap
+        size, world, rank = self.batch_size, self.world, self.rank
         for k in range(len(self)):
-            batch = self.order[k * self.batch_size:(k + 1) * self.batch_size]
-            yield batch.tensor_split(self.world)[self.rank].tolist()
+            batch = self.order[k * size:(k + 1) * size]
+            if world == 1:
+                yield batch
+                continue
+            share, extra = divmod(len(batch), world)  # the first `extra` processes take one more
+            start = rank * share + min(rank, extra)
+            yield batch[start:start + share + (rank < extra)]
 
 
 def steps_in_epoch(batches: int, accumulate: int) -> int:

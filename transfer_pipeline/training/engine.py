@@ -19,6 +19,7 @@ from torch import nn
 from ..errors import UserError
 
 PRECISIONS = {"32": None, "bf16": torch.bfloat16, "16": torch.float16}
+_NO_AUTOCAST = contextlib.nullcontext()
 
 
 def resolve_device(name: str) -> torch.device:
@@ -42,7 +43,7 @@ def resolve_device(name: str) -> torch.device:
 def autocast_context(precision: str, device: torch.device) -> Callable[[], Any]:
     dtype = PRECISIONS[precision]  # the schema checked the choice
     if dtype is None:
-        return contextlib.nullcontext
+        return lambda: _NO_AUTOCAST  # one reusable context: nothing is made per step
     if dtype == torch.float16 and device.type != "cuda":
         raise UserError("trainer.precision=16 needs CUDA; on CPU use trainer.precision=bf16 or 32.")
     return lambda: torch.autocast(device_type=device.type, dtype=dtype)
@@ -127,7 +128,7 @@ class Engine:
             self.wrap(model)
         with self.autocast():
             if not self.compile:
-                return self._call(x)
+                return self._call(x)  # type: ignore[misc]
             try:
                 return self._call(x)
             except Exception as e:
@@ -153,4 +154,3 @@ class Engine:
             self.scaler.update()
         else:
             optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
