@@ -10,7 +10,8 @@ alternating which goes first); samples/s are the medians of the measured epochs,
 median of the epoch-by-epoch ratios (the machine's drift cancels within a pair). The pipeline side is
 `transfer_pipeline.training.loop.train` with its engine (engine.py) and what a run switches on
 by default (per-step LRs, deferred NaN check, metrics, events), so the ratio is what the
-pipeline's bookkeeping costs. The hand-written loop is the minimal one: no metrics at all.
+pipeline's bookkeeping costs. The hand-written loop is the minimal one: no metrics while it trains,
+a validation pass after each epoch (untimed on both sides).
 
 Rows: a small CNN and an MLP on 8x8 inputs (per-step overhead shows most there), the ResNet full
 fine-tune, the ResNet with only `fc` trainable (frozen backbone, BatchNorm held: autograd builds
@@ -37,6 +38,17 @@ def hold_frozen_bn(model) -> None:
     for m in model.modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm) and not any(p.requires_grad for p in m.parameters()):
             m.eval()
+
+
+def validate(model, loader, device) -> float:
+    import torch
+
+    model.eval()
+    correct = 0
+    with torch.no_grad():
+        for x, y in loader:
+            correct += int((model(x.to(device)).argmax(1) == y.to(device)).sum())
+    return correct / len(loader.dataset)
 
 
 def plain_epoch(model, loader, optimizer, device, autocast, channels_last: bool, forward=None) -> float:
@@ -132,8 +144,12 @@ def row(name: str, make_model, args, device, shape, samples: int, trainable: str
     engine = Engine(device, args.precision, args.channels_last, args.compile)
     forward = torch.compile(model) if args.compile else model
 
+    val_loader = DataLoader(TensorDataset(x[:256], y[:256]), batch_size=args.batch_size * 2)
+
     def plain() -> float:
-        return plain_epoch(model, train_loader, optimizer, device, engine.autocast, args.channels_last, forward)
+        rate = plain_epoch(model, train_loader, optimizer, device, engine.autocast, args.channels_last, forward)
+        validate(model, val_loader, device)  # untimed, as on the pipeline side (which evaluates every epoch)
+        return rate
 
     p_model, p_optimizer, p_loaders = make_side(make_model, x, y, args, device, trainable)
     side = PipelineSide(p_model, p_loaders, p_optimizer, engine, cache)

@@ -83,8 +83,11 @@ def _bad_values(t: torch.Tensor, target: torch.dtype, nonfinite_wanted: bool, ov
     limit = torch.finfo(target).max if overflow_wanted else None
     flat = t.reshape(-1)
     nonfinite = overflow = False
+    wide = torch.float64 if t.dtype == torch.float64 else torch.float32
     for i in range(0, flat.numel(), CHUNK):
         part = flat[i:i + CHUNK]
+        if limit is None and bool(torch.isfinite(part.sum(dtype=wide))):
+            continue  # a NaN or inf anywhere makes the sum one: a finite sum clears the chunk in one pass
         finite = torch.isfinite(part)
         nonfinite = nonfinite or not bool(finite.all())
         if limit is not None:

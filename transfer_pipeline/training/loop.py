@@ -195,7 +195,6 @@ def train(model: nn.Module, optimizer: torch.optim.Optimizer, train_loader, val_
     if group is not None and not isinstance(sampler, ShuffledBatches):
         raise ValueError("under torchrun the train loader needs a ShuffledBatches batch sampler (training.data.loaders)")
     sized = isinstance(sampler, ShuffledBatches)  # batch sizes known ahead: a window's mean weighs each batch by size
-    window_samples = 0
     by_epoch: dict[int, list[Event]] = {}
     by_step: dict[int, list[Event]] = {}
     for ev in events:
@@ -219,7 +218,7 @@ def train(model: nn.Module, optimizer: torch.optim.Optimizer, train_loader, val_
     pending: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, int, int]] = []  # (loss, logits, y, batch, step)
     check_first = True  # the first step of this call is checked before its update
     weigh = k > 1 or group is not None  # batches weighed within a window (by size where sizes are known)
-    window_samples = 1
+    window_samples = 1  # samples (sized) or batches in the current window, set at its first batch
 
     def forward_backward(x: torch.Tensor, y: torch.Tensor, b: int, first_in_window: bool,
                          epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
