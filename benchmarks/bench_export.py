@@ -9,14 +9,17 @@ script is the fast way to convert one by hand: build the model on the meta devic
 `torch.load(mmap=True, weights_only=True)`, strip the prefix, `load_state_dict(assign=True)`,
 `safetensors.torch.save_file`. The pipeline is the whole `run.py mode=export` command, which also
 plans and reports the load, checks every loaded weight for NaN/inf, hashes the source and writes
-its run folder. Both are whole processes (interpreter start included), run in turn with a warm
-page cache; each figure is the median of `--runs`, peak memory is the process's high-water RSS.
+its run folder. Both are whole processes (interpreter start included), taking turns
+(alternating which goes first) with a warm page cache; each timed run starts by deleting the
+last output and flushing pending writes (`sync`), so neither side pays for the other's
+writeback. Each figure is the median of `--runs`; peak memory is the process's high-water RSS.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -42,6 +45,14 @@ save_file(model.state_dict(), sys.argv[2])
 """
 
 
+SAME = r"""
+import sys
+from safetensors.torch import load_file
+a, b = load_file(sys.argv[1]), load_file(sys.argv[2])
+print(a.keys() == b.keys() and all(bool((a[k] == b[k]).all()) for k in a))
+"""
+
+
 def make_checkpoint(path: Path, layers: int) -> None:
     subprocess.run([sys.executable, __file__, "--make", str(path), str(layers)], check=True)
 
@@ -58,8 +69,9 @@ def _make(path: Path, layers: int) -> None:
                 "optimizer_states": [{"state": {}, "param_groups": [{"lr": 0.1}]}], "lr_schedulers": []}, path)
 
 
-def measure(cmd: list[str]) -> tuple[float, int]:
+def measure(cmd: list[str], before=lambda: None) -> tuple[float, int]:
     start = time.perf_counter()
+    before()
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     _, status, usage = os.wait4(proc.pid, 0)
     seconds = time.perf_counter() - start
@@ -82,21 +94,28 @@ def main() -> None:
         folder = Path(tmp)
         ckpt = folder / "lightning.ckpt"
         make_checkpoint(ckpt, layers)
-        hand = [sys.executable, "-c", HAND.format(root=str(ROOT), width=WIDTH, layers=layers), str(ckpt),
-                str(folder / "hand.safetensors")]
+        out = folder / "hand.safetensors"
+        hand = [sys.executable, "-c", HAND.format(root=str(ROOT), width=WIDTH, layers=layers), str(ckpt), str(out)]
         model = ["model=tiny_mlp", f"model.in_features={WIDTH}", f"model.hidden=[{','.join([str(WIDTH)] * (layers - 1))}]",
                  f"model.num_classes={WIDTH}", "mapping=default", "freeze=none", "mode=export", f"source.path={ckpt}"]
+        pipeline = [sys.executable, str(ROOT / "run.py"), *model, f"hydra.run.dir={folder / 'run'}"]
         figures: dict[str, list[tuple[float, int]]] = {"hand": [], "pipeline": []}
-        measure(hand)  # warm-up: page cache, .pyc files
-        for i in range(args.runs):
-            figures["hand"].append(measure(hand))
-            figures["pipeline"].append(measure([sys.executable, str(ROOT / "run.py"), *model,
-                                                f"hydra.run.dir={folder / f'run{i}'}"]))
-        size = ckpt.stat().st_size
-        from safetensors.torch import load_file
+        from safetensors.torch import save_file  # noqa: F401  (fails here, not in a child, if missing)
 
-        a, b = load_file(folder / "hand.safetensors"), load_file(folder / f"run{args.runs - 1}" / "model.safetensors")
-        same = a.keys() == b.keys() and all(bool((a[k] == b[k]).all()) for k in a)
+        subprocess.run(hand, check=True)  # warm-up: page cache, .pyc files; and the two outputs compared
+        subprocess.run(pipeline, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        same = subprocess.run([sys.executable, "-c", SAME, str(out), str(folder / "run" / "model.safetensors")],
+                              capture_output=True, text=True).stdout.strip() == "True"
+        for i in range(args.runs):
+            order = (("hand", hand), ("pipeline", pipeline)) if i % 2 == 0 else (("pipeline", pipeline), ("hand", hand))
+            for side, cmd in order:
+                # each run writes a new file into a quiet page cache: the last output goes (its dirty pages
+                # with it) and what is pending is flushed, or one side's writeback would slow the other;
+                # both are timed with that clean-up, the same for each
+                figures[side].append(measure(cmd, before=lambda: (out.unlink(missing_ok=True),
+                                                                  shutil.rmtree(folder / "run", ignore_errors=True),
+                                                                  os.sync())))
+        size = ckpt.stat().st_size
     med = {k: (statistics.median(s for s, _ in v), statistics.median(r for _, r in v)) for k, v in figures.items()}
     print(f"source: {size / 2 ** 30:.2f} GiB Lightning-style .ckpt ({layers} x Linear({WIDTH}, {WIDTH})); "
           f"median of {args.runs} whole-process runs each; outputs identical: {same}")
