@@ -112,6 +112,16 @@ def test_precision_bf16_and_channels_last_train_on_cpu(run_pipeline):
     assert summary["status"] == "completed" and summary["val_acc"] > 0.5
 
 
+def test_loader_workers_persist_and_train_the_same_weights(run_pipeline, tmp_path):
+    train_loader, val_loader = loaders(data(), 32, seed=0, num_workers=2)
+    assert train_loader.persistent_workers and val_loader.persistent_workers
+    common = ("trainer.epochs=2", "freeze.schedule=[]")
+    workers, w_dir = run_pipeline(*common, "data.num_workers=2", run_dir=tmp_path / "workers")
+    inline, i_dir = run_pipeline(*common, run_dir=tmp_path / "inline")
+    a, b = load_file(w_dir / "model.safetensors"), load_file(i_dir / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)  # tensor data, no random transforms: the same batches
+
+
 def test_engine_keys_are_checked(compose):
     for bad in ("trainer.accumulate_grad_batches=0", "trainer.accumulate_grad_batches=-2",
                 "trainer.sync_every_steps=0"):

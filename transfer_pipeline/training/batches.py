@@ -1,7 +1,7 @@
 """The training batches: a seeded shuffle cut into global batches, each split between the processes.
 
-`ShuffledBatches` draws the epoch's order exactly as a shuffling DataLoader does (one
-`randperm` from the loader's generator), so a single process sees the same batches as before,
+`ShuffledBatches` draws the epoch's order from a generator of its own, the way a shuffling
+DataLoader draws it from its generator, so a single process sees the same batches as before,
 and N processes under torchrun each take a contiguous share of every one of those global
 batches: the batches, and so the result, do not depend on the number of processes. It also
 answers which samples made batch k of this epoch, which the loop uses to say whether a NaN loss
@@ -36,6 +36,10 @@ class ShuffledBatches(Sampler[list[int]]):
         return self.order[k * self.batch_size:(k + 1) * self.batch_size]
 
     def __iter__(self) -> Iterator[list[int]]:
+        # One draw first, as a shuffling DataLoader makes from its generator for its workers' seed, so the
+        # order is the one runs had before this sampler; the loader's own generator (worker seeds) is
+        # another, so neither workers nor persistent workers change the order.
+        torch.empty((), dtype=torch.int64).random_(generator=self.generator)
         self.order = torch.randperm(self.n, generator=self.generator).tolist()  # python ints: slicing is cheap
         size, world, rank = self.batch_size, self.world, self.rank
         for k in range(len(self)):

@@ -162,10 +162,10 @@ def loaders(bundle: DataBundle, batch_size: int, seed: int, num_workers: int = 0
     """
     from .batches import ShuffledBatches
 
-    g = torch.Generator().manual_seed(seed)
+    order, workers = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed)
     common = dict(worker_init_fn=seed_worker, num_workers=num_workers, pin_memory=pin_memory,
                   persistent_workers=num_workers > 0)
-    train = DataLoader(bundle.train, batch_sampler=ShuffledBatches(len(bundle.train), batch_size, g, rank, world),
-                       generator=g, **common)
+    train = DataLoader(bundle.train, batch_sampler=ShuffledBatches(len(bundle.train), batch_size, order, rank, world),
+                       generator=workers, **common)
     val = DataLoader(bundle.val, batch_size=batch_size * 2, shuffle=False, **common)
     return train, val

@@ -156,8 +156,8 @@ def compute(model: nn.Module, head: nn.Module, dataset: Dataset, engine: Any, ba
 
 
 def cached_loader(features: CachedFeatures, like: DataLoader, shuffled: bool) -> DataLoader:
-    """A loader over the cache with the batches of `like`: for the train split the same sampler type and
-    the same generator, so the order is the one the uncached run would see."""
+    """A loader over the cache with the batches of `like`: for the train split the same sampler type with
+    the same shuffling generator, so the order is the one the uncached run would see."""
     if shuffled:
         from .batches import ShuffledBatches
 

@@ -190,8 +190,9 @@ def train(model: nn.Module, optimizer: torch.optim.Optimizer, train_loader, val_
     params = list(model.parameters())
     state = state or TrainState()
     start = state.position
-    generator = getattr(train_loader, "generator", None)  # a DataLoader's shuffling (plain lists have none)
     sampler = getattr(train_loader, "batch_sampler", None)
+    # the shuffling generator: the sampler's own (batches.py), else a DataLoader's (plain lists have none)
+    generator = sampler.generator if isinstance(sampler, ShuffledBatches) else getattr(train_loader, "generator", None)
     if group is not None and not isinstance(sampler, ShuffledBatches):
         raise ValueError("under torchrun the train loader needs a ShuffledBatches batch sampler (training.data.loaders)")
     sized = isinstance(sampler, ShuffledBatches)  # batch sizes known ahead: a window's mean weighs each batch by size
