@@ -37,8 +37,10 @@ def main(cfg: DictConfig) -> float | None:
         run_dir = Path(folder)
         log.setLevel(logging.WARNING)
     overrides = tuple(hydra_cfg.overrides.task)
+    config_dirs = tuple(src.path for src in hydra_cfg.runtime.config_sources
+                        if src.schema == "file" and src.provider in ("main", "command-line"))
     origins = ConfigOrigins({g: c for g, c in hydra_cfg.runtime.choices.items() if not g.startswith("hydra/")},
-                            overrides)
+                            overrides, config_dirs)
     try:
         summary = run_job(lambda: to_run_config(cfg), run_dir, origins, resume=cfg.trainer.resume is not None)
     except UserError:  # already logged, and recorded in summary.json

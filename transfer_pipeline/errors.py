@@ -43,6 +43,7 @@ class ConfigOrigins:
 
     choices: Mapping[str, str | None] = field(default_factory=dict)  # config group -> chosen file ('mapping': 'new_head')
     overrides: tuple[str, ...] = ()  # the command-line overrides as typed ('mapping.exclude=[fc]', '+model.x=1')
+    config_dirs: tuple[str, ...] = ()  # the folders the config files were read from (conf/, a --config-dir)
 
     @property
     def overridden(self) -> tuple[str, ...]:

@@ -48,7 +48,7 @@ def run_job(load_config: Callable[[], RunConfig], run_dir: Path, origins: Config
     digits-specific value came from); other exceptions keep their traceback.
     """
     from .pipeline import STEPS, Run
-    from .training.outputs import git_commit, versions, write_json
+    from .training.outputs import git_commit, git_state, versions, write_json
     from .training.run_folder import claim, release
 
     run_dir = Path(run_dir)
@@ -94,7 +94,10 @@ def run_job(load_config: Callable[[], RunConfig], run_dir: Path, origins: Config
             summary["seconds"] = round(time.perf_counter() - started, 3)
             summary["ended_at"] = _now()
             summary["versions"] = versions()
-            summary["git_commit"] = git_commit(Path(__file__).resolve().parent)
+            summary["git_commit"] = git_commit(Path(__file__).resolve().parent)  # this package's
+            if origins is not None and origins.config_dirs:  # the repository the configs came from: the user's
+                summary["config_git"] = [git_state(Path(d)) or {"path": d, "commit": None, "dirty": None}
+                                         for d in origins.config_dirs]
             try:
                 write_json(run_dir / "summary.json", summary)
             finally:

@@ -131,12 +131,51 @@ class BackgroundHash:
         return self._value
 
 
+CACHED_FROM = 16 << 20  # smaller files hash faster than the cache is read
+
+
+def hash_cache_path() -> Path:
+    """`$XDG_CACHE_HOME/transfer_pipeline/sha256.json` (default ~/.cache/...)."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "transfer_pipeline" / "sha256.json"
+
+
+def _file_key(path: Path) -> tuple[str, str]:
+    """Where the file is, and what says it is unchanged: size, mtime and ctime (which no tool sets back), inode."""
+    st = path.stat()
+    return str(path.resolve()), f"{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}:{st.st_dev}:{st.st_ino}"
+
+
+def _read_cache() -> dict[str, Any]:
+    try:
+        data = json.loads(hash_cache_path().read_text())
+    except (OSError, ValueError):
+        return {}  # none yet, unreadable or corrupt: a cache, never an error
+    return data if isinstance(data, dict) else {}
+
+
 def sha256_file(path: Path) -> str:
+    """The file's SHA-256; for a big file, cached by path, size, times and inode (a re-run skips the read)."""
+    path = Path(path)
+    cacheable = path.stat().st_size >= CACHED_FROM
+    if cacheable:
+        where, stamp = _file_key(path)
+        hit = _read_cache().get(where)
+        if isinstance(hit, dict) and hit.get("stamp") == stamp and isinstance(hit.get("sha256"), str):
+            return hit["sha256"]
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 24), b""):
             h.update(chunk)
-    return h.hexdigest()
+    digest = h.hexdigest()
+    if cacheable:
+        cache = _read_cache()
+        cache[where] = {"stamp": stamp, "sha256": digest}
+        try:
+            atomic_write_bytes(hash_cache_path(), json.dumps(cache, indent=1).encode())
+        except OSError:
+            pass  # a read-only home: the hash is still right, the next run reads the file again
+    return digest
 
 
 def git_commit(cwd: Path | None = None) -> str | None:
@@ -145,6 +184,23 @@ def git_commit(cwd: Path | None = None) -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def git_state(folder: Path) -> dict[str, Any] | None:
+    """The git commit of the repository holding `folder`, and whether its tracked files differ from it
+    (None where `folder` is in no repository, or git is missing)."""
+    def git(*args: str) -> subprocess.CompletedProcess | None:
+        try:
+            return subprocess.run(["git", "-C", str(folder), *args], capture_output=True, text=True, timeout=5)
+        except (OSError, subprocess.SubprocessError):
+            return None
+
+    head = git("rev-parse", "HEAD")
+    if head is None or head.returncode != 0 or not head.stdout.strip():
+        return None
+    status = git("status", "--porcelain", "--untracked-files=no")
+    dirty = None if status is None or status.returncode != 0 else bool(status.stdout.strip())
+    return {"path": str(folder), "commit": head.stdout.strip(), "dirty": dirty}
 
 
 def versions() -> dict[str, str]:

@@ -1,0 +1,90 @@
+"""What a run folder records to redo the run: here, the git state of the configs' own repository."""
+
+from __future__ import annotations
+
+import subprocess
+
+from helpers import read_json, run_cli
+
+
+def git(folder, *args):
+    subprocess.run(["git", "-C", str(folder), *args], check=True, capture_output=True,
+                   env={"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+                        "GIT_COMMITTER_EMAIL": "t@t", "PATH": "/usr/bin:/bin"})
+
+
+def test_the_summary_has_the_commit_and_dirty_flag_of_the_users_config_repository(tmp_path):
+    repo = tmp_path / "my_experiments"
+    (repo / "experiment").mkdir(parents=True)
+    (repo / "experiment" / "mine.yaml").write_text("# @package _global_\ntrainer:\n  epochs: 2\n")
+    git(repo, "init", "-q")
+    git(repo, "add", ".")
+    git(repo, "commit", "-qm", "mine")
+    head = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+
+    run = run_cli("--config-dir", str(repo), "experiment=mine", "mode=plan", f"hydra.run.dir={tmp_path / 'clean'}")
+    assert run.returncode == 0, run.stderr[-2000:]
+    recorded = {r["path"]: r for r in read_json(tmp_path / "clean" / "summary.json")["config_git"]}
+    assert recorded[str(repo)] == {"path": str(repo), "commit": head, "dirty": False}
+
+    (repo / "experiment" / "mine.yaml").write_text("# @package _global_\ntrainer:\n  epochs: 3\n")
+    run = run_cli("--config-dir", str(repo), "experiment=mine", "mode=plan", f"hydra.run.dir={tmp_path / 'dirty'}")
+    assert run.returncode == 0, run.stderr[-2000:]
+    recorded = {r["path"]: r for r in read_json(tmp_path / "dirty" / "summary.json")["config_git"]}
+    assert recorded[str(repo)]["dirty"] is True and recorded[str(repo)]["commit"] == head
+
+
+def test_configs_outside_any_repository_record_no_commit(tmp_path):
+    folder = tmp_path / "loose"
+    (folder / "experiment").mkdir(parents=True)
+    (folder / "experiment" / "mine.yaml").write_text("# @package _global_\ntrainer:\n  epochs: 2\n")
+    run = run_cli("--config-dir", str(folder), "experiment=mine", "mode=plan", f"hydra.run.dir={tmp_path / 'run'}")
+    assert run.returncode == 0, run.stderr[-2000:]
+    recorded = {r["path"]: r for r in read_json(tmp_path / "run" / "summary.json")["config_git"]}
+    assert recorded[str(folder)] == {"path": str(folder), "commit": None, "dirty": None}
+
+
+def test_a_big_checkpoints_hash_is_cached_by_path_size_and_times(tmp_path, monkeypatch):
+    import hashlib
+    import json
+    import os
+
+    from transfer_pipeline.training import outputs
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    big = tmp_path / "big.bin"
+    big.write_bytes(os.urandom(outputs.CACHED_FROM + 10))
+    real = hashlib.sha256(big.read_bytes()).hexdigest()
+    assert outputs.sha256_file(big) == real
+    cache = json.loads(outputs.hash_cache_path().read_text())
+    assert cache[str(big.resolve())]["sha256"] == real
+    # the second run answers from the cache: a planted value comes back, the file is not read
+    cache[str(big.resolve())]["sha256"] = "planted"
+    outputs.hash_cache_path().write_text(json.dumps(cache))
+    assert outputs.sha256_file(big) == "planted"
+    # the file changes (same size): its times change, so it is hashed again
+    data = bytearray(big.read_bytes())
+    data[0] ^= 1
+    big.write_bytes(bytes(data))
+    assert outputs.sha256_file(big) == hashlib.sha256(bytes(data)).hexdigest()
+    # a corrupt cache is no error
+    outputs.hash_cache_path().write_text("{not json")
+    assert outputs.sha256_file(big) == hashlib.sha256(bytes(data)).hexdigest()
+    small = tmp_path / "small.bin"
+    small.write_bytes(b"x" * 100)
+    outputs.sha256_file(small)
+    assert str(small.resolve()) not in json.loads(outputs.hash_cache_path().read_text())
+
+
+def test_an_unwritable_cache_folder_still_gives_the_hash(tmp_path, monkeypatch):
+    import hashlib
+    import os
+
+    from transfer_pipeline.training import outputs
+
+    blocker = tmp_path / "file_not_folder"
+    blocker.write_text("x")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(blocker))  # the cache folder cannot be made under a file
+    big = tmp_path / "big.bin"
+    big.write_bytes(os.urandom(outputs.CACHED_FROM + 1))
+    assert outputs.sha256_file(big) == hashlib.sha256(big.read_bytes()).hexdigest()
