@@ -1,4 +1,5 @@
-"""Hydra callbacks (listed under `hydra.callbacks` in conf/config.yaml): Hydra's side of the run folder.
+"""Hydra callbacks (listed under `hydra.callbacks` in conf/config.yaml): Hydra's side of the run folder,
+and the summary at the end of a sweep (sweep_summary.py).
 
 Hydra writes `.hydra/` and opens `run.log` in the run folder before the task starts, so the
 folder is claimed here first (training/run_folder.py): a folder in use or holding another run is
@@ -35,6 +36,19 @@ class RunFolderGuard(Callback):
                                 "folder (hydra.sweep.dir=...; the default is a new timestamped folder).")
 
         _or_exit(check)
+
+
+class SweepSummary(Callback):
+    """At the end of a `-m` sweep: sweep_summary.csv, the table sorted by trainer.monitor, sweep_summary.png."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        from .sweep_summary import write
+
+        sweep = Path(config.hydra.sweep.dir)
+        try:
+            print(write(sweep), flush=True)
+        except OSError as e:  # the jobs' own folders hold every result: say it, do not end the sweep in a traceback
+            print(f"warning: could not write the sweep summary in {sweep}: {e}", file=sys.stderr)
 
 
 def _or_exit(fn: Any) -> None:

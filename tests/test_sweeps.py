@@ -1,0 +1,50 @@
+"""The end of a sweep: a failed job does not stop the others, and the sweep folder gets its summary."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+from helpers import run_cli
+
+SHIPPED = "pkg://transfer_pipeline/assets/digits_cnn_0to4.safetensors"
+
+
+def test_a_sweep_with_a_failing_job_writes_its_summary_and_exits_2(tmp_path):
+    sweep = tmp_path / "sweep"
+    result = run_cli("-m", "trainer.epochs=2", "freeze.schedule=[]", "optim.lr=0.01,0.03",
+                     f"source.path=/missing.pt,{SHIPPED}", f"hydra.sweep.dir={sweep}", "trainer.progress=false")
+    assert result.returncode == 2, result.stderr[-2000:]
+    rows = list(csv.DictReader((sweep / "sweep_summary.csv").open()))
+    assert len(rows) == 4 and (sweep / "sweep_summary.png").stat().st_size > 1000
+    assert {"job", "optim.lr", "source.path", "status", "best", "error", "run_dir"} <= set(rows[0])
+    done = [r for r in rows if r["status"] == "completed"]
+    failed = [r for r in rows if r["status"] == "failed"]
+    assert len(done) == 2 and len(failed) == 2
+    assert rows[:2] == sorted(done, key=lambda r: -float(r["best"]))  # best val_acc first, failed last
+    assert all(r["source.path"] == "/missing.pt" and "no such file" in r["error"] for r in failed)
+    assert {r["source.path"] for r in done} == {SHIPPED}  # as typed, not Hydra-escaped
+    for r in done:
+        summary = json.loads((sweep / r["job"] / "summary.json").read_text())
+        assert float(r["best"]) == summary["best_val_acc"]
+    out = result.stdout + result.stderr
+    assert "Sweep of 4 job(s), best val_acc first" in out and "2 job(s) did not complete" in out
+
+
+def test_the_summary_reads_what_the_job_folders_hold(tmp_path):
+    from transfer_pipeline.sweep_summary import collect, ranked, write
+
+    for i, (lr, summary) in enumerate([("0.1", {"status": "completed", "monitor": "val_loss", "best_val_loss": 0.5}),
+                                       ("0.2", {"status": "completed", "monitor": "val_loss", "best_val_loss": 0.3}),
+                                       ("0.3", None)]):
+        job = tmp_path / str(i)
+        (job / ".hydra").mkdir(parents=True)
+        (job / ".hydra" / "overrides.yaml").write_text(f"- optim.lr={lr}\n- trainer.epochs=2\n")
+        if summary is not None:
+            (job / "summary.json").write_text(json.dumps(summary))
+    swept, rows = collect(tmp_path)
+    assert swept == ["optim.lr"]  # trainer.epochs is the same in every job: no column
+    assert [r["optim.lr"] for r in ranked(rows)] == ["0.2", "0.1", "0.3"]  # a loss: lowest first; no value last
+    assert rows[2]["status"] == "missing"
+    text = write(tmp_path)
+    assert "1 job(s) did not complete: 2 (missing)" in text and (tmp_path / "sweep_summary.csv").is_file()
