@@ -48,3 +48,15 @@ def test_the_summary_reads_what_the_job_folders_hold(tmp_path):
     assert rows[2]["status"] == "missing"
     text = write(tmp_path)
     assert "1 job(s) did not complete: 2 (missing)" in text and (tmp_path / "sweep_summary.csv").is_file()
+
+
+def test_the_shipped_sweep_experiments_run_and_compare_their_jobs(tmp_path):
+    result = run_cli("-m", "experiment=sweep_where_to_freeze", "trainer.epochs=2", f"hydra.sweep.dir={tmp_path}",
+                     "trainer.progress=false")
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = list(csv.DictReader((tmp_path / "sweep_summary.csv").open()))
+    assert sorted(r["freeze.until"] for r in rows) == ["block1", "block2", "null", "stem"]
+    assert all(r["status"] == "completed" for r in rows)
+    for r in rows:  # each job froze what its row says
+        summary = json.loads((tmp_path / r["job"] / "summary.json").read_text())
+        assert (summary["frozen_params"] == 0) == (r["freeze.until"] == "null")
