@@ -81,6 +81,21 @@ PLUGINS = {"slurm": ("hydra_plugins.hydra_submitit_launcher", "sweeps"),
            "submitit_slurm": ("hydra_plugins.hydra_submitit_launcher", "sweeps")}
 
 
+def rerun_arguments(argv: list[str]) -> list[str]:
+    """`python run.py --rerun <run folder> [overrides]`: the run's own composed config (.hydra/config.yaml) as
+    the config, i.e. Hydra's `--config-path <folder>/.hydra --config-name config`, with the run-folder guard."""
+    if "--rerun" not in argv:
+        return argv
+    i = argv.index("--rerun")
+    folder = Path(argv[i + 1]).resolve() if i + 1 < len(argv) else None
+    if folder is None or not (folder / ".hydra" / "config.yaml").is_file():
+        print(f"run.py: --rerun needs a run folder holding .hydra/config.yaml (got {argv[i + 1] if folder else 'nothing'}); "
+              "e.g. python run.py --rerun outputs/2026-12-01/10-00-00", file=sys.stderr)
+        sys.exit(2)
+    guard = "+hydra.callbacks.run_folder={_target_: transfer_pipeline.hydra_callbacks.RunFolderGuard}"
+    return [*argv[:i], "--config-path", str(folder / ".hydra"), "--config-name", "config", *argv[i + 2:], guard]
+
+
 def check_plugins() -> None:
     """A shipped launcher asked for without its Hydra plugin: say what to install (Hydra would only say
     that a config is missing)."""
@@ -113,6 +128,7 @@ def refuse_sweeps_across_processes() -> None:
 
 
 if __name__ == "__main__":
+    sys.argv = rerun_arguments(sys.argv)
     check_plugins()
     refuse_sweeps_across_processes()
     if (folder := rank_folder()) is not None:  # before Hydra: it writes .hydra/ and run.log into its folder

@@ -88,3 +88,56 @@ def test_an_unwritable_cache_folder_still_gives_the_hash(tmp_path, monkeypatch):
     big = tmp_path / "big.bin"
     big.write_bytes(os.urandom(outputs.CACHED_FROM + 1))
     assert outputs.sha256_file(big) == hashlib.sha256(big.read_bytes()).hexdigest()
+
+
+SHIPPED = "transfer_pipeline/assets/digits_cnn_0to4.safetensors"
+
+
+def test_a_run_reruns_from_its_own_folder_to_bitwise_the_same_weights(tmp_path):
+    from safetensors.torch import load_file
+
+    common = ("trainer.deterministic=true", "trainer.epochs=2", "freeze.schedule=[]", "trainer.progress=false",
+              "optim.lr=0.02")
+    first = run_cli(*common, f"hydra.run.dir={tmp_path / 'first'}")
+    assert first.returncode == 0, first.stderr[-2000:]
+    for name, args in (("rerun", ("--rerun", str(tmp_path / "first"))),
+                       ("config_path", ("--config-path", str(tmp_path / "first" / ".hydra"), "--config-name", "config"))):
+        again = run_cli(*args, f"hydra.run.dir={tmp_path / name}")
+        assert again.returncode == 0, again.stderr[-2000:]
+        a, b = load_file(tmp_path / "first" / "model.safetensors"), load_file(tmp_path / name / "model.safetensors")
+        assert a.keys() == b.keys() and all(bool((a[k] == b[k]).all()) for k in a), name
+        summary = read_json(tmp_path / name / "summary.json")
+        assert summary["rerun_of"] == str(tmp_path / "first") and not summary.get("source_changed")
+    # a re-run takes overrides on top, like any run
+    changed = run_cli("--rerun", str(tmp_path / "first"), "trainer.epochs=1", f"hydra.run.dir={tmp_path / 'changed'}")
+    assert changed.returncode == 0 and read_json(tmp_path / "changed" / "summary.json")["epochs"] == 1
+
+
+def test_a_rerun_whose_source_changed_warns_with_both_hashes(tmp_path):
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from helpers import ROOT
+
+    source = tmp_path / "source.safetensors"
+    shutil.copy(ROOT / SHIPPED, source)
+    first = run_cli(f"source.path={source}", "trainer.epochs=1", "freeze.schedule=[]", "mode=plan",
+                    f"hydra.run.dir={tmp_path / 'first'}")
+    assert first.returncode == 0, first.stderr[-2000:]
+    before = read_json(tmp_path / "first" / "summary.json")["source_sha256"]
+    weights = load_file(source)
+    weights["stem.0.weight"] = weights["stem.0.weight"] + 0.01 * torch.ones_like(weights["stem.0.weight"])
+    save_file(weights, source)
+    again = run_cli("--rerun", str(tmp_path / "first"), f"hydra.run.dir={tmp_path / 'again'}")
+    assert again.returncode == 0, again.stderr[-2000:]
+    summary = read_json(tmp_path / "again" / "summary.json")
+    assert summary["source_changed"] is True and summary["source_sha256"] != before
+    out = again.stdout + again.stderr
+    assert "The source checkpoint is not the one" in out and before in out and summary["source_sha256"] in out
+
+
+def test_rerun_of_a_folder_without_its_config_is_refused(tmp_path):
+    result = run_cli("--rerun", str(tmp_path))
+    assert result.returncode == 2 and "--rerun needs a run folder holding .hydra/config.yaml" in result.stderr

@@ -10,6 +10,7 @@ import difflib
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 
 class UserError(Exception):
@@ -44,6 +45,11 @@ class ConfigOrigins:
     choices: Mapping[str, str | None] = field(default_factory=dict)  # config group -> chosen file ('mapping': 'new_head')
     overrides: tuple[str, ...] = ()  # the command-line overrides as typed ('mapping.exclude=[fc]', '+model.x=1')
     config_dirs: tuple[str, ...] = ()  # the folders the config files were read from (conf/, a --config-dir)
+
+    @property
+    def rerun_of(self) -> str | None:
+        """The run folder whose own config this is (`--rerun`, or --config-path <folder>/.hydra), if any."""
+        return next((str(Path(d).parent) for d in self.config_dirs if Path(d).name == ".hydra"), None)
 
     @property
     def overridden(self) -> tuple[str, ...]:

@@ -66,6 +66,8 @@ def run_job(load_config: Callable[[], RunConfig], run_dir: Path, origins: Config
                 state = Run(cfg, run_dir, summary, signals=signals)
                 for step in STEPS[cfg.mode]:
                     step(state)
+                if origins is not None and origins.rerun_of:
+                    _compare_source(summary, Path(origins.rerun_of))
         except UserError as e:
             signals.closing = True
             message = str(e) + (origins.hint(str(e)) if origins else "")
@@ -109,6 +111,23 @@ def run_job(load_config: Callable[[], RunConfig], run_dir: Path, origins: Config
             log.log(logging.INFO if summary["status"] != "failed" else logging.ERROR, "Run %s after %.1f s: %s",
                     summary["status"], summary["seconds"], run_dir)
     return summary
+
+
+def _compare_source(summary: dict[str, Any], original: Path) -> None:
+    """A re-run whose source file is no longer the one the original run read: say so, with both hashes."""
+    import json
+
+    try:
+        before = json.loads((original / "summary.json").read_text()).get("source_sha256")
+    except (OSError, ValueError, AttributeError):
+        return
+    summary["rerun_of"] = str(original)
+    now = summary.get("source_sha256")
+    if before and now and before != now:
+        summary["source_changed"] = True
+        log.warning("The source checkpoint is not the one %s was run with: its SHA-256 was %s and is now %s, so this "
+                    "re-run cannot give the same result. Put the original file back, or compare both runs knowingly.",
+                    original, before, now)
 
 
 def _now() -> str:

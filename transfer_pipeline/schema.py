@@ -466,8 +466,14 @@ def register_configs() -> None:
 
 def to_run_config(cfg: DictConfig) -> RunConfig:
     """Composed DictConfig -> plain dataclasses (the only place OmegaConf objects are converted)."""
-    from omegaconf.errors import MissingMandatoryValue
+    from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, ValidationError
 
+    if OmegaConf.get_type(cfg) is not RunConfig:  # a run's own .hydra/config.yaml (a re-run): typed here
+        try:
+            cfg = OmegaConf.merge(OmegaConf.structured(RunConfig), cfg)
+        except (ConfigKeyError, ValidationError) as e:
+            raise UserError(f"{getattr(e, 'full_key', '') or 'config'}: {str(e).splitlines()[0]} (the config does "
+                            "not fit this version's schema; compose it from conf/ instead).") from None
     try:
         obj = OmegaConf.to_object(cfg)
     except MissingMandatoryValue as e:
