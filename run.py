@@ -76,9 +76,13 @@ def rank_folder() -> str | None:
 
 
 # launcher / sweeper config -> (the plugin module it needs, the extra that installs it)
-PLUGINS = {"slurm": ("hydra_plugins.hydra_submitit_launcher", "sweeps"),
-           "submitit_local": ("hydra_plugins.hydra_submitit_launcher", "sweeps"),
-           "submitit_slurm": ("hydra_plugins.hydra_submitit_launcher", "sweeps")}
+PLUGINS = {"hydra/launcher": {"slurm": "hydra_plugins.hydra_submitit_launcher",
+                              "submitit_local": "hydra_plugins.hydra_submitit_launcher",
+                              "submitit_slurm": "hydra_plugins.hydra_submitit_launcher",
+                              "parallel": "hydra_plugins.hydra_joblib_launcher",
+                              "joblib": "hydra_plugins.hydra_joblib_launcher"},
+           "hydra/sweeper": {"search": "hydra_plugins.hydra_optuna_sweeper",
+                             "optuna": "hydra_plugins.hydra_optuna_sweeper"}}
 
 
 def rerun_arguments(argv: list[str]) -> list[str]:
@@ -103,12 +107,12 @@ def check_plugins() -> None:
 
     for arg in sys.argv[1:]:
         group, _, choice = arg.partition("=")
-        if group.lstrip("+") == "hydra/launcher" and choice in PLUGINS:
-            module, extra = PLUGINS[choice]
-            if importlib.util.find_spec(module.split(".")[0]) is None or importlib.util.find_spec(module) is None:
-                print(f"run.py: {arg} needs the Hydra plugin {module.split('.')[-1].replace('_', '-')}, which is not "
-                      f"installed here. Install it with: pip install -e \".[{extra}]\"", file=sys.stderr)
-                sys.exit(2)
+        module = PLUGINS.get(group.lstrip("+"), {}).get(choice)
+        if module is not None and (importlib.util.find_spec("hydra_plugins") is None
+                                   or importlib.util.find_spec(module) is None):
+            print(f"run.py: {arg} needs the Hydra plugin {module.split('.')[-1].replace('_', '-')}, which is not "
+                  'installed here. Install it with: pip install -e ".[sweeps]"', file=sys.stderr)
+            sys.exit(2)
 
 
 def refuse_sweeps_across_processes() -> None:
@@ -135,9 +139,11 @@ if __name__ == "__main__":
         sys.argv = [a for a in sys.argv if not a.startswith("hydra.run.dir=")] + [f"hydra.run.dir={folder}"]
     try:
         main()
-        if FAILED_JOBS:
-            log.error("%d job(s) failed: %s (each folder's summary.json says why)", len(FAILED_JOBS),
-                      ", ".join(FAILED_JOBS))
+        from transfer_pipeline.hydra_callbacks import INCOMPLETE_JOBS
+
+        failed = list(dict.fromkeys([*FAILED_JOBS, *INCOMPLETE_JOBS]))  # jobs run here, and those a launcher ran elsewhere
+        if failed:
+            log.error("%d job(s) failed: %s (each folder's summary.json says why)", len(failed), ", ".join(failed))
             sys.exit(2)
     finally:
         import gc

@@ -404,7 +404,7 @@ def test_the_shipped_slurm_launcher_config_composes():
 
 def test_a_launcher_whose_plugin_is_missing_says_what_to_install():
     code = ("import sys; sys.argv = ['run.py', 'hydra/launcher=slurm']; import run; "
-            "run.PLUGINS['slurm'] = ('hydra_plugins.not_installed_here', 'sweeps'); run.check_plugins()")
+            "run.PLUGINS['hydra/launcher']['slurm'] = 'hydra_plugins.not_installed_here'; run.check_plugins()")
     import subprocess
 
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)

@@ -46,8 +46,9 @@ def test_the_summary_reads_what_the_job_folders_hold(tmp_path):
     assert swept == ["optim.lr"]  # trainer.epochs is the same in every job: no column
     assert [r["optim.lr"] for r in ranked(rows)] == ["0.2", "0.1", "0.3"]  # a loss: lowest first; no value last
     assert rows[2]["status"] == "missing"
-    text = write(tmp_path)
+    text, incomplete = write(tmp_path)
     assert "1 job(s) did not complete: 2 (missing)" in text and (tmp_path / "sweep_summary.csv").is_file()
+    assert incomplete == [str(tmp_path / "2")]
 
 
 def test_the_shipped_sweep_experiments_run_and_compare_their_jobs(tmp_path):
@@ -60,3 +61,41 @@ def test_the_shipped_sweep_experiments_run_and_compare_their_jobs(tmp_path):
     for r in rows:  # each job froze what its row says
         summary = json.loads((tmp_path / r["job"] / "summary.json").read_text())
         assert (summary["frozen_params"] == 0) == (r["freeze.until"] == "null")
+
+
+def test_jobs_side_by_side_with_the_parallel_launcher(tmp_path):
+    result = run_cli("-m", "hydra/launcher=parallel", "trainer.epochs=1", "freeze.schedule=[]",
+                     f"source.path=/missing.pt,{SHIPPED}", "device=${job_device:}", f"hydra.sweep.dir={tmp_path}",
+                     "trainer.progress=false")
+    # the failing job ran in a worker process: the exit code still says so
+    assert result.returncode == 2, result.stderr[-2000:]
+    rows = {r["job"]: r for r in csv.DictReader((tmp_path / "sweep_summary.csv").open())}
+    assert rows["0"]["status"] == "failed" and rows["1"]["status"] == "completed"
+    assert json.loads((tmp_path / "1" / "summary.json").read_text())["device"] == "cpu"  # no GPU here
+
+
+def test_job_device_divides_the_gpus_between_jobs(monkeypatch):
+    import pytest
+
+    from transfer_pipeline.errors import UserError
+    from transfer_pipeline.schema import job_device
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2")
+    assert [job_device(k) for k in range(5)] == ["cuda:0", "cuda:1", "cuda:2", "cuda:0", "cuda:1"]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert job_device(3) == "cpu"
+    with pytest.raises(UserError, match="job_device"):
+        job_device("x")
+
+
+def test_the_optuna_search_optimises_the_best_value(tmp_path):
+    import yaml
+
+    result = run_cli("-m", "hydra/sweeper=search", "hydra.sweeper.n_trials=3", "trainer.epochs=1",
+                     "freeze.schedule=[]", f"hydra.sweep.dir={tmp_path}", "trainer.progress=false")
+    assert result.returncode == 0, result.stderr[-2000:]
+    best = yaml.safe_load((tmp_path / "optimization_results.yaml").read_text())
+    rows = list(csv.DictReader((tmp_path / "sweep_summary.csv").open()))
+    assert len(rows) == 3 and {"optim.lr", "freeze.until", "optim.layer_decay"} <= set(rows[0])
+    assert best["best_value"] == max(float(r["best"]) for r in rows)
+    assert all(0.0003 <= float(r["optim.lr"]) <= 0.03 for r in rows)

@@ -38,6 +38,9 @@ class RunFolderGuard(Callback):
         _or_exit(check)
 
 
+INCOMPLETE_JOBS: list[str] = []  # the last sweep's jobs that did not complete, for run.py's exit code
+
+
 class SweepSummary(Callback):
     """At the end of a `-m` sweep: sweep_summary.csv, the table sorted by trainer.monitor, sweep_summary.png."""
 
@@ -46,7 +49,9 @@ class SweepSummary(Callback):
 
         sweep = Path(config.hydra.sweep.dir)
         try:
-            print(write(sweep), flush=True)
+            text, incomplete = write(sweep)
+            INCOMPLETE_JOBS[:] = incomplete
+            print(text, flush=True)
         except OSError as e:  # the jobs' own folders hold every result: say it, do not end the sweep in a traceback
             print(f"warning: could not write the sweep summary in {sweep}: {e}", file=sys.stderr)
 

@@ -455,6 +455,29 @@ def fresh_dir(path: str) -> str:
             candidate, k = f"{path}_{k}", k + 1
 
 
+def job_device(job_num: Any = None) -> str:
+    """`device=${job_device:}`: job k of a parallel sweep on cuda:(k mod the GPUs here), or cpu."""
+    import os
+
+    if job_num is None:
+        from hydra.core.hydra_config import HydraConfig
+
+        job_num = HydraConfig.get().job.get("num", 0) if HydraConfig.initialized() else 0
+
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        count = len([d for d in visible.split(",") if d.strip()])
+    else:
+        import torch  # only a sweep that asks for it pays the import
+
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    try:
+        k = int(job_num)
+    except (TypeError, ValueError):
+        raise UserError(f"device=${{job_device:...}}: got {job_num!r}; write it as device='${{job_device:}}'.") from None
+    return f"cuda:{k % count}" if count else "cpu"
+
+
 def register_configs() -> None:
     """Put the schema into Hydra's ConfigStore (conf/config.yaml lists `config_schema` first)."""
     from hydra.core.config_store import ConfigStore
@@ -462,6 +485,8 @@ def register_configs() -> None:
     ConfigStore.instance().store(name="config_schema", node=RunConfig)
     if not OmegaConf.has_resolver("fresh_dir"):  # cached: one process asks once and keeps the answer
         OmegaConf.register_new_resolver("fresh_dir", fresh_dir, use_cache=True)
+    if not OmegaConf.has_resolver("job_device"):
+        OmegaConf.register_new_resolver("job_device", job_device)
 
 
 def to_run_config(cfg: DictConfig) -> RunConfig:

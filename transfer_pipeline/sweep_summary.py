@@ -75,14 +75,15 @@ def ranked(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return sorted(rows, key=lambda r: (_number(r["best"]) is None, sign * (_number(r["best"]) or 0.0)))
 
 
-def write(sweep_dir: Path) -> str:
-    """Write sweep_summary.csv and .png into `sweep_dir`; returns the table to print."""
+def write(sweep_dir: Path) -> tuple[str, list[str]]:
+    """Write sweep_summary.csv and .png into `sweep_dir`; returns the table to print and the folders of the
+    jobs that did not complete (the launcher may have run them in other processes, or on other machines)."""
     from .training.outputs import write_csv
 
     sweep_dir = Path(sweep_dir)
     swept, rows = collect(sweep_dir)
     if not rows:
-        return f"Sweep {sweep_dir}: no job folders."
+        return f"Sweep {sweep_dir}: no job folders.", []
     order = ranked(rows)
     write_csv(sweep_dir / "sweep_summary.csv", order)
     _plot(sweep_dir / "sweep_summary.png", swept, rows)
@@ -97,7 +98,7 @@ def write(sweep_dir: Path) -> str:
     text = (f"Sweep of {len(rows)} job(s), best {monitor} first ({sweep_dir / 'sweep_summary.csv'}):\n{table}")
     if failed:
         text += f"\n{len(failed)} job(s) did not complete: " + ", ".join(f"{r['job']} ({r['status']})" for r in failed)
-    return text
+    return text, [r["run_dir"] for r in failed]
 
 
 def _plot(path: Path, swept: list[str], rows: list[dict[str, Any]]) -> bool:
