@@ -108,6 +108,7 @@ def test_a_run_reruns_from_its_own_folder_to_bitwise_the_same_weights(tmp_path):
         assert a.keys() == b.keys() and all(bool((a[k] == b[k]).all()) for k in a), name
         summary = read_json(tmp_path / name / "summary.json")
         assert summary["rerun_of"] == str(tmp_path / "first") and not summary.get("source_changed")
+        assert summary["seed"] == 0 and summary["device_name"] and len(summary["source_sha256"]) == 64
     # a re-run takes overrides on top, like any run
     changed = run_cli("--rerun", str(tmp_path / "first"), "trainer.epochs=1", f"hydra.run.dir={tmp_path / 'changed'}")
     assert changed.returncode == 0 and read_json(tmp_path / "changed" / "summary.json")["epochs"] == 1

@@ -43,6 +43,22 @@ def make_deterministic() -> None:
     torch.backends.cudnn.benchmark = False
 
 
+def device_name(device: Any) -> str:
+    """What the device is: the GPU's name, or the CPU's model (Linux), for the run's record."""
+    import platform
+
+    import torch
+
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
+    except OSError:
+        model = ""
+    return f"{model or platform.processor() or 'cpu'} ({os.cpu_count()} cores)"
+
+
 @dataclass
 class Run:
     """What the steps share: the inputs, then what each step made for the next."""
@@ -93,7 +109,7 @@ def setup(r: Run) -> None:
 
         torch.backends.cudnn.benchmark = True  # fixed input shapes: the kernel search pays off from the second step
     seed_everything(r.cfg.seed)
-    r.summary["device"] = str(r.device)
+    r.summary.update(device=str(r.device), device_name=device_name(r.device), seed=r.cfg.seed)
     if r.group is not None:
         r.summary["processes"] = r.group.world
         log.info("torchrun: process %d of %d (%s, %s)", r.group.rank, r.group.world, r.device, r.group.backend)
