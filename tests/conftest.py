@@ -48,7 +48,7 @@ def compose():
 @pytest.fixture
 def run_pipeline(tmp_path):
     """run_pipeline(*overrides) -> (summary, run_dir): the whole pipeline in-process."""
-    from transfer_pipeline.pipeline import run
+    from transfer_pipeline.lifecycle import run
 
     def _run(*overrides: str, run_dir: Path | None = None):
         run_dir = run_dir or tmp_path / "run"

@@ -31,6 +31,12 @@ def test_a_sweep_with_a_failing_job_writes_its_summary_and_exits_2(tmp_path):
     assert "Sweep of 4 job(s), best val_acc first" in out and "2 job(s) did not complete" in out
 
 
+def test_a_sweep_of_plans_ends_well(tmp_path):
+    result = run_cli("-m", "mode=plan", "seed=0,1", f"hydra.sweep.dir={tmp_path}")
+    assert result.returncode == 0, result.stdout[-2000:]
+    assert [r["status"] for r in csv.DictReader((tmp_path / "sweep_summary.csv").open())] == ["planned", "planned"]
+
+
 def test_the_summary_reads_what_the_job_folders_hold(tmp_path):
     from transfer_pipeline.sweep_summary import collect, ranked, write
 

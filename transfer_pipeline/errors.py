@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import re
+import signal
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,3 +73,11 @@ class ConfigOrigins:
         return (f"\n{key} comes from the config group {group}={choice} (conf/{group}/{choice}.yaml), written for the "
                 f"default experiment's DigitsCNN. For another model switch to the generic groups, e.g. "
                 f"python run.py model=... source.path=... {switch}, or set {key} for your model.")
+
+
+class Interrupted(BaseException):
+    """SIGTERM (or SIGINT) during a run: recorded as `interrupted`, then the process exits non-zero."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum

@@ -22,19 +22,17 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigOrigins, UserError
+from .errors import ConfigOrigins, Interrupted, UserError
 from .names import printable_text
 from .schema import RunConfig
 
 log = logging.getLogger(__name__)
 
 
-class Interrupted(BaseException):
-    """SIGTERM (or SIGINT) during a run: recorded as `interrupted`, then the process exits non-zero."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
+def run(cfg: RunConfig, run_dir: Path, origins: ConfigOrigins | None = None) -> dict[str, Any]:
+    """Do what `cfg.mode` says with plain dataclasses (no Hydra): tests and other programs call this.
+    Returns the summary (also written to summary.json)."""
+    return run_job(lambda: cfg, run_dir, origins, resume=cfg.trainer.resume is not None)
 
 
 def run_job(load_config: Callable[[], RunConfig], run_dir: Path, origins: ConfigOrigins | None = None,

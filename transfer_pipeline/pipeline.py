@@ -1,8 +1,8 @@
 """The recipe: config -> source -> build -> plan -> load -> report -> freeze -> groups -> train -> outputs.
 
-`run(cfg, run_dir)` does the steps its mode lists in `STEPS`, top to bottom, each a plain
-function of one `Run` (the config, the run folder and what the steps before it made). Takes
-plain dataclasses (no Hydra), so tests and other programs can call it directly.
+Each mode's steps are listed in `STEPS` and done top to bottom by lifecycle.run_job, each a plain
+function of one `Run` (the config, the run folder and what the steps before it made). They take
+plain dataclasses (no Hydra): `lifecycle.run(cfg, run_dir)` runs them from Python.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigOrigins, UserError
+from .errors import Interrupted, UserError
 from .names import printable_text
 from .schema import Mode, RunConfig
 
@@ -81,13 +81,6 @@ class Run:
     group: Any = None  # training.distributed.Group under torchrun (None in a single process)
     main_dir: Path | None = None  # rank 0's run folder (under torchrun the other ranks run in folders of their own)
     source_hash: Any = None  # training.outputs.BackgroundHash of the source files, while it runs
-
-
-def run(cfg: RunConfig, run_dir: Path, origins: ConfigOrigins | None = None) -> dict[str, Any]:
-    """Do what `cfg.mode` says; returns the summary (also written to summary.json)."""
-    from .lifecycle import run_job
-
-    return run_job(lambda: cfg, run_dir, origins, resume=cfg.trainer.resume is not None)
 
 
 # --- the steps ---------------------------------------------------------------------------------------
@@ -284,8 +277,6 @@ def fit(r: Run) -> None:
         else:
             log.warning("Stopped in epoch %d; trainer.save_checkpoints=false, so there is no checkpoint to resume from.",
                         state.position.epoch + 1)
-        from .lifecycle import Interrupted
-
         raise Interrupted(r.signals.signum or signal.SIGINT)
     r.summary["status"] = "completed"
     log.info("Done: val_acc %.4f (best %s %.4f at epoch %s), weights (%s) in %s", r.summary["val_acc"], best.metric,

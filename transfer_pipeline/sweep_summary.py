@@ -19,7 +19,7 @@ from .tables import format_table
 
 log = logging.getLogger(__name__)
 
-COLUMNS = ("status", "monitor", "best", "best_epoch", "val_acc", "val_loss", "epochs", "samples_per_s", "seconds")
+DONE = ("completed", "planned", "exported", "evaluated")  # how each mode ends well (summary.json status)
 
 
 def _overrides(job: Path) -> dict[str, str]:
@@ -87,7 +87,7 @@ def write(sweep_dir: Path) -> tuple[str, list[str]]:
     order = ranked(rows)
     write_csv(sweep_dir / "sweep_summary.csv", order)
     _plot(sweep_dir / "sweep_summary.png", swept, rows)
-    failed = [r for r in rows if r["status"] != "completed"]
+    failed = [r for r in rows if r["status"] not in DONE]
 
     def shown(v: Any) -> str:
         return f"{v:.4g}" if isinstance(v, float) else ("" if v is None else str(v))
