@@ -84,7 +84,7 @@ def test_job_device_divides_the_gpus_between_jobs(monkeypatch):
     import pytest
 
     from transfer_pipeline.errors import UserError
-    from transfer_pipeline.schema import job_device
+    from transfer_pipeline.hydra_resolvers import job_device
 
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2")
     assert [job_device(k) for k in range(5)] == ["cuda:0", "cuda:1", "cuda:2", "cuda:0", "cuda:1"]
