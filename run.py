@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 import hydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from transfer_pipeline.schema import register_configs, to_run_config
 
@@ -42,7 +42,8 @@ def main(cfg: DictConfig) -> float | None:
     origins = ConfigOrigins({g: c for g, c in hydra_cfg.runtime.choices.items() if not g.startswith("hydra/")},
                             overrides, config_dirs)
     try:
-        summary = run_job(lambda: to_run_config(cfg), run_dir, origins, resume=cfg.trainer.resume is not None)
+        resume = OmegaConf.select(cfg, "trainer.resume") is not None  # the schema checks the config in run_job
+        summary = run_job(lambda: to_run_config(cfg), run_dir, origins, resume=resume)
     except UserError:  # already logged, and recorded in summary.json
         if hydra_cfg.mode == RunMode.MULTIRUN:
             FAILED_JOBS.append(str(run_dir))

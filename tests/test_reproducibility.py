@@ -142,3 +142,15 @@ def test_a_rerun_whose_source_changed_warns_with_both_hashes(tmp_path):
 def test_rerun_of_a_folder_without_its_config_is_refused(tmp_path):
     result = run_cli("--rerun", str(tmp_path))
     assert result.returncode == 2 and "--rerun needs a run folder holding .hydra/config.yaml" in result.stderr
+
+
+def test_rerun_of_a_config_that_does_not_fit_the_schema_names_the_key(tmp_path):
+    (tmp_path / "run" / ".hydra").mkdir(parents=True)
+    config = tmp_path / "run" / ".hydra" / "config.yaml"
+    config.write_text("mode: plan\noptim:\n  lrr: 0.1\n")  # edited by hand, or written by another version
+    result = run_cli("--rerun", str(tmp_path / "run"), f"hydra.run.dir={tmp_path / 'again'}")
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "lrr" in result.stdout + result.stderr and "Traceback" not in result.stdout + result.stderr
+    config.write_text("")  # empty: the model is missing
+    result = run_cli("--rerun", str(tmp_path / "run"), f"hydra.run.dir={tmp_path / 'empty'}")
+    assert result.returncode == 2 and "model: has no value" in result.stdout + result.stderr
