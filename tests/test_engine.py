@@ -318,7 +318,7 @@ def test_slurm_job_steps_are_told_from_batch_scripts(monkeypatch):
     for key in [k for k in os.environ if k.startswith(("SLURM_", "RANK", "WORLD_SIZE", "LOCAL_", "MASTER_"))]:
         monkeypatch.delenv(key)
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
-                "TRANSFER_PIPELINE_LAUNCHER"):  # launched() sets them: monkeypatch must know to take them away
+                "TORCHELASTIC_RUN_ID"):  # export_slurm_env sets some: monkeypatch must know to take them away
         monkeypatch.setenv(key, "")
         monkeypatch.delenv(key)
     monkeypatch.setenv("SLURM_NTASKS", "4")  # an sbatch script or salloc shell: no job step, one process
@@ -331,9 +331,14 @@ def test_slurm_job_steps_are_told_from_batch_scripts(monkeypatch):
     monkeypatch.setenv("SLURM_STEP_NODELIST", "gpu[07-08]")
     monkeypatch.setenv("SLURM_JOB_ID", "123456")
     assert distributed.launched() == (5, 8, 1)
+    assert "RANK" not in os.environ  # asking changes nothing
+    distributed.export_slurm_env(5, 8, 1)
     assert (os.environ["RANK"], os.environ["WORLD_SIZE"], os.environ["LOCAL_WORLD_SIZE"]) == ("5", "8", "4")
     assert os.environ["MASTER_ADDR"] == "gpu07" and os.environ["MASTER_PORT"] == str(29500 + 123456 % 10000)
     assert distributed.launcher_command(8) == "srun --ntasks=8 python run.py"
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "abc")  # torchrun started under srun: torchrun's command
+    assert distributed.launcher_command(8).startswith("torchrun")
+    monkeypatch.delenv("TORCHELASTIC_RUN_ID")
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "x")
     with pytest.raises(UserError, match="torchrun"):

@@ -64,6 +64,7 @@ def run_job(load_config: Callable[[], RunConfig], run_dir: Path, origins: Config
                 state = Run(cfg, run_dir, summary, signals=signals)
                 for step in STEPS[cfg.mode]:
                     step(state)
+                _record_hash(state, summary, wait=True)
                 if origins is not None and origins.rerun_of:
                     _compare_source(summary, Path(origins.rerun_of))
         except UserError as e:
@@ -88,9 +89,7 @@ def run_job(load_config: Callable[[], RunConfig], run_dir: Path, origins: Config
             raise
         finally:
             signals.closing = True
-            hashing = getattr(state, "source_hash", None)
-            if "source_sha256" not in summary and hashing is not None and hashing.done() and not hashing.failed:
-                summary["source_sha256"] = hashing.result()  # a run that ended early: if it is already known
+            _record_hash(state, summary, wait=False)  # a run that ended early: if it is already known
             summary["seconds"] = round(time.perf_counter() - started, 3)
             summary["ended_at"] = _now()
             summary["versions"] = versions()
@@ -109,6 +108,15 @@ def run_job(load_config: Callable[[], RunConfig], run_dir: Path, origins: Config
             log.log(logging.INFO if summary["status"] != "failed" else logging.ERROR, "Run %s after %.1f s: %s",
                     summary["status"], summary["seconds"], run_dir)
     return summary
+
+
+def _record_hash(state: Any, summary: dict[str, Any], wait: bool) -> None:
+    """The source's SHA-256 (hashed in a thread beside the steps) into the summary: waited for at a normal
+    end, taken only if already known when a run ends early."""
+    hashing = getattr(state, "source_hash", None)
+    if hashing is None or "source_sha256" in summary or not (wait or (hashing.done() and not hashing.failed)):
+        return
+    summary["source_sha256"] = hashing.result()
 
 
 def _compare_source(summary: dict[str, Any], original: Path) -> None:

@@ -124,7 +124,7 @@ def plan(r: Run) -> None:
     r.summary.update(source=r.report.source, loaded_fraction=r.report.loaded_fraction,
                      loaded_tensors=len(r.report.loaded), missing_tensors=len(r.report.missing))
     if r.weights is not None and r.weights.all_files:
-        r.source_hash = outputs.BackgroundHash(r.weights.all_files)  # every shard counts; joined by `finish`
+        r.source_hash = outputs.BackgroundHash(r.weights.all_files)  # every shard counts; lifecycle records it
     r.report.check(cfg.mapping.expect)  # after the plan is shown and written: the person sees why
 
 
@@ -297,16 +297,10 @@ def sync_batchnorm(model: Any, group: Any, device: Any) -> Any:
     return torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)  # the same Parameter objects: groups still hold
 
 
-def finish(r: Run) -> None:
-    """What ran beside the steps: the source's SHA-256 into the summary."""
-    if r.source_hash is not None:
-        r.summary["source_sha256"] = r.source_hash.result()
-
-
 # Each mode's steps, in order: a plan reads no tensor data (freezing and groups need names only).
 STEPS: dict[Mode, tuple[Callable[[Run], None], ...]] = {
-    Mode.plan: (setup, plan, tune, planned, finish),
-    Mode.export: (setup, plan, load, export, finish),
-    Mode.eval: (setup, plan, load, tune, data, evaluate, finish),
-    Mode.train: (setup, resume, plan, load, tune, data, fit, finish),
+    Mode.plan: (setup, plan, tune, planned),
+    Mode.export: (setup, plan, load, export),
+    Mode.eval: (setup, plan, load, tune, data, evaluate),
+    Mode.train: (setup, resume, plan, load, tune, data, fit),
 }

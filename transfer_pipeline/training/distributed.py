@@ -16,34 +16,42 @@ from typing import Any
 from ..errors import UserError
 
 
+def _slurm_step() -> bool:
+    """A SLURM job step of several tasks that torchrun did not start (torchrun's workers have its run id)."""
+    env = os.environ
+    return ("TORCHELASTIC_RUN_ID" not in env and "SLURM_PROCID" in env
+            and env.get("SLURM_STEP_NUM_TASKS", "1").strip() not in ("", "1"))
+
+
 def launched() -> tuple[int, int, int] | None:
     """(rank, world size, local rank) when this process is one of several, else None.
 
     torchrun sets RANK / WORLD_SIZE / LOCAL_RANK; a SLURM job step (`srun`, or Hydra's submitit
-    launcher with tasks_per_node > 1) sets SLURM_PROCID / SLURM_STEP_NUM_TASKS / SLURM_LOCALID,
-    which are turned into torchrun's variables (and MASTER_ADDR / MASTER_PORT from the step's
-    first node and the job id) so that the process group starts the same way. A batch script or
-    an salloc shell is no job step (no SLURM_STEP_NUM_TASKS): there `python run.py` is one process.
+    launcher with tasks_per_node > 1) sets SLURM_PROCID / SLURM_STEP_NUM_TASKS / SLURM_LOCALID
+    (`join` exports them under torchrun's names). A batch script or an salloc shell is no job step
+    (no SLURM_STEP_NUM_TASKS): there `python run.py` is one process.
     """
     env = os.environ
     try:
         if env.get("WORLD_SIZE", "1") not in ("", "1"):
-            world = int(env["WORLD_SIZE"])
-            return int(env["RANK"]), world, int(env.get("LOCAL_RANK", env["RANK"]))
-        if int(env.get("SLURM_STEP_NUM_TASKS", "1") or 1) > 1 and "SLURM_PROCID" in env:
-            rank, world = int(env["SLURM_PROCID"]), int(env["SLURM_STEP_NUM_TASKS"])
-            local = int(env.get("SLURM_LOCALID", "0"))
-            env.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(local),
-                       LOCAL_WORLD_SIZE=env.get("SLURM_STEP_TASKS_PER_NODE", "1").split("(")[0].split(",")[0])
-            env.setdefault("MASTER_ADDR", first_host(env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST", "")))
-            env.setdefault("MASTER_PORT", str(29500 + int(env.get("SLURM_JOB_ID", "0") or 0) % 10000))
-            env["TRANSFER_PIPELINE_LAUNCHER"] = "slurm"
-            return rank, world, local
+            return int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", env["RANK"]))
+        if _slurm_step():
+            return int(env["SLURM_PROCID"]), int(env["SLURM_STEP_NUM_TASKS"]), int(env.get("SLURM_LOCALID", "0"))
     except (KeyError, ValueError):
         raise UserError("WORLD_SIZE (or SLURM_STEP_NUM_TASKS) says this is one of several processes, but RANK / "
                         "LOCAL_RANK (SLURM_PROCID / SLURM_LOCALID) are not whole numbers: start distributed runs "
                         "with torchrun (torchrun --nproc_per_node=N run.py ...) or srun.") from None
     return None
+
+
+def export_slurm_env(rank: int, world: int, local: int) -> None:
+    """torchrun's variables from a SLURM step's, so that the process group starts the same way: MASTER_ADDR
+    is the step's first node, MASTER_PORT comes from the job id (both kept where already set)."""
+    env = os.environ
+    env.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(local),
+               LOCAL_WORLD_SIZE=env.get("SLURM_STEP_TASKS_PER_NODE", "1").split("(")[0].split(",")[0])
+    env.setdefault("MASTER_ADDR", first_host(env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST", "")))
+    env.setdefault("MASTER_PORT", str(29500 + int(env.get("SLURM_JOB_ID", "0") or 0) % 10000))
 
 
 def first_host(nodelist: str) -> str:
@@ -63,7 +71,7 @@ def first_host(nodelist: str) -> str:
 
 def launcher_command(world: int) -> str:
     """How to start this run's processes again (for the resume command)."""
-    if os.environ.get("TRANSFER_PIPELINE_LAUNCHER") == "slurm":
+    if _slurm_step():
         return f"srun --ntasks={world} python run.py"
     return f"torchrun --nproc_per_node={os.environ.get('LOCAL_WORLD_SIZE', world)} run.py"
 
@@ -102,6 +110,8 @@ def join(device_name: str) -> tuple[Group, Any] | None:
     import torch.distributed as dist
 
     rank, world, local = where
+    if _slurm_step():
+        export_slurm_env(rank, world, local)
     if device_name == "cpu" or (device_name == "auto" and not torch.cuda.is_available()):
         device, backend = torch.device("cpu"), "gloo"
     else:

@@ -97,22 +97,23 @@ def fit(cfg: RunConfig, run_dir: Path, model: nn.Module, optimizer: Any, groups:
             row.update(ema_val_loss=ema_loss, ema_val_acc=ema_acc)
         for lg in loggers:
             lg.epoch(row)
-        meta = {"epoch": str(row["epoch"])}
-        if not main:  # the same numbers on every rank (all-reduced), so the same best and early stop
-            best.update(row)
-            return early.should_stop(best, row) if early is not None else False
-        if t.save_checkpoints:
-            outputs.save_weights(ckpt_dir / "last.safetensors", model.state_dict(), meta)
-        if t.keep_epoch_checkpoints:
-            outputs.save_weights(ckpt_dir / f"epoch_{row['epoch']}.safetensors", model.state_dict(), meta)
-        if ema is not None:
-            outputs.save_weights(ckpt_dir / "ema.safetensors", ema.module.state_dict(), meta)
-        if best.update(row):
-            watched = ema.module if t.monitor.startswith("ema_") else model
-            outputs.save_weights(ckpt_dir / "best.safetensors", watched.state_dict(), {**meta, t.monitor: str(best.value)})
+        # every rank keeps the same best and early-stopping counts (the numbers are all-reduced); rank 0 writes
+        new_best = best.update(row)
         stop = early.should_stop(best, row) if early is not None else False
-        save_last()  # after best and early stopping are updated: a resumed run continues their counts
-        _log_epoch(row, cfg.trainer.epochs, best, t.monitor)
+        if main:
+            meta = {"epoch": str(row["epoch"])}
+            if t.save_checkpoints:
+                outputs.save_weights(ckpt_dir / "last.safetensors", model.state_dict(), meta)
+            if t.keep_epoch_checkpoints:
+                outputs.save_weights(ckpt_dir / f"epoch_{row['epoch']}.safetensors", model.state_dict(), meta)
+            if ema is not None:
+                outputs.save_weights(ckpt_dir / "ema.safetensors", ema.module.state_dict(), meta)
+            if new_best:
+                watched = ema.module if t.monitor.startswith("ema_") else model
+                outputs.save_weights(ckpt_dir / "best.safetensors", watched.state_dict(),
+                                     {**meta, t.monitor: str(best.value)})
+            save_last()  # after best and early stopping are updated: a resumed run continues their counts
+            _log_epoch(row, cfg.trainer.epochs, best, t.monitor)
         return stop
 
     result = FitResult(state, best, cached=head_name)

@@ -160,7 +160,8 @@ def sha256_file(path: Path) -> str:
     cacheable = path.stat().st_size >= CACHED_FROM
     if cacheable:
         where, stamp = _file_key(path)
-        hit = _read_cache().get(where)
+        cache = _read_cache()
+        hit = cache.get(where)
         if isinstance(hit, dict) and hit.get("stamp") == stamp and isinstance(hit.get("sha256"), str):
             return hit["sha256"]
     h = hashlib.sha256()
@@ -169,8 +170,7 @@ def sha256_file(path: Path) -> str:
             h.update(chunk)
     digest = h.hexdigest()
     if cacheable:
-        cache = _read_cache()
-        cache[where] = {"stamp": stamp, "sha256": digest}
+        cache[where] = {"stamp": stamp, "sha256": digest}  # the cache as read before the (long) hash
         try:
             atomic_write_bytes(hash_cache_path(), json.dumps(cache, indent=1).encode())
         except OSError:
