@@ -41,6 +41,9 @@ def main(cfg: DictConfig) -> float | None:
                         if src.schema == "file" and src.provider in ("main", "command-line"))
     origins = ConfigOrigins({g: c for g, c in hydra_cfg.runtime.choices.items() if not g.startswith("hydra/")},
                             overrides, config_dirs)
+    for d in config_dirs:  # your own code next to your configs: `_target_: my_data.splits` from --config-dir
+        if d != str(Path(__file__).resolve().parent / "conf") and d not in sys.path:
+            sys.path.append(d)
     try:
         resume = OmegaConf.select(cfg, "trainer.resume") is not None  # the schema checks the config in run_job
         summary = run_job(lambda: to_run_config(cfg), run_dir, origins, resume=resume)

@@ -233,6 +233,11 @@ def test_a_model_that_cannot_take_the_data_fails_on_the_first_batch_naming_the_k
 
 
 def test_a_model_returning_a_tuple_is_told_what_is_needed(run_pipeline):
-    with pytest.raises(UserError, match=r"model: returns a tuple of 2, but training needs a tensor of logits"):
+    with pytest.raises(UserError, match=r"model: returns a tuple of 2 \(Tensor, Tensor\), not a tensor of logits\. "
+                                        r"Say where the logits are with model\.output=0\."):
         run_pipeline("experiment=from_scratch", "model=tiny_mlp", "~model.in_features", "~model.hidden",
                      "~model.num_classes", "model._target_=helpers.tuple_model")
+    summary, _ = run_pipeline("experiment=from_scratch", "model=tiny_mlp", "~model.in_features", "~model.hidden",
+                              "~model.num_classes", "model._target_=helpers.tuple_model", "+model.output=0",
+                              "trainer.epochs=1")
+    assert summary["status"] == "completed"  # the logits are the tuple's first item

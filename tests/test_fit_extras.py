@@ -67,7 +67,7 @@ def test_ema_is_evaluated_and_saved_alongside(run_pipeline):
 def test_monitoring_the_ema_without_an_ema_is_an_error(compose):
     from transfer_pipeline.errors import UserError
 
-    with pytest.raises(UserError, match=r"trainer\.monitor=ema_val_acc: needs an EMA of the weights"):
+    with pytest.raises(UserError, match=r"trainer\.monitor='ema_val_acc': .*\(ema_\* metrics need trainer\.ema\.decay\)"):
         compose("trainer.monitor=ema_val_acc")
 
 

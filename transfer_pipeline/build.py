@@ -122,6 +122,9 @@ def build_model(node: Mapping[str, Any], where: str = "model", meta: bool = Fals
     """
     from torch import nn
 
+    from .schema import MODEL_OUTPUT_KEY
+
+    node = {k: v for k, v in node.items() if k != MODEL_OUTPUT_KEY}  # ours (where the logits are), not an argument
     if meta:
         try:
             with parameters_on_meta() as watch:

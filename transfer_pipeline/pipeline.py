@@ -18,7 +18,7 @@ from typing import Any
 
 from .errors import Interrupted, UserError
 from .names import printable_text
-from .schema import Mode, RunConfig
+from .schema import MODEL_OUTPUT_KEY, Mode, RunConfig, Task
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +75,7 @@ class Run:
     optimizer: Any = None
     data: Any = None  # training.data.DataBundle
     loaders: tuple = ()  # (train, val)
+    task: Any = None  # training.task.TaskMetrics: the loss and the metrics
     resume_state: Any = None  # a full-state checkpoint to continue from (trainer.resume)
     signals: Any = None  # StopSignals: whether a Ctrl-C / SIGTERM asked the loop to stop
     engine: Any = None  # training.engine.Engine: how steps run (precision, compile, DDP, accumulation)
@@ -94,7 +95,8 @@ def setup(r: Run) -> None:
     joined = distributed.join(r.cfg.device)  # under torchrun: the process group and this rank's device
     r.group, r.device = joined if joined is not None else (None, resolve_device(r.cfg.device))
     r.main_dir = Path(r.group.broadcast(str(r.run_dir))) if r.group is not None else r.run_dir
-    r.engine = Engine(r.device, t.precision, t.channels_last, t.compile, t.accumulate_grad_batches, t.grad_clip, r.group)
+    r.engine = Engine(r.device, t.precision, t.channels_last, t.compile, t.accumulate_grad_batches, t.grad_clip, r.group,
+                      output=r.cfg.model.get(MODEL_OUTPUT_KEY), target_key=r.cfg.data.target_key)
     if t.deterministic:
         make_deterministic()
     elif r.device.type == "cuda" and t.cudnn_benchmark:
@@ -126,6 +128,23 @@ def plan(r: Run) -> None:
     if r.weights is not None and r.weights.all_files:
         r.source_hash = outputs.BackgroundHash(r.weights.all_files)  # every shard counts; lifecycle records it
     r.report.check(cfg.mapping.expect)  # after the plan is shown and written: the person sees why
+    describe_preprocessing(r)
+
+
+def describe_preprocessing(r: Run) -> None:
+    """Images read from files: the resize / crop / normalisation and the augmentation, in the plan and the summary."""
+    cfg = r.cfg
+    images = cfg.data.target is None and cfg.data.name == "image_folder" and cfg.mode in (Mode.train, Mode.eval,
+                                                                                           Mode.plan, Mode.predict)
+    if not (images or (cfg.mode == Mode.predict and cfg.predict.input is not None)):
+        return
+    from .training.preprocess import describe_augment, resolve_preprocessing
+
+    pre = resolve_preprocessing(cfg.data, cfg.source.weights)
+    augment = describe_augment(cfg.data.augment, cfg.data.mixup, cfg.data.cutmix) if cfg.mode in (Mode.train,
+                                                                                                  Mode.plan) else ""
+    r.summary["preprocessing"] = pre.describe()
+    log.info("Preprocessing: %s%s", pre.describe(), f"\n  {augment}" if augment else "")
 
 
 def load(r: Run) -> None:
@@ -185,24 +204,100 @@ def planned(r: Run) -> None:
 
 
 def data(r: Run) -> None:
-    from .training.data import build_data, loaders
-    from .training.loop import check_output_size
+    """The splits and loaders, the task's loss, and one forward pass that checks model and data fit together."""
+    from .training.data import loaders
+    from .training.loop import check_batch
 
     cfg = r.cfg
-    r.data = build_data(cfg.data, cfg.seed)
+    r.data = build_data(cfg)
+    r.task = task_metrics(cfg, r.data.class_names)
     rank, world = (r.group.rank, r.group.world) if r.group is not None else (0, 1)
-    r.loaders = loaders(r.data, cfg.trainer.batch_size, cfg.seed, cfg.data.num_workers,
-                        pin_memory=r.device.type == "cuda", rank=rank, world=world)
-    check_output_size(r.model, r.loaders[1], r.data.num_classes, r.engine)
-    r.summary.update(num_classes=r.data.num_classes, train_samples=len(r.data.train), val_samples=len(r.data.val))
+
+    def make(mixer=None) -> tuple:
+        return loaders(r.data, cfg.trainer.batch_size, cfg.seed, cfg.data.num_workers,
+                       pin_memory=r.device.type == "cuda", rank=rank, world=world, mixer=mixer)
+
+    r.loaders = make()
+    check_batch(r.model, r.loaders[1], r.engine, r.task)
+    if cfg.data.mixup or cfg.data.cutmix:  # needs the class count, which the check may have just learnt
+        from .training.preprocess import batch_mixer
+
+        r.loaders = make(batch_mixer(cfg.data.mixup, cfg.data.cutmix, r.task.size))
+    r.summary.update(task=cfg.task.value, num_classes=r.task.size, train_samples=len(r.data.train),
+                     val_samples=len(r.data.val), test_samples=len(r.data.test) if r.data.test is not None else None)
+    if r.data.class_names is not None:
+        r.summary["classes"] = r.data.class_names
+
+
+def build_data(cfg: RunConfig) -> Any:
+    from .training.data import build_data as build
+
+    return build(cfg.data, cfg.seed, cfg.source.weights)
+
+
+def task_metrics(cfg: RunConfig, class_names: list[str] | None) -> Any:
+    from .training.task import TaskMetrics, build_loss
+
+    size = len(class_names) if class_names is not None and cfg.task != Task.regression else None
+    return TaskMetrics(cfg.task, build_loss(cfg.task, cfg.loss), size, class_names)
 
 
 def evaluate(r: Run) -> None:
+    """mode=eval: the test split when there is one (else val): eval.json, and the confusion matrix for classification."""
+    from .training import outputs
     from .training.loop import evaluate as evaluate_loader
 
-    val_loss, val_acc = evaluate_loader(r.model, r.loaders[1], r.engine, r.cfg.trainer.limit_val_batches)
-    r.summary.update(status="evaluated", val_loss=val_loss, val_acc=val_acc)
-    log.info("val_loss %.4f  val_acc %.4f", val_loss, val_acc)
+    split = "test" if r.data.test is not None else "val"
+    loader = r.loaders[1]
+    if split == "test":
+        from torch.utils.data import DataLoader
+
+        loader = DataLoader(r.data.test, batch_size=loader.batch_size, shuffle=False, num_workers=loader.num_workers)
+    result = evaluate_loader(r.model, loader, r.engine, r.task, r.cfg.trainer.limit_val_batches, detail=True)
+    confusion = result.pop("confusion", None)
+    scalars = {k: v for k, v in result.items() if not isinstance(v, dict) and k != "n"}
+    report = {"split": split, "samples": result["n"], "task": r.cfg.task.value,
+              **{f"{split}_{k}": v for k, v in scalars.items()},
+              **{k: v for k, v in result.items() if isinstance(v, dict)}}
+    outputs.write_json(r.run_dir / "eval.json", report)
+    if confusion is not None:
+        from .training.curves import write_confusion
+
+        outputs.write_json(r.run_dir / "confusion.json", confusion)
+        write_confusion(r.run_dir / "confusion.png", confusion, f"{split} split, {result['n']} samples")
+    r.summary.update(status="evaluated", eval_split=split, **{f"{split}_{k}": v for k, v in scalars.items()})
+    if split == "val":
+        r.summary.update(val_acc=result.get("acc"), val_loss=result["loss"])
+    log.info("%s (%d samples): %s", split, result["n"], "  ".join(f"{split}_{k} {v:.4f}" for k, v in scalars.items()))
+    log.info("eval.json%s written to %s", ", confusion.json and confusion.png" if confusion else "", r.run_dir)
+
+
+def predict(r: Run) -> None:
+    """mode=predict: predictions.csv for predict.input (image files) or the data's test split (else val)."""
+    from .training.predict import image_inputs, predict as predict_all, saved_classes
+    from .training.progress import bar_factory
+
+    cfg = r.cfg
+    if r.report.missing:
+        shown = ", ".join(r.report.missing[:5]) + (" ..." if len(r.report.missing) > 5 else "")
+        raise UserError(f"mode=predict: {len(r.report.missing)} tensor(s) of the model were not loaded ({shown}), so "
+                        "its predictions would come from random weights. Load every tensor: mapping=default (no "
+                        "mapping.exclude), and source.path = the trained run's model.safetensors.")
+    names = saved_classes(r.weights.extra if r.weights is not None else {}, cfg.task)
+    if cfg.predict.input is not None:
+        dataset, labelled = image_inputs(cfg), False
+    else:
+        r.data = build_data(cfg)
+        names = names or r.data.class_names
+        split = "test" if r.data.test is not None else "val"
+        dataset, labelled = getattr(r.data, split), True
+        r.summary["predict_split"] = split
+        log.info("mode=predict on the data's %s split (%d samples; predict.input names image files instead)", split,
+                 len(dataset))
+    r.model.to(r.device)
+    figures = predict_all(cfg, r.model, r.engine, dataset, names, r.run_dir / "predictions.csv",
+                          bar_factory(cfg.trainer.progress and r.engine.is_main, 1), labelled)
+    r.summary.update(status="predicted", **figures)
 
 
 def resume(r: Run) -> None:
@@ -255,8 +350,9 @@ def fit(r: Run) -> None:
 
     r.signals.graceful = True  # from here a first Ctrl-C / SIGTERM finishes the step and saves
     try:
-        result = fit_loop(cfg, r.run_dir, model, r.optimizer, r.groups, r.freeze, r.loaders, r.engine, schedule,
-                          r.resume_state, r.signals.requested, on_event, r.report.table(), str(r.summary["source"]))
+        result = fit_loop(cfg, r.run_dir, model, r.optimizer, r.groups, r.freeze, r.loaders, r.engine, r.task, schedule,
+                          r.resume_state, r.signals.requested, on_event, r.report.table(), str(r.summary["source"]),
+                          weights_meta=weights_meta(r))
     finally:
         r.signals.graceful = False
     state, best = result.state, result.best
@@ -266,7 +362,7 @@ def fit(r: Run) -> None:
                      stopped_early=state.stopped_early)
     if state.history:
         last = state.history[-1]
-        r.summary.update(val_acc=last["val_acc"], val_loss=last["val_loss"],
+        r.summary.update({k: v for k, v in last.items() if k.startswith(("val_", "ema_val_"))},
                          final_trainable_params=last["trainable_params"])
     if result.interrupted:
         if (r.run_dir / "checkpoints" / "last.pt").is_file():
@@ -279,9 +375,20 @@ def fit(r: Run) -> None:
                         state.position.epoch + 1)
         raise Interrupted(r.signals.signum or signal.SIGINT)
     r.summary["status"] = "completed"
-    log.info("Done: val_acc %.4f (best %s %.4f at epoch %s), weights (%s) in %s", r.summary["val_acc"], best.metric,
-             best.value if best.value is not None else float("nan"), (best.epoch or 0) + 1,
+    final = "val_acc" if "val_acc" in r.summary else "val_loss"
+    log.info("Done: %s %.4f (best %s %.4f at epoch %s), weights (%s) in %s", final, r.summary.get(final, float("nan")),
+             best.metric, best.value if best.value is not None else float("nan"), (best.epoch or 0) + 1,
              cfg.trainer.final_weights.value, r.run_dir / "model.safetensors")
+
+
+def weights_meta(r: Run) -> dict[str, str]:
+    """What a later mode=predict needs to know about the weights: the task and the class names."""
+    import json
+
+    meta = {"task": r.cfg.task.value}
+    if r.data is not None and r.data.class_names is not None:
+        meta["classes"] = json.dumps(r.data.class_names)
+    return meta
 
 
 def sync_batchnorm(model: Any, group: Any, device: Any) -> Any:
@@ -303,4 +410,5 @@ STEPS: dict[Mode, tuple[Callable[[Run], None], ...]] = {
     Mode.export: (setup, plan, load, export),
     Mode.eval: (setup, plan, load, tune, data, evaluate),
     Mode.train: (setup, resume, plan, load, tune, data, fit),
+    Mode.predict: (setup, plan, load, predict),
 }

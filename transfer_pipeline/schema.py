@@ -24,7 +24,7 @@ from typing import Any, Dict, List, Optional
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from .checks import _is_count, check_count, check_lr_fields, check_number
-from .errors import UserError
+from .errors import UserError, did_you_mean
 
 PRECISIONS = ("32", "bf16", "16")
 MAX_IMAGE_SIZE = 4096  # larger inputs exhaust memory long before they train
@@ -36,6 +36,28 @@ class Mode(Enum):
     plan = "plan"  # build the model and the load plan, write load_report.json, train nothing
     eval = "eval"  # load and evaluate on the validation split, no training
     export = "export"  # load and write model.safetensors (target names), no data, no training
+    predict = "predict"  # a trained model's predictions on image files or a data split -> predictions.csv
+
+
+class Task(Enum):
+    classification = "classification"  # one class per sample: cross-entropy, accuracy (top-1, top-5, per class)
+    multilabel = "multilabel"  # any number of labels per sample (0/1 targets): BCE with logits, F1
+    regression = "regression"  # real-valued targets: MSE (or L1), MAE / RMSE
+
+
+class ImagePreset(Enum):  # data.preset: how images are resized and normalised (image_folder, mode=predict on files)
+    auto = "auto"  # the source weights' own transforms() when source.weights is set, else resize
+    resize = "resize"  # resize + center crop to data.image_size, data.mean / data.std (ImageNet's by default)
+    imagenet = "imagenet"  # resize 256, center crop 224, ImageNet mean / std (most torchvision and timm CNNs)
+    inception = "inception"  # resize 342, center crop 299, mean / std 0.5 (Inception v3)
+    clip = "clip"  # resize 224 bicubic, center crop 224, CLIP's mean / std
+
+
+class Augment(Enum):  # data.augment: random transforms of the training split only (torchvision.transforms.v2)
+    none = "none"
+    flip = "flip"  # random horizontal flip
+    trivialaugment = "trivialaugment"  # flip + TrivialAugmentWide
+    randaugment = "randaugment"  # flip + RandAugment
 
 
 class OnMismatch(Enum):
@@ -277,24 +299,34 @@ class OptimConfig:
             g.check(f"optim.groups[{i}]", self)
 
 
+DATA_TARGET_KEYS = ("num_workers", "target_key")  # a data `_target_` node's keys that are ours, not the callable's
+
+
 @dataclass
 class DataConfig:
-    name: str = "digits"  # digits | image_folder | synthetic
-    root: Optional[str] = None  # image_folder: a folder of class folders (or train/ and val/)
+    name: str = "digits"  # digits | image_folder | synthetic (or the `_target_` of your own data)
+    root: Optional[str] = None  # image_folder: a folder of class folders (or train/, val/ and optional test/)
     classes: Optional[List[Any]] = None  # digits: which digits; image_folder: which class folders
-    image_size: int = 8
+    image_size: Optional[int] = 8  # digits/synthetic: pixels; image_folder: the crop (null = the preset's)
     channels: int = 1  # 1 or 3 (digits are grey; 3 repeats the channel for RGB models)
     val_fraction: float = 0.2
-    mean: Optional[List[float]] = None  # normalisation; null = the dataset's own default
+    mean: Optional[List[float]] = None  # normalisation; null = the dataset's (or the preset's) own
     std: Optional[List[float]] = None
     num_samples: int = 512  # synthetic only
     num_classes: int = 5  # synthetic only
     num_workers: int = 0
     skip_bad_images: bool = False  # image_folder: leave out files that cannot be decoded (counted) instead of failing
+    preset: ImagePreset = ImagePreset.auto  # image resize / crop / normalisation (image_folder, predict on files)
+    augment: Augment = Augment.none  # image_folder: random transforms of the training split
+    mixup: float = 0.0  # classification: MixUp alpha on training batches (e.g. 0.2); 0 = off
+    cutmix: float = 0.0  # classification: CutMix alpha on training batches (e.g. 1.0); 0 = off
+    target_key: str = "labels"  # dict items: the target's key; the other keys go to the model as keyword arguments
+    target: Optional[Dict[str, Any]] = None  # your own data: the `_target_` node (set from `data._target_`)
 
     def __post_init__(self) -> None:
-        check_count("data.image_size", self.image_size, 1, MAX_IMAGE_SIZE,
-                    want=f"a whole number of pixels from 1 to {MAX_IMAGE_SIZE}")
+        if self.image_size is not None:
+            check_count("data.image_size", self.image_size, 1, MAX_IMAGE_SIZE,
+                        want=f"a whole number of pixels from 1 to {MAX_IMAGE_SIZE}")
         if self.channels not in (1, 3):
             raise UserError(f"data.channels={self.channels}: choose 1 (grey) or 3 (RGB).")
         check_number("data.val_fraction", self.val_fraction, 0, 1, low_open=True, high_open=True,
@@ -302,6 +334,11 @@ class DataConfig:
         check_count("data.num_workers", self.num_workers, 0, 256)
         check_count("data.num_samples", self.num_samples, 2)
         check_count("data.num_classes", self.num_classes, 2)
+        for key in ("mixup", "cutmix"):
+            check_number(f"data.{key}", getattr(self, key), 0, 100,
+                         want="a Beta distribution alpha > 0 (e.g. 0.2 for mixup, 1.0 for cutmix), or 0 for off")
+        if not self.target_key.strip():
+            raise UserError("data.target_key: empty; name the key of the target in your dict items (e.g. labels).")
         for key in ("mean", "std"):
             values = getattr(self, key)
             if values is None:
@@ -312,10 +349,37 @@ class DataConfig:
             for i, v in enumerate(values):
                 check_number(f"data.{key}[{i}]", v, 0 if key == "std" else None, low_open=key == "std",
                              want="a finite number > 0 (a std of 0 divides by zero)" if key == "std" else "")
-        if self.name == "digits" and self.classes is not None:
+        if self.name == "digits" and self.classes is not None and self.target is None:
             wanted = list(self.classes)
             if not wanted or len(set(wanted)) != len(wanted) or not all(_is_count(c) and 0 <= c <= 9 for c in wanted):
                 raise UserError(f"data.classes={wanted}: digits are 0-9, each at most once, at least one.")
+
+
+def data_config(node: Any) -> DataConfig:
+    """`data` as composed: the built-in node (typed by conf/data's schema), or your own `_target_` node.
+
+    A `_target_` node is free-form (its keys are the callable's arguments) except for
+    DATA_TARGET_KEYS, which configure the loaders; anything else is checked against DataConfig.
+    """
+    if node is None:
+        return DataConfig()
+    if isinstance(node, DataConfig):
+        return node
+    node = dict(node)
+    if "_target_" in node:
+        ours = {k: node.pop(k) for k in DATA_TARGET_KEYS if k in node}
+        if not isinstance(node["_target_"], str) or not node["_target_"].strip():
+            raise UserError(f"data._target_={node['_target_']!r}: the dotted path of a function (or class) that "
+                            "returns the splits, e.g. my_data.splits.")
+        return DataConfig(name=node["_target_"], target=node, **ours)
+    from omegaconf.errors import ConfigKeyError, ValidationError
+
+    try:
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(DataConfig), node))  # type: ignore[return-value]
+    except (ConfigKeyError, ValidationError) as e:
+        raise UserError(f"data.{getattr(e, 'key', '') or ''}: {str(e).splitlines()[0]} (the built-in data keys are "
+                        f"{', '.join(f.name for f in DataConfig.__dataclass_fields__.values())}; your own data "
+                        "needs data._target_).") from None
 
 
 class FinalWeights(Enum):  # what model.safetensors holds at the end of a run
@@ -323,7 +387,20 @@ class FinalWeights(Enum):  # what model.safetensors holds at the end of a run
     best = "best"  # the weights of the epoch where trainer.monitor was best (checkpoints/best.safetensors)
 
 
-MONITORS = ("val_acc", "val_loss", "train_acc", "train_loss", "ema_val_acc", "ema_val_loss")
+# what each task measures (training/metrics.py computes them); monitor names are <split>_<metric>
+TASK_METRICS = {
+    Task.classification: {"train": ("loss", "acc"), "val": ("loss", "acc", "top5_acc")},
+    Task.multilabel: {"train": ("loss", "acc", "f1"), "val": ("loss", "acc", "f1")},
+    Task.regression: {"train": ("loss", "mae", "rmse"), "val": ("loss", "mae", "rmse")},
+}
+DEFAULT_MONITOR = {Task.classification: "val_acc", Task.multilabel: "val_f1", Task.regression: "val_loss"}
+
+
+def monitor_names(task: Task, ema: bool) -> list[str]:
+    names = [f"{split}_{m}" for split, metrics in TASK_METRICS[task].items() for m in metrics]
+    return names + ([f"ema_val_{m}" for m in TASK_METRICS[task]["val"]] if ema else [])
+
+
 LOGGERS = ("csv", "tensorboard")
 
 
@@ -362,7 +439,8 @@ class TrainerConfig:
     checkpoint_every_steps: Optional[int] = None  # also write last.pt every N optimizer steps
     resume: Optional[str] = None  # auto: continue the run in hydra.run.dir from checkpoints/last.pt; or a last.pt path
     deterministic: bool = False  # deterministic algorithms and seeded workers: same config -> same weights (CPU)
-    monitor: str = "val_acc"  # the metric for best.safetensors, best_epoch, early stopping and the sweeper
+    monitor: Optional[str] = None  # the metric for best.safetensors, best_epoch, early stopping and the sweeper;
+    # null = the task's: val_acc (classification), val_f1 (multilabel), val_loss (regression)
     monitor_mode: Optional[str] = None  # max | min; null = min for losses, max otherwise
     final_weights: FinalWeights = FinalWeights.last  # what model.safetensors holds: last | best
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
@@ -395,15 +473,27 @@ class TrainerConfig:
                     want="a whole number of batches per optimizer step >= 1 (1: no accumulation)")
         check_count("trainer.sync_every_steps", self.sync_every_steps, 1,
                     want="a whole number of steps >= 1 (1: read the loss every step)")
-        if self.monitor not in MONITORS:
-            raise UserError(f"trainer.monitor={self.monitor!r}: choose one of {', '.join(MONITORS)}.")
-        if self.monitor.startswith("ema_") and self.ema.decay is None:
-            raise UserError(f"trainer.monitor={self.monitor}: needs an EMA of the weights; set trainer.ema.decay "
-                            "(e.g. 0.999) or monitor val_acc / val_loss.")
         if self.monitor_mode not in (None, "max", "min"):
             raise UserError(f"trainer.monitor_mode={self.monitor_mode!r}: choose max, min or null (by the metric).")
         if self.resume is not None and not self.resume.strip():
             raise UserError("trainer.resume: empty; give auto (the run in hydra.run.dir) or a path to a last.pt.")
+
+
+@dataclass
+class PredictConfig:
+    input: Optional[str] = None  # an image file or a folder of them (any depth); null = the data's test split (else val)
+    top_k: int = 5  # classification: the k most likely classes in predictions.csv
+    threshold: float = 0.5  # multilabel: a label is predicted when its probability reaches this
+
+    def __post_init__(self) -> None:
+        check_count("predict.top_k", self.top_k, 1, want="a whole number of classes >= 1")
+        check_number("predict.threshold", self.threshold, 0, 1, want="a probability in [0, 1]")
+        if self.input is not None and not self.input.strip():
+            raise UserError("predict.input: empty; give an image file or a folder of images (or null: the data's "
+                            "test split).")
+
+
+MODEL_OUTPUT_KEY = "output"  # model.output: ours (which part of the model's return value are the logits), not the model's
 
 
 @dataclass
@@ -412,16 +502,39 @@ class RunConfig:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     source: SourceConfig = field(default_factory=SourceConfig)
-    model: Dict[str, Any] = MISSING  # `_target_` and its arguments
+    task: Task = Task.classification
+    model: Dict[str, Any] = MISSING  # `_target_` and its arguments; `output`: where the logits are in what it returns
     mapping: MappingConfig = field(default_factory=MappingConfig)
     freeze: FreezeConfig = field(default_factory=FreezeConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
-    data: DataConfig = field(default_factory=DataConfig)
+    data: Any = None  # DataConfig (conf/data's files are typed by it) or your own `_target_` node; see data_config
+    loss: Optional[Dict[str, Any]] = None  # a `_target_` node (conf/loss); null = the task's (cross-entropy, BCE, MSE)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    predict: PredictConfig = field(default_factory=PredictConfig)
     logger: List[str] = field(default_factory=lambda: ["csv"])  # csv (always) and tensorboard
 
     def __post_init__(self) -> None:
         """The checks that span nodes; each node checked its own values when it was built."""
+        self.data = data_config(self.data)
+        output = self.model.get(MODEL_OUTPUT_KEY) if isinstance(self.model, dict) else None
+        if output is not None and (isinstance(output, bool) or not isinstance(output, (int, str)) or output == ""):
+            raise UserError(f"model.output={output!r}: where the logits are in what the model returns: a tuple index "
+                            "(e.g. 0), or a dict key / attribute name (e.g. logits); null when it returns a tensor.")
+        t = self.trainer
+        allowed = monitor_names(self.task, t.ema.decay is not None)
+        if t.monitor is None:
+            t.monitor = DEFAULT_MONITOR[self.task]
+        elif t.monitor not in allowed:
+            ema_hint = (" (ema_* metrics need trainer.ema.decay)" if t.monitor.startswith("ema_") and t.ema.decay is None
+                        else "")
+            raise UserError(f"trainer.monitor={t.monitor!r}: task={self.task.value} measures {', '.join(allowed)}"
+                            f"{ema_hint}.{did_you_mean(t.monitor, allowed)}")
+        if self.mode == Mode.predict and self.source.path is None and self.source.model is None \
+                and self.source.weights is None:
+            raise UserError("mode=predict: source.path is null, so the model would predict from random weights. Give "
+                            "the trained weights: source.path=outputs/<run>/model.safetensors (or a checkpoint).")
+        if self.task != Task.classification and (self.data.mixup or self.data.cutmix):
+            raise UserError(f"data.mixup / data.cutmix: mix class labels, and task={self.task.value}; set them to 0.")
         if not DEVICE.fullmatch(self.device):
             raise UserError(f"device={self.device!r}: choose auto, cpu, cuda or cuda:N.")
         check_count("seed", self.seed, 0, 2**32 - 1)
@@ -447,6 +560,7 @@ def register_configs() -> None:
     from .hydra_resolvers import fresh_dir, job_device
 
     ConfigStore.instance().store(name="config_schema", node=RunConfig)
+    ConfigStore.instance().store(group="data", name="builtin_schema", node=DataConfig)  # conf/data/*.yaml start from it
     if not OmegaConf.has_resolver("fresh_dir"):  # cached: one process asks once and keeps the answer
         OmegaConf.register_new_resolver("fresh_dir", fresh_dir, use_cache=True)
     if not OmegaConf.has_resolver("job_device"):

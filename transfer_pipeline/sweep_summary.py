@@ -19,7 +19,7 @@ from .tables import format_table
 
 log = logging.getLogger(__name__)
 
-DONE = ("completed", "planned", "exported", "evaluated")  # how each mode ends well (summary.json status)
+DONE = ("completed", "planned", "exported", "evaluated", "predicted")  # how each mode ends well (summary.json status)
 
 
 def _overrides(job: Path) -> dict[str, str]:

@@ -1,4 +1,4 @@
-"""curves.png: loss and accuracy per epoch (train and val), every group's LR, and the events.
+"""curves.png: loss and the task's metrics (accuracy, F1, MAE / RMSE) per epoch (train and val), every group's LR, and the events.
 
 matplotlib is imported here only (it costs a second), at the end of a run. Without it the run
 says once that no plot was written.
@@ -30,7 +30,9 @@ def write_curves(path: Path, history: Sequence[dict[str, Any]], events: Sequence
 
     epochs = [int(r["epoch"]) + 1 for r in history]
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6), constrained_layout=True)
-    panels = [("loss", ["train_loss", "val_loss", "ema_val_loss"]), ("accuracy", ["train_acc", "val_acc", "ema_val_acc"])]
+    metric_keys = [k for k in history[0] if k.startswith(("train_", "val_", "ema_val_")) and not k.endswith("loss")
+                   and "top5" not in k]
+    panels = [("loss", ["train_loss", "val_loss", "ema_val_loss"]), ("metrics", metric_keys)]
     for ax, (title, keys) in zip(axes, panels):
         for key in keys:
             if key in history[0]:
@@ -52,6 +54,44 @@ def write_curves(path: Path, history: Sequence[dict[str, Any]], events: Sequence
                          va="top", ha="right", color="grey")
     import io
 
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+    return True
+
+
+def write_confusion(path: Path, confusion: dict[str, Any], title: str) -> bool:
+    """confusion.png: the confusion matrix (rows: true class, columns: predicted), counts in the cells when few."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log.info("matplotlib is not installed: no confusion.png written (pip install matplotlib)")
+        return False
+    import io
+
+    from .outputs import atomic_write_bytes
+
+    names, matrix = confusion["classes"], confusion["matrix"]
+    k = len(names)
+    side = min(3 + 0.45 * k, 30)
+    fig, ax = plt.subplots(figsize=(side + 1, side), constrained_layout=True)
+    image = ax.imshow(matrix, cmap="Blues")
+    fig.colorbar(image, ax=ax, shrink=0.8)
+    if k <= 40:  # beyond that, names and numbers no longer fit
+        ax.set_xticks(range(k), names, rotation=90 if k > 8 else 0, fontsize=8)
+        ax.set_yticks(range(k), names, fontsize=8)
+    if k <= 20:
+        top = max(max(row) for row in matrix) or 1
+        for i, row in enumerate(matrix):
+            for j, v in enumerate(row):
+                ax.text(j, i, str(v), ha="center", va="center", fontsize=8, color="white" if v > top / 2 else "black")
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    ax.set_title(f"confusion matrix ({title})")
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)

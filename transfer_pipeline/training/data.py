@@ -1,10 +1,12 @@
-"""Datasets: `digits` (scikit-learn's real 8x8 digits, offline), `image_folder`, `synthetic`."""
+"""Datasets: `digits` (scikit-learn's real 8x8 digits, offline), `image_folder`, `synthetic`, or your own
+`data._target_`: a callable returning {train, val, optional test, optional classes}."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset, TensorDataset
@@ -20,11 +22,12 @@ DIGITS_MEAN, DIGITS_STD = [0.30], [0.38]  # pixel statistics of the 8x8 digits s
 class DataBundle:
     train: Dataset
     val: Dataset
-    class_names: list[str]
+    class_names: list[str] | None  # None: your data did not name its classes (the model's output size counts them)
+    test: Dataset | None = None
 
     @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
+    def num_classes(self) -> int | None:
+        return len(self.class_names) if self.class_names is not None else None
 
 
 def _norm(cfg: DataConfig, mean: list[float], std: list[float]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -85,12 +88,15 @@ def synthetic(cfg: DataConfig, seed: int) -> DataBundle:
                       [str(c) for c in range(cfg.num_classes)])
 
 
-def image_folder(cfg: DataConfig, seed: int) -> DataBundle:
-    """Image files under data.root: `root/train` + `root/val` if present, else one folder split (image_files.py)."""
-    from torchvision import transforms
+def image_folder(cfg: DataConfig, seed: int, source_weights: str | None = None) -> DataBundle:
+    """Image files under data.root: `root/train` + `root/val` (+ `root/test`) if present, else one folder split.
 
+    Preprocessed as the source weights expect (preprocess.py: data.preset), augmented (data.augment)
+    in the training split only.
+    """
     from ..paths import check_path, resolve_path
     from .image_files import ImageFiles, check_images, list_images
+    from .preprocess import eval_transform, is_random, resolve_preprocessing, train_transform
 
     if cfg.root is None:
         raise UserError("data.root: image_folder needs a folder of class folders (data.root=/path/to/images).")
@@ -99,11 +105,8 @@ def image_folder(cfg: DataConfig, seed: int) -> DataBundle:
                         "folders you want under data.root.")
     root = resolve_path(cfg.root, "data.root")
     check_path(root, "data.root", "dir", cfg.root)
-    mean, std = _norm(cfg, IMAGENET_MEAN if cfg.channels == 3 else [0.5], IMAGENET_STD if cfg.channels == 3 else [0.5])
-    common = [transforms.Resize(cfg.image_size), transforms.CenterCrop(cfg.image_size)]
-    tail = [transforms.ToTensor(), transforms.Normalize(mean.flatten().tolist(), std.flatten().tolist())]
-    train_tf = transforms.Compose(common + [transforms.RandomHorizontalFlip()] + tail)
-    val_tf = transforms.Compose(common + tail)
+    pre = resolve_preprocessing(cfg, source_weights)
+    train_tf, val_tf, random = train_transform(pre, cfg.augment), eval_transform(pre), is_random(cfg.augment)
     mode = "L" if cfg.channels == 1 else "RGB"
 
     def load(folder: Path) -> tuple[list[str], list]:
@@ -111,16 +114,76 @@ def image_folder(cfg: DataConfig, seed: int) -> DataBundle:
         return classes, check_images(samples, cfg.skip_bad_images, "data.root")
 
     if (root / "train").is_dir() and (root / "val").is_dir():
-        (classes, train), (val_classes, val) = load(root / "train"), load(root / "val")
-        if classes != val_classes:
-            raise UserError(f"data.root: {root}/train and {root}/val have different class folders "
-                            f"({sorted(set(classes) ^ set(val_classes))[:5]} in one only).")
-        return DataBundle(ImageFiles(train, classes, train_tf, mode, augmented=True),
-                          ImageFiles(val, classes, val_tf, mode), classes)
+        splits = {name: load(root / name) for name in ("train", "val", "test") if (root / name).is_dir()}
+        classes = splits["train"][0]
+        for name, (other, _) in splits.items():
+            if other != classes:
+                raise UserError(f"data.root: {root}/train and {root}/{name} have different class folders "
+                                f"({sorted(set(classes) ^ set(other))[:5]} in one only).")
+        test = ImageFiles(splits["test"][1], classes, val_tf, mode) if "test" in splits else None
+        return DataBundle(ImageFiles(splits["train"][1], classes, train_tf, mode, augmented=random),
+                          ImageFiles(splits["val"][1], classes, val_tf, mode), classes, test)
+    if (root / "train").is_dir() or (root / "test").is_dir():
+        raise UserError(f"data.root: {root} has a train/ or test/ folder but no val/ folder beside it. Give train/ and "
+                        "val/ (and optional test/) folders of class folders, or one folder of class folders split "
+                        "by data.val_fraction.")
     classes, samples = load(root)
     train_idx, val_idx = _split(torch.tensor([c for _, c in samples]), cfg.val_fraction, seed, classes)
-    return DataBundle(ImageFiles([samples[i] for i in train_idx], classes, train_tf, mode, augmented=True),
+    return DataBundle(ImageFiles([samples[i] for i in train_idx], classes, train_tf, mode, augmented=random),
                       ImageFiles([samples[i] for i in val_idx], classes, val_tf, mode), classes)
+
+
+SPLITS = ("train", "val", "test", "classes")
+
+
+def from_target(cfg: DataConfig, seed: int) -> DataBundle:
+    """Your own data: `data._target_` called with the node's other keys, returning the splits."""
+    from ..build import instantiate
+
+    target = cfg.target["_target_"]
+    got = instantiate(cfg.target, "data")
+    if not isinstance(got, Mapping):
+        raise UserError(f"data._target_: {target} returned a {type(got).__name__}; return a dict with 'train' and "
+                        "'val' datasets (optional 'test', and 'classes': the class names).")
+    unknown = [k for k in got if k not in SPLITS]
+    if unknown:
+        raise UserError(f"data._target_: {target} returned the key(s) {unknown}; the keys are {', '.join(SPLITS)}.")
+    for name in ("train", "val"):
+        if got.get(name) is None:
+            raise UserError(f"data._target_: {target} returned no {name!r} split (keys: {sorted(got)}); return "
+                            "{'train': ..., 'val': ..., 'test': ... (optional), 'classes': [...] (optional)}.")
+    splits = {name: _check_split(got[name], name, target, cfg.target_key) for name in ("train", "val", "test")
+              if got.get(name) is not None}
+    classes = got.get("classes")
+    if classes is not None:
+        if isinstance(classes, (str, bytes)) or not hasattr(classes, "__len__") or not len(classes):
+            raise UserError(f"data._target_: {target} returned classes={classes!r}; give the class names as a "
+                            "non-empty list (or leave 'classes' out).")
+        classes = [str(c) for c in classes]
+    return DataBundle(splits["train"], splits["val"], classes, splits.get("test"))
+
+
+def _check_split(ds: Any, name: str, target: str, target_key: str) -> Any:
+    """A map-style dataset (indexable, with a length) whose items are (input, target) pairs or dicts with the target."""
+    from torch.utils.data import IterableDataset
+
+    where = f"data._target_: {target} returned a {name!r} split"
+    if isinstance(ds, IterableDataset) or not (hasattr(ds, "__len__") and hasattr(ds, "__getitem__")):
+        raise UserError(f"{where} of type {type(ds).__name__}, which has no length or no indexing; give a map-style "
+                        "dataset (torch Dataset with __len__ and __getitem__, or a list of items), so that the "
+                        "shuffle is seeded and resumable.")
+    if len(ds) == 0:
+        raise UserError(f"{where} that is empty (0 items).")
+    item = ds[0]
+    if isinstance(item, Mapping):
+        if target_key not in item:
+            raise UserError(f"{where} whose items are dicts with keys {sorted(item)[:8]} and no {target_key!r}; put the "
+                            "target under that key or set data.target_key to the key that holds it.")
+    elif not (isinstance(item, (tuple, list)) and len(item) == 2):
+        kind = f"{type(item).__name__}" + (f" of {len(item)}" if isinstance(item, (tuple, list)) else "")
+        raise UserError(f"{where} whose items are a {kind}; each item must be an (input, target) pair or a dict with "
+                        f"the target under data.target_key ({target_key!r}) and the model's keyword arguments.")
+    return ds
 
 
 DATASETS: dict[str, Callable[[DataConfig, int], DataBundle]] = {
@@ -128,15 +191,28 @@ DATASETS: dict[str, Callable[[DataConfig, int], DataBundle]] = {
 }
 
 
-def augments(cfg: DataConfig) -> bool:
-    """Whether the training split draws random transforms (image_folder flips its training images)."""
-    return cfg.name == "image_folder"
+def augments(cfg: DataConfig) -> bool | None:
+    """Whether the training split draws random transforms (None: your own data, which says so when built)."""
+    if cfg.target is not None:
+        return None
+    return cfg.name == "image_folder" and cfg.augment.value != "none" or bool(cfg.mixup or cfg.cutmix)
 
 
-def build_data(cfg: DataConfig, seed: int) -> DataBundle:
-    if cfg.name not in DATASETS:
-        raise UserError(f"data.name={cfg.name!r}: choose one of {', '.join(DATASETS)}.")
-    return DATASETS[cfg.name](cfg, seed)
+def build_data(cfg: DataConfig, seed: int, source_weights: str | None = None) -> DataBundle:
+    """The splits; `source_weights` (source.weights) chooses image_folder's preprocessing under data.preset=auto."""
+    if cfg.target is not None:
+        bundle = from_target(cfg, seed)
+    elif cfg.name not in DATASETS:
+        raise UserError(f"data.name={cfg.name!r}: choose one of {', '.join(DATASETS)}, or give data._target_ (your "
+                        "own function returning the splits).")
+    elif cfg.name == "image_folder":
+        bundle = image_folder(cfg, seed, source_weights)
+    else:
+        bundle = DATASETS[cfg.name](cfg, seed)
+    if cfg.name != "image_folder" and cfg.augment.value != "none":
+        raise UserError(f"data.augment={cfg.augment.value}: augmentation presets transform images read from files "
+                        "(data=image_folder); here the data is already tensors. Set data.augment=none.")
+    return bundle
 
 
 def seed_worker(worker_id: int) -> None:
@@ -151,14 +227,14 @@ def seed_worker(worker_id: int) -> None:
 
 
 def loaders(bundle: DataBundle, batch_size: int, seed: int, num_workers: int = 0, pin_memory: bool = False,
-            rank: int = 0, world: int = 1) -> tuple[DataLoader, DataLoader]:
+            rank: int = 0, world: int = 1, mixer: Callable | None = None) -> tuple[DataLoader, DataLoader]:
     """The shuffled train loader has its own seeded generator: its order is reproducible and resumable.
 
     `batch_size` is the global batch: under torchrun each of `world` processes takes its share of
     every batch (batches.py), so the batches are the same whatever the number of processes. Every
     process evaluates the whole validation split (the same numbers everywhere, so the same early
     stopping). Workers persist across epochs (no process start-up per epoch); pinned memory makes
-    the copies to a GPU asynchronous.
+    the copies to a GPU asynchronous. `mixer` (mixup / cutmix) mixes each collated training batch.
     """
     from .batches import ShuffledBatches
 
@@ -166,6 +242,23 @@ def loaders(bundle: DataBundle, batch_size: int, seed: int, num_workers: int = 0
     common = dict(worker_init_fn=seed_worker, num_workers=num_workers, pin_memory=pin_memory,
                   persistent_workers=num_workers > 0)
     train = DataLoader(bundle.train, batch_sampler=ShuffledBatches(len(bundle.train), batch_size, order, rank, world),
-                       generator=workers, **common)
+                       generator=workers, collate_fn=MixedBatches(mixer) if mixer is not None else None, **common)
     val = DataLoader(bundle.val, batch_size=batch_size * 2, shuffle=False, **common)
     return train, val
+
+
+class MixedBatches:
+    """A collate function: the default one, then mixup / cutmix on the (images, class indices) batch."""
+
+    def __init__(self, mixer: Callable) -> None:
+        self.mixer = mixer
+
+    def __call__(self, items: list) -> Any:
+        from torch.utils.data import default_collate
+
+        batch = default_collate(items)
+        if not (isinstance(batch, (tuple, list)) and len(batch) == 2 and isinstance(batch[0], torch.Tensor)
+                and batch[0].ndim == 4):
+            raise UserError("data.mixup / data.cutmix: mix batches of images [batch, channels, height, width] with "
+                            "class indices; this data's batches are not (set both to 0).")
+        return tuple(self.mixer(*batch))

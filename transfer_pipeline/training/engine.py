@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from ..errors import UserError
+from .inputs import call, pick_output, split_batch, to_device
 
 PRECISIONS = {"32": None, "bf16": torch.bfloat16, "16": torch.float16}
 _NO_AUTOCAST = contextlib.nullcontext()
@@ -74,6 +75,8 @@ class Engine:
     grad_clip: float | None = None
     group: Any = None  # distributed.Group, None in a single process
     scaler: Any = None
+    output: int | str | None = None  # model.output: where the logits are in what the model returns
+    target_key: str = "labels"  # data.target_key: the target in dict batches
     autocast: Callable[[], Any] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -95,11 +98,19 @@ class Engine:
             model.to(memory_format=torch.channels_last)
         return model
 
-    def inputs(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.to(self.device, non_blocking=True)
-        if self.channels_last and x.ndim == 4:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return x
+    def inputs(self, x: Any) -> Any:
+        """A batch's inputs (a tensor, or a dict of keyword arguments) on the device, in the memory format."""
+        return to_device(x, self.device, self.channels_last)
+
+    def batch(self, batch: Any) -> tuple[Any, torch.Tensor]:
+        """(inputs, target) of a collated batch, on the device."""
+        x, y = split_batch(batch, self.target_key)
+        return self.inputs(x), torch.as_tensor(y).to(self.device, non_blocking=True)
+
+    def logits(self, model: nn.Module, x: Any) -> torch.Tensor:
+        """The plain model's logits (evaluation, checks): no DDP or compile wrapper, under autocast."""
+        with self.autocast():
+            return pick_output(call(model, x), self.output)
 
     def wrap(self, model: nn.Module) -> None:
         """(Re)build the forward: DDP over what trains now, then torch.compile.
@@ -123,14 +134,15 @@ class Engine:
                 raise compile_error(e) from None
         self._call, self._wrapped_for = call, trainable
 
-    def forward(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, model: nn.Module, x: Any) -> torch.Tensor:
+        """The training forward (through DDP / torch.compile where on): the logits."""
         if self._call is None:
             self.wrap(model)
         with self.autocast():
             if not self.compile:
-                return self._call(x)  # type: ignore[misc]
+                return pick_output(call(self._call, x), self.output)
             try:
-                return self._call(x)
+                return pick_output(call(self._call, x), self.output)
             except Exception as e:
                 if _compile_failure(e):
                     raise compile_error(e) from None

@@ -85,7 +85,7 @@ def cache_plan(model: nn.Module, trainable_in_run: Iterable[str], bn_modes: Mapp
     return CachePlan(head)
 
 
-def head_inputs(model: nn.Module, head: nn.Module, x: torch.Tensor) -> tuple[str | None, torch.Tensor | None]:
+def head_inputs(model: nn.Module, head: nn.Module, x: Any, output: Any = None) -> tuple[str | None, torch.Tensor | None]:
     """Run the model on `x` watching the head: (None, the head's input) when the model's output is the head's
     output, computed once from one tensor (so the head alone can stand in for the model), else (why not, None)."""
     seen: list[tuple[Any, Any]] = []
@@ -93,10 +93,12 @@ def head_inputs(model: nn.Module, head: nn.Module, x: torch.Tensor) -> tuple[str
     def watch(module: nn.Module, args: tuple, out: Any) -> None:
         seen.append((args, out))
 
+    from .inputs import call, pick_output
+
     handle = head.register_forward_hook(watch)
     try:
         with torch.no_grad():
-            out = model(x)
+            out = pick_output(call(model, x), output)
     finally:
         handle.remove()
     if len(seen) != 1:
@@ -141,11 +143,14 @@ def compute(model: nn.Module, head: nn.Module, dataset: Dataset, engine: Any, ba
     def grab(module: nn.Module, args: tuple) -> None:
         feats.append(args[0].detach().to("cpu", copy=True))
 
+    from .inputs import call, split_batch
+
     handle = head.register_forward_pre_hook(grab)
     try:
-        for x, y in DataLoader(dataset, batch_size=batch_size, shuffle=False):
+        for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False):
+            x, y = split_batch(batch, engine.target_key)
             with engine.autocast():
-                model(engine.inputs(x))
+                call(model, engine.inputs(x))
             targets.append(torch.as_tensor(y))
     finally:
         handle.remove()
@@ -190,8 +195,10 @@ def prepare(model: nn.Module, trainable_in_run: Iterable[str], bn_modes: Mapping
     model.eval()
     try:
         if head is not None:
-            x, _ = next(iter(val_loader))
-            why, sample = head_inputs(model, head, engine.inputs(x[:2]))
+            from .inputs import first_rows
+
+            x, _ = engine.batch(next(iter(val_loader)))
+            why, sample = head_inputs(model, head, first_rows(x, 2), engine.output)
             if why is not None:
                 plan = CachePlan(None, why)
             else:

@@ -38,8 +38,10 @@ class FitResult:
 
 
 def fit(cfg: RunConfig, run_dir: Path, model: nn.Module, optimizer: Any, groups: list, freeze: Any,
-        loaders: tuple, engine: Engine, schedule: Any, resume: dict[str, Any] | None,
-        stop_requested: Callable[[], bool], on_event: Callable, plan_text: str, source: str) -> FitResult:
+        loaders: tuple, engine: Engine, task: Any, schedule: Any, resume: dict[str, Any] | None,
+        stop_requested: Callable[[], bool], on_event: Callable, plan_text: str, source: str,
+        weights_meta: dict[str, str] | None = None) -> FitResult:
+    """`task`: task.TaskMetrics (loss, metrics); `weights_meta`: extra metadata of the weights files (class names)."""
     t = cfg.trainer
     train_loader, val_loader = loaders
     ckpt_dir = run_dir / "checkpoints"
@@ -93,15 +95,15 @@ def fit(cfg: RunConfig, run_dir: Path, model: nn.Module, optimizer: Any, groups:
     def on_epoch(row: dict[str, Any]) -> bool:
         if ema is not None:
             watched = ema.module.get_submodule(head_name) if head_name is not None else ema.module
-            ema_loss, ema_acc = evaluate(watched, val_loader, engine, t.limit_val_batches)
-            row.update(ema_val_loss=ema_loss, ema_val_acc=ema_acc)
+            row.update({f"ema_val_{k}": v for k, v in evaluate(watched, val_loader, engine, task,
+                                                                  t.limit_val_batches).items()})
         for lg in loggers:
             lg.epoch(row)
         # every rank keeps the same best and early-stopping counts (the numbers are all-reduced); rank 0 writes
         new_best = best.update(row)
         stop = early.should_stop(best, row) if early is not None else False
         if main:
-            meta = {"epoch": str(row["epoch"])}
+            meta = {**(weights_meta or {}), "epoch": str(row["epoch"])}
             if t.save_checkpoints:
                 outputs.save_weights(ckpt_dir / "last.safetensors", model.state_dict(), meta)
             if t.keep_epoch_checkpoints:
@@ -113,13 +115,13 @@ def fit(cfg: RunConfig, run_dir: Path, model: nn.Module, optimizer: Any, groups:
                 outputs.save_weights(ckpt_dir / "best.safetensors", watched.state_dict(),
                                      {**meta, t.monitor: str(best.value)})
             save_last()  # after best and early stopping are updated: a resumed run continues their counts
-            _log_epoch(row, cfg.trainer.epochs, best, t.monitor)
+            _log_epoch(row, cfg.trainer.epochs, best, task)
         return stop
 
     result = FitResult(state, best, cached=head_name)
     try:
         train(model, optimizer, train_loader, val_loader, epochs=t.epochs, events=freeze.events,
-              bn_policy=freeze.bn_modes, engine=engine,
+              bn_policy=freeze.bn_modes, engine=engine, task=task,
               limit_train_batches=t.limit_train_batches, limit_val_batches=t.limit_val_batches, schedule=schedule,
               on_event=on_event, on_epoch=on_epoch, on_step=on_step if ema is not None else None, state=state,
               on_checkpoint=lambda s: save_last(), checkpoint_every_steps=t.checkpoint_every_steps,
@@ -138,10 +140,11 @@ def fit(cfg: RunConfig, run_dir: Path, model: nn.Module, optimizer: Any, groups:
         if t.final_weights == FinalWeights.best and final.is_file():
             from safetensors.torch import load_file
 
-            outputs.save_weights(run_dir / "model.safetensors", load_file(final), {"source": source,
-                                                                                   "weights": f"best epoch {best.epoch}"})
+            outputs.save_weights(run_dir / "model.safetensors", load_file(final),
+                                 {**(weights_meta or {}), "source": source, "weights": f"best epoch {best.epoch}"})
         else:
-            outputs.save_weights(run_dir / "model.safetensors", model.state_dict(), {"source": source, "weights": "last"})
+            outputs.save_weights(run_dir / "model.safetensors", model.state_dict(),
+                                 {**(weights_meta or {}), "source": source, "weights": "last"})
     return result
 
 
@@ -163,9 +166,18 @@ def _restore(saved: dict[str, Any], model: nn.Module, optimizer: Any, scaler: An
                       position=pos)
 
 
-def _log_epoch(row: dict[str, Any], epochs: int, best: Best, metric: str) -> None:
-    extra = f"  ema_val_acc {row['ema_val_acc']:.3f}" if "ema_val_acc" in row else ""
+def _log_epoch(row: dict[str, Any], epochs: int, best: Best, task: Any) -> None:
     star = "  *best" if best.epoch == row["epoch"] else ""
-    log.info("epoch %d/%d  train_loss %.4f  train_acc %.3f  val_loss %.4f  val_acc %.3f%s  trainable %s  "
-             "%.0f samples/s%s", row["epoch"] + 1, epochs, row["train_loss"], row["train_acc"], row["val_loss"],
-             row["val_acc"], extra, f"{row['trainable_params']:,}", row["samples_per_s"], star)
+    shown = "  ".join(f"{k} {_fmt(row[k])}" for k in metric_keys(row, task.size))
+    log.info("epoch %d/%d  %s  trainable %s  %.0f samples/s%s", row["epoch"] + 1, epochs, shown,
+             f"{row['trainable_params']:,}", row["samples_per_s"], star)
+
+
+def metric_keys(row: dict[str, Any], classes: int | None) -> list[str]:
+    """The metrics of a row worth a column in the log: top-5 accuracy only with more than 5 classes."""
+    keys = [k for k in row if k.startswith(("train_", "val_", "ema_val_")) and k not in ("train_samples",)]
+    return [k for k in keys if not (k.endswith("top5_acc") and (classes or 0) <= 5)]
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.4f}" if isinstance(v, float) else str(v)

@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..errors import UserError
@@ -20,6 +19,8 @@ from ..tuning.freezing import apply_event
 from ..tuning.lr_schedule import LRSchedule
 from .batches import ShuffledBatches, steps_in_epoch
 from .engine import Engine
+from .inputs import finite, first_rows, shape_text
+from .task import TaskMetrics, check_fit
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +32,7 @@ class Position:
     step_in_epoch: int = 0  # batches of `epoch` already trained
     global_step: int = 0
     loss_sum: float = 0.0  # `epoch`'s sums so far (its metrics row needs them)
-    correct: int = 0
+    stats: list[float] = field(default_factory=list)  # the task's metric sums (task.TaskMetrics.stats), added up
     n: int = 0
     seconds: float = 0.0
     loader_rng: torch.Tensor | None = None  # the train loader's generator at the start of `epoch`
@@ -51,49 +52,72 @@ class StopTraining(BaseException):
     """`stop_requested()` said so after a step: the position was handed to `on_checkpoint` first."""
 
 
+def classification() -> TaskMetrics:
+    """The default task of the Python API: classification with cross-entropy."""
+    from ..schema import Task
+
+    return TaskMetrics(Task.classification, nn.CrossEntropyLoss())
+
+
 @torch.no_grad()
-def evaluate(model: nn.Module, loader, engine: Engine, limit: int | None = None) -> tuple[float, float]:
-    """Mean loss and accuracy over the loader (or its first `limit` batches), read from the device once."""
+def evaluate(model: nn.Module, loader, engine: Engine, task: TaskMetrics | None = None, limit: int | None = None,
+             detail: bool = False) -> dict[str, Any]:
+    """{loss, the task's metrics} over the loader (or its first `limit` batches), read from the device once.
+
+    `detail`: also the per-class numbers (confusion matrix, per-label F1) for eval.json, and `n`.
+    """
+    task = task or classification()
     model.eval()
-    losses, hits, n = [], [], 0
-    for i, (x, y) in enumerate(loader):
+    losses, stats, counts, n = [], [], None, 0
+    for i, batch in enumerate(loader):
         if limit is not None and i >= limit:
             break
-        x, y = engine.inputs(x), y.to(engine.device, non_blocking=True)
-        with engine.autocast():
-            logits = model(x)
-        losses.append(F.cross_entropy(logits.float(), y, reduction="sum"))
-        hits.append((logits.argmax(1) == y).sum())
+        x, y = engine.batch(batch)
+        logits = engine.logits(model, x).float()
+        y = task.target(y, logits)
+        losses.append(task.loss(logits, y) * len(y))
+        stats.append(task.stats(logits, y))
+        if detail:
+            c = task.detail(logits, y)
+            counts = c if counts is None else (counts + c if c is not None else None)
         n += len(y)
     if not n:
-        return math.nan, math.nan
-    return sum(torch.stack(losses).tolist()) / n, int(torch.stack(hits).sum()) / n
+        return {"loss": math.nan, **task.metrics([], 0, "val")}
+    out: dict[str, Any] = {"loss": sum(torch.stack(losses).tolist()) / n,
+                           **task.metrics(torch.stack(stats).sum(0).tolist(), n, "val")}
+    if detail:
+        out["n"] = n
+        if counts is not None:
+            out.update(task.per_class(counts.cpu()))
+    return out
 
 
-def check_output_size(model: nn.Module, loader, num_classes: int, engine: Engine) -> None:
-    """One forward pass on two validation samples: a model that cannot take the data fails here, with the keys to set."""
-    x, _ = next(iter(loader))
-    x = engine.inputs(x[:2])
+def check_batch(model: nn.Module, loader, engine: Engine, task: TaskMetrics) -> None:
+    """One forward pass on two validation samples: a model that cannot take the data, or whose output does not
+    fit the targets, fails here with the keys to set."""
+    x, y = engine.batch(next(iter(loader)))
+    x, y = first_rows(x, 2), y[:2]
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            out = model(x)
+            logits = engine.logits(model, x)
+    except UserError:
+        raise
     except (RuntimeError, ValueError, TypeError, IndexError) as e:
         first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+        if isinstance(x, dict):
+            raise UserError(f"model: the model cannot take the data's batches: keyword inputs {shape_text(x)} gave "
+                            f"{type(e).__name__}: {first}. Each key of the data's items except data.target_key goes "
+                            "to forward() by name; make the keys match its arguments.") from None
         raise UserError(f"model: the model cannot take the data's batches: input of shape {tuple(x.shape)} "
                         f"[batch, channels, height, width] gave {type(e).__name__}: {first}. Make the data fit the "
-                        f"model: data.channels (now {x.shape[1]}; 3 for RGB models), data.image_size (now "
-                        f"{x.shape[-1]}), or the model's input arguments (e.g. model.in_channels).") from None
+                        f"model: data.channels (now {x.shape[1] if x.ndim > 1 else '?'}; 3 for RGB models), "
+                        f"data.image_size (now {x.shape[-1]}), or the model's input arguments (e.g. "
+                        "model.in_channels).") from None
     finally:
         model.train(was_training)
-    if not isinstance(out, torch.Tensor):
-        kind = f"a {type(out).__name__}" + (f" of {len(out)}" if isinstance(out, (tuple, list, dict)) else "")
-        raise UserError(f"model: returns {kind}, but training needs a tensor of logits [batch, classes]. Wrap the "
-                        "model so that forward() returns the logits (e.g. out[0] or out.logits).")
-    if out.ndim != 2 or out.shape[1] != num_classes:
-        raise UserError(f"model: outputs shape {tuple(out.shape)} for a batch of 2, but the data has {num_classes} "
-                        f"classes. Set the model's class count (e.g. model.num_classes={num_classes}).")
+    check_fit(task, logits.float(), task.target(y, logits))
 
 
 def nonfinite_loss_error(value: float, epoch: int, step: int, global_step: int, x: torch.Tensor | None,
@@ -107,7 +131,7 @@ def nonfinite_loss_error(value: float, epoch: int, step: int, global_step: int, 
     if found_at is not None and found_at != global_step:
         where += f" (global step {global_step}; found at the check after global step {found_at}, trainer.sync_every_steps)"
     kept = " Files from finished epochs are kept."
-    if x is not None and not torch.isfinite(x).all():
+    if x is not None and not finite(x):
         return UserError(f"{where}: the input batch itself holds NaN or inf. Check the dataset and data.mean / "
                          f"data.std.{kept}")
     if global_step == 0 and found_at is None:
@@ -120,7 +144,7 @@ def nonfinite_loss_error(value: float, epoch: int, step: int, global_step: int, 
                      f"trainer.precision=32.{kept}")
 
 
-def refetch_inputs(loader, batch: int) -> torch.Tensor | None:
+def refetch_inputs(loader, batch: int) -> Any:
     """Batch `batch` of this epoch's inputs again (to tell bad data from divergence), or None where it cannot be had."""
     from torch.utils.data import default_collate
 
@@ -129,14 +153,15 @@ def refetch_inputs(loader, batch: int) -> torch.Tensor | None:
         if isinstance(sampler, ShuffledBatches):
             idx, dataset = sampler.global_batch(batch), loader.dataset
             items = dataset.__getitems__(idx) if hasattr(dataset, "__getitems__") else [dataset[i] for i in idx]
-            x = (loader.collate_fn or default_collate)(items)[0]
+            got = (loader.collate_fn or default_collate)(items)
         elif isinstance(loader, Sequence):
-            x = loader[batch][0]
+            got = loader[batch]
         else:
             return None
+        x = got[0] if isinstance(got, (tuple, list)) else {k: v for k, v in got.items()}
     except Exception:  # the diagnosis must not hide the NaN itself
         return None
-    return x if isinstance(x, torch.Tensor) else None
+    return x if isinstance(x, (torch.Tensor, dict)) else None
 
 
 def batches_per_epoch(loader, limit_train_batches: int | None = None) -> int:
@@ -151,7 +176,7 @@ def steps_per_epoch(loader, limit_train_batches: int | None = None, accumulate: 
 
 
 def train(model: nn.Module, optimizer: torch.optim.Optimizer, train_loader, val_loader, *, epochs: int,
-          events: Sequence[Event], bn_policy: str | Mapping[str, str], engine: Engine,
+          events: Sequence[Event], bn_policy: str | Mapping[str, str], engine: Engine, task: TaskMetrics | None = None,
           limit_train_batches: int | None = None, limit_val_batches: int | None = None,
           schedule: LRSchedule | None = None,
           on_event: Callable[[list[Event]], None] = lambda evs: None,
@@ -165,7 +190,8 @@ def train(model: nn.Module, optimizer: torch.optim.Optimizer, train_loader, val_
     """Train `epochs` epochs. Before each epoch and each optimizer step: fire the events due, set every group's LR.
 
     `engine` runs the steps (engine.py: device, precision, compile, DDP, `accumulate` batches per
-    optimizer step). `schedule` (lr_schedule.build_schedule) gives each group's LR per optimizer
+    optimizer step); `task` gives the loss and the metrics (task.py; default: classification with
+    cross-entropy). `schedule` (lr_schedule.build_schedule) gives each group's LR per optimizer
     step; without it the LRs in the optimizer are left as they are. `on_event` gets the events
     fired together (after they are applied and the LRs set); `on_step(step, optimizer)` runs after
     each optimizer step; `on_epoch(row)` after each epoch's evaluation, and a true return value
@@ -186,6 +212,7 @@ def train(model: nn.Module, optimizer: torch.optim.Optimizer, train_loader, val_
     read. `progress(epoch, steps)` returns a bar with `update(n)`, `show(**metrics)` and `close()`.
     """
     device, group, k = engine.device, engine.group, engine.accumulate
+    task = task or classification()
     runner = forward_module if forward_module is not None else model
     params = list(model.parameters())
     state = state or TrainState()
@@ -216,15 +243,16 @@ def train(model: nn.Module, optimizer: torch.optim.Optimizer, train_loader, val_
         if ev.trigger.fired_by(start.epoch, start.step_in_epoch, start.global_step):
             apply_event(model, ev)
 
-    pending: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, int, int]] = []  # (loss, logits, y, batch, step)
+    pending: list[tuple[torch.Tensor, torch.Tensor, int, int, int]] = []  # (loss, stats, batch size, batch, step)
     check_first = True  # the first step of this call is checked before its update
     weigh = k > 1 or group is not None  # batches weighed within a window (by size where sizes are known)
     window_samples = 1  # samples (sized) or batches in the current window, set at its first batch
 
-    def forward_backward(x: torch.Tensor, y: torch.Tensor, b: int, first_in_window: bool,
+    def forward_backward(x: Any, y: torch.Tensor, b: int, first_in_window: bool,
                          epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
         logits = engine.forward(runner, x)
-        loss = F.cross_entropy(logits.float(), y)
+        y = task.target(y, logits)
+        loss = task.loss(logits, y)
         if check_first and not torch.isfinite(loss):
             raise nonfinite_loss_error(loss.item(), epoch, b, pos.global_step, x, model)
         if first_in_window:  # after the forward: freeing the old gradients before it costs a CPU
@@ -234,22 +262,22 @@ def train(model: nn.Module, optimizer: torch.optim.Optimizer, train_loader, val_
             engine.backward(loss * share)
         else:
             engine.backward(loss)
-        return loss, logits
+        return loss, task.stats(logits, y)
 
     def read(epoch: int, bar: Any, ask_stop: bool) -> bool:
         """Bring the pending results into the position; raise on a NaN/inf loss; whether to stop (all processes)."""
         if not pending:
             return ask_stop
-        losses, logits, targets, batches, steps = zip(*pending)
+        losses, stats, sizes, batches, steps = zip(*pending)
         pending.clear()
         values = torch.stack(losses).tolist()
-        correct = int((torch.cat(logits).argmax(1) == torch.cat(targets)).sum())
-        sizes, where = [len(t) for t in targets], list(zip(batches, steps))
+        rows = torch.stack(stats).tolist()
+        where = list(zip(batches, steps))
         bad = next((i for i, v in enumerate(values) if not math.isfinite(v)), None)
         if group is not None:
-            loss_sum, correct, n, stops, bads = group.sum(
-                [math.fsum(v * m for v, m in zip(values, sizes)), correct, sum(sizes), float(ask_stop),
-                 float(bad is not None)], device)
+            summed = group.sum([math.fsum(v * m for v, m in zip(values, sizes)), sum(sizes), float(ask_stop),
+                                float(bad is not None)] + [math.fsum(col) for col in zip(*rows)], device)
+            loss_sum, n, stops, bads, stat_sums = summed[0], summed[1], summed[2], summed[3], summed[4:]
             if bads and bad is None:
                 raise UserError(f"training: the loss became NaN or inf on another process (of {group.world}) in epoch "
                                 f"{epoch}, before global step {pos.global_step}; that process's log names the batch. "
@@ -260,16 +288,17 @@ def train(model: nn.Module, optimizer: torch.optim.Optimizer, train_loader, val_
                                        found_at=pos.global_step - 1)
         if group is not None:
             pos.loss_sum += loss_sum
-            pos.correct += int(correct)
+            pos.stats = [a + b for a, b in zip(pos.stats or [0.0] * len(stat_sums), stat_sums)]
             pos.n += int(n)
             ask_stop = stops > 0
         else:
-            for v, m in zip(values, sizes):  # one batch at a time: the same sums however the reads fall
+            for v, m, row in zip(values, sizes, rows):  # one batch at a time: the same sums however the reads fall
                 pos.loss_sum += v * m
-            pos.correct += correct
+                pos.stats = [a + b for a, b in zip(pos.stats or [0.0] * len(row), row)]
             pos.n += sum(sizes)
         if bar is not None and pos.n:
-            bar.show(loss=pos.loss_sum / pos.n, acc=pos.correct / pos.n, samples_per_s=pos.n / max(pos.seconds, 1e-9))
+            bar.show(loss=pos.loss_sum / pos.n, **task.metrics(pos.stats, pos.n, "train"),
+                     samples_per_s=pos.n / max(pos.seconds, 1e-9))
         return ask_stop
 
     pos = state.position
@@ -301,7 +330,7 @@ def train(model: nn.Module, optimizer: torch.optim.Optimizer, train_loader, val_
 
             set_rng_state(start.rng)
         t0 = time.perf_counter() - pos.seconds
-        for b, (x, y) in enumerate(batches, start=skip):
+        for b, batch in enumerate(batches, start=skip):
             if b >= nb:
                 break
             window_start = b - b % k
@@ -314,13 +343,13 @@ def train(model: nn.Module, optimizer: torch.optim.Optimizer, train_loader, val_
                 if schedule is not None:
                     schedule.apply(optimizer, pos.global_step)
             last = b + 1 - window_start == k or b + 1 == nb  # the window's last batch: the optimizer steps
-            x, y = engine.inputs(x), y.to(device, non_blocking=True)
+            x, y = engine.batch(batch)
             if last:
-                loss, logits = forward_backward(x, y, b, b == window_start, epoch)
+                loss, stats = forward_backward(x, y, b, b == window_start, epoch)
             else:
                 with engine.no_sync():  # DDP averages the window's gradients once, at its last batch
-                    loss, logits = forward_backward(x, y, b, b == window_start, epoch)
-            pending.append((loss.detach(), logits.detach(), y, b, pos.global_step))
+                    loss, stats = forward_backward(x, y, b, b == window_start, epoch)
+            pending.append((loss.detach(), stats, len(y), b, pos.global_step))
             pos.step_in_epoch = b + 1
             if not last:
                 continue
@@ -351,13 +380,12 @@ def train(model: nn.Module, optimizer: torch.optim.Optimizer, train_loader, val_
         n = pos.n
         state.samples += n
         state.seconds += seconds
-        val_loss, val_acc = evaluate(runner, val_loader, engine, limit_val_batches)
+        val = evaluate(runner, val_loader, engine, task, limit_val_batches)
         row: dict[str, Any] = {
             "epoch": epoch,
             "train_loss": pos.loss_sum / max(n, 1),
-            "train_acc": pos.correct / max(n, 1),
-            "val_loss": val_loss,
-            "val_acc": val_acc,
+            **{f"train_{k}": v for k, v in task.metrics(pos.stats, n, "train").items()},
+            **{f"val_{k}": v for k, v in val.items()},
             "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
             "samples_per_s": n / seconds if seconds > 0 else math.nan,
         }

@@ -22,8 +22,9 @@ class Bar:
 
     def show(self, **metrics: float) -> None:
         """The postfix, when the loop has read the metrics from the device (not every step: a read is a sync)."""
-        self.bar.set_postfix({"loss": f"{metrics['loss']:.4f}", "acc": f"{metrics['acc']:.3f}",
-                              "samples/s": f"{metrics['samples_per_s']:.0f}"}, refresh=False)
+        shown = {k.replace("_per_", "/"): f"{v:{'.0f' if k == 'samples_per_s' else '.4f' if k == 'loss' else '.3f'}}"
+                 for k, v in metrics.items()}
+        self.bar.set_postfix(shown, refresh=False)
 
     def close(self) -> None:
         self.bar.close()
