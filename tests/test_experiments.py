@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 
 import pytest
 import torch
@@ -302,3 +303,35 @@ def test_a_third_party_deprecation_warning_is_shown_once(run_pipeline, caplog):
                                   "model._target_=helpers.warning_model", "model.num_classes=5", "trainer.epochs=2")
     assert summary["status"] == "completed"
     assert sum("thirdparty.old_call is deprecated" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_text_classifier_loads_freezes_the_embeddings_trains_and_evaluates(run_pipeline, tmp_path):
+    """The shipped transformer experiment end to end: keyword inputs, model.output=logits, frozen embeddings."""
+    from safetensors.torch import load_file
+
+    from transfer_pipeline.paths import resolve_path
+
+    summary, run_dir = run_pipeline("experiment=text_classifier", "trainer.progress=false")
+    assert summary["status"] == "completed" and summary["loaded_fraction"] == 1.0
+    assert summary["classes"] == ["negative", "positive"] and summary["val_acc"] > 0.95
+    source = load_file(resolve_path("pkg://transfer_pipeline/assets/text_transformer_sport_food.safetensors", "x"))
+    final = load_file(run_dir / "model.safetensors")
+    assert all(torch.equal(source[k], final[k]) for k in source if k.startswith("embeddings."))
+    assert not torch.equal(source["classifier.weight"], final["classifier.weight"])
+    evaluated, eval_dir = run_pipeline("experiment=text_classifier", "mode=eval",
+                                       f"source.path={run_dir / 'model.safetensors'}", run_dir=tmp_path / "eval")
+    report = json.loads((eval_dir / "eval.json").read_text())
+    assert report["split"] == "test" and report["samples"] == 240 and report["test_acc"] > 0.95
+    assert set(report["per_class_acc"]) == {"negative", "positive"}
+
+
+def test_text_source_is_reproducible_from_its_experiment(run_pipeline):
+    from safetensors.torch import load_file
+
+    from transfer_pipeline.paths import resolve_path
+
+    summary, run_dir = run_pipeline("experiment=pretrain_text", "trainer.progress=false")
+    assert summary["val_acc"] >= 0.95
+    shipped = load_file(resolve_path("pkg://transfer_pipeline/assets/text_transformer_sport_food.safetensors", "x"))
+    made = load_file(run_dir / "model.safetensors")
+    assert {k: v.shape for k, v in made.items()} == {k: v.shape for k, v in shipped.items()}

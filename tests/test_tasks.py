@@ -148,7 +148,7 @@ def test_classification_targets_that_are_floats_suggest_regression(tmp_path):
 def test_monitor_names_follow_the_task():
     with pytest.raises(UserError, match=r"task=classification measures .*val_top5_acc"):
         compose_config("trainer.monitor=val_f1")
-    assert compose_config("trainer.monitor=val_top5_acc").trainer.monitor == "val_top5_acc"
+    assert compose_config("trainer.monitor=val_top5_acc").trainer.monitor == "val_top5_acc"  # with > 5 classes
     assert compose_config("task=regression").trainer.monitor == "val_loss"
     with pytest.raises(UserError, match=r"need trainer.ema.decay"):
         compose_config("trainer.monitor=ema_val_acc")
@@ -246,3 +246,16 @@ def test_mode_predict_refuses_a_model_with_tensors_left_unloaded(tmp_path):
     with pytest.raises(UserError, match=r"2 tensor\(s\) of the model were not loaded \(2.weight, 2.bias\)"):
         run(cfg, tmp_path / "b")
     assert not (tmp_path / "b" / "predictions.csv").exists()
+
+
+def test_top5_accuracy_is_measured_with_more_than_five_classes_only(run_pipeline, tmp_path):
+    summary, run_dir = run_pipeline("experiment=from_scratch", "data.classes=[0,1,2,3,4,5,6,7]", "model.num_classes=8",
+                                    "trainer.epochs=2", "trainer.monitor=val_top5_acc", run_dir=tmp_path / "a")
+    header = (run_dir / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert "val_top5_acc" in header and summary["val_top5_acc"] >= summary["val_acc"]
+    assert summary["best_val_top5_acc"] == max(float(r.split(",")[header.index("val_top5_acc")])
+                                               for r in (run_dir / "metrics.csv").read_text().splitlines()[1:])
+    five, five_dir = run_pipeline("trainer.epochs=4", run_dir=tmp_path / "b")  # the default: 5 classes
+    assert "val_top5_acc" not in (five_dir / "metrics.csv").read_text() and "val_top5_acc" not in five
+    with pytest.raises(UserError, match=r"trainer.monitor=val_top5_acc: with 5 classes .* always 1"):
+        run_pipeline("trainer.epochs=4", "trainer.monitor=val_top5_acc", run_dir=tmp_path / "c")

@@ -219,6 +219,9 @@ def data(r: Run) -> None:
 
     r.loaders = make()
     check_batch(r.model, r.loaders[1], r.engine, r.task)
+    if cfg.trainer.monitor.endswith("top5_acc") and r.task.size is not None and r.task.size <= 5:
+        raise UserError(f"trainer.monitor={cfg.trainer.monitor}: with {r.task.size} classes every sample's class is "
+                        "among the top 5, so it is always 1 and no epoch would be best; monitor val_acc.")
     if cfg.data.mixup or cfg.data.cutmix:  # needs the class count, which the check may have just learnt
         from .training.preprocess import batch_mixer
 

@@ -4,6 +4,8 @@ from .digits import DigitsCNN, pretrained_digits_cnn
 from .examples import BackboneNet, FeaturesNet, TinyMLP
 from .attention import MHATransformer, QKVTransformer
 from .conv1d import GPT2StyleTransformer
+from .text import TextClassifierOutput, TextTransformer, text_transformer_from_config
 
 __all__ = ["DigitsCNN", "pretrained_digits_cnn", "FeaturesNet", "BackboneNet", "TinyMLP",
-           "QKVTransformer", "MHATransformer", "GPT2StyleTransformer"]
+           "QKVTransformer", "MHATransformer", "GPT2StyleTransformer",
+           "TextTransformer", "TextClassifierOutput", "text_transformer_from_config"]

@@ -30,8 +30,7 @@ def write_curves(path: Path, history: Sequence[dict[str, Any]], events: Sequence
 
     epochs = [int(r["epoch"]) + 1 for r in history]
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6), constrained_layout=True)
-    metric_keys = [k for k in history[0] if k.startswith(("train_", "val_", "ema_val_")) and not k.endswith("loss")
-                   and "top5" not in k]
+    metric_keys = [k for k in history[0] if k.startswith(("train_", "val_", "ema_val_")) and not k.endswith("loss")]
     panels = [("loss", ["train_loss", "val_loss", "ema_val_loss"]), ("metrics", metric_keys)]
     for ax, (title, keys) in zip(axes, panels):
         for key in keys:

@@ -115,7 +115,7 @@ def fit(cfg: RunConfig, run_dir: Path, model: nn.Module, optimizer: Any, groups:
                 outputs.save_weights(ckpt_dir / "best.safetensors", watched.state_dict(),
                                      {**meta, t.monitor: str(best.value)})
             save_last()  # after best and early stopping are updated: a resumed run continues their counts
-            _log_epoch(row, cfg.trainer.epochs, best, task)
+            _log_epoch(row, cfg.trainer.epochs, best)
         return stop
 
     result = FitResult(state, best, cached=head_name)
@@ -166,18 +166,8 @@ def _restore(saved: dict[str, Any], model: nn.Module, optimizer: Any, scaler: An
                       position=pos)
 
 
-def _log_epoch(row: dict[str, Any], epochs: int, best: Best, task: Any) -> None:
+def _log_epoch(row: dict[str, Any], epochs: int, best: Best) -> None:
     star = "  *best" if best.epoch == row["epoch"] else ""
-    shown = "  ".join(f"{k} {_fmt(row[k])}" for k in metric_keys(row, task.size))
+    shown = "  ".join(f"{k} {row[k]:.4f}" for k in row if k.startswith(("train_", "val_", "ema_val_")))
     log.info("epoch %d/%d  %s  trainable %s  %.0f samples/s%s", row["epoch"] + 1, epochs, shown,
              f"{row['trainable_params']:,}", row["samples_per_s"], star)
-
-
-def metric_keys(row: dict[str, Any], classes: int | None) -> list[str]:
-    """The metrics of a row worth a column in the log: top-5 accuracy only with more than 5 classes."""
-    keys = [k for k in row if k.startswith(("train_", "val_", "ema_val_")) and k not in ("train_samples",)]
-    return [k for k in keys if not (k.endswith("top5_acc") and (classes or 0) <= 5)]
-
-
-def _fmt(v: Any) -> str:
-    return f"{v:.4f}" if isinstance(v, float) else str(v)

@@ -88,9 +88,11 @@ class TaskMetrics:
     def metrics(self, sums: list[float], n: int, split: str) -> dict[str, float]:
         """`sums` (the stats of every batch added up) -> {metric name: value}, names without the split prefix."""
         if not n or not sums:
-            return {m: math.nan for m in TASK_METRICS[self.task][split] if m != "loss"}
+            return {m: math.nan for m in TASK_METRICS[self.task][split] if m != "loss"
+                    and not (m == "top5_acc" and (self.size or 0) <= 5)}
         if self.task == Task.classification:
-            return {"acc": sums[0] / n, **({"top5_acc": sums[1] / n} if split != "train" else {})}
+            top5 = split != "train" and (self.size or 0) > 5  # with 5 classes or fewer it is always 1
+            return {"acc": sums[0] / n, **({"top5_acc": sums[1] / n} if top5 else {})}
         if self.task == Task.multilabel:
             tp, fp, fn, right, total = sums
             return {"acc": right / total if total else math.nan, "f1": f1(tp, fp, fn)}
