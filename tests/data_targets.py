@@ -79,6 +79,10 @@ def bad_splits(kind: str) -> object:
             def __iter__(self):
                 yield torch.zeros(8), 0
         return {"train": Stream(), "val": good["val"]}
+    if kind == "names":  # class names where indices belong
+        return {"train": [(torch.zeros(8), "red")] * 4, "val": [(torch.zeros(8), "red")] * 4}
+    if kind == "ragged":  # inputs of different lengths: no batch can be stacked
+        return {"train": good["train"], "val": [(torch.zeros(8 + i), 0) for i in range(4)]}
     if kind == "no_target":
         return {"train": DictItems(*good["train"].tensors, key="target"), "val": good["val"]}
     raise ValueError(kind)
@@ -112,3 +116,12 @@ class KeywordNet(nn.Module):
 def mlp(num_classes: int = 3) -> nn.Module:
     torch.manual_seed(0)
     return nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, num_classes))
+
+
+def regression_with_a_nan_target(n: int = 400, at: int = 250) -> dict:
+    """Finite inputs, one NaN target deep in the training split (found by a later read, not the first step)."""
+    s = regression_splits(n)
+    x, y = s["train"].tensors
+    y = y.clone()
+    y[at] = float("nan")
+    return {"train": TensorDataset(x, y), "val": s["val"]}

@@ -86,6 +86,8 @@ def test_a_model_returning_an_object_without_model_output_names_the_type_and_the
     ("list", r"returned a list; return a dict with 'train' and 'val'"),
     ("stream", r"'train' split of type Stream, which has no length"),
     ("no_target", r"dicts with keys .*and no 'labels'.*data.target_key"),
+    ("names", r"the targets are str values \(e.g. 'red'\), not numbers"),
+    ("ragged", r"the first validation batch cannot be made \(RuntimeError: .*Items must stack into a batch"),
 ])
 def test_bad_data_targets_say_what_is_wrong(tmp_path, kind, message):
     summary_path = tmp_path / "run" / "summary.json"
@@ -259,3 +261,15 @@ def test_top5_accuracy_is_measured_with_more_than_five_classes_only(run_pipeline
     assert "val_top5_acc" not in (five_dir / "metrics.csv").read_text() and "val_top5_acc" not in five
     with pytest.raises(UserError, match=r"trainer.monitor=val_top5_acc: with 5 classes .* always 1"):
         run_pipeline("trainer.epochs=4", "trainer.monitor=val_top5_acc", run_dir=tmp_path / "c")
+
+
+def test_a_nan_target_is_blamed_on_the_labels_not_on_the_learning_rate(tmp_path):
+    with pytest.raises(UserError, match=r"the batch's targets hold NaN or inf. Check the dataset's labels"):
+        run_with(tmp_path, {"_target_": "data_targets.regression_with_a_nan_target"}, MLP1, "task=regression",
+                 "trainer.batch_size=16")
+
+
+def test_model_output_on_a_model_that_returns_a_tensor_says_to_drop_it(tmp_path):
+    with pytest.raises(UserError, match=r"returns a tensor of shape \(2, 3\), which has no 'logits'. Try "
+                                        r"model.output=null"):
+        run_with(tmp_path, {"_target_": "data_targets.tuple_splits"}, {**MLP, "output": "logits"})

@@ -299,7 +299,7 @@ def predict(r: Run) -> None:
                  len(dataset))
     r.model.to(r.device)
     figures = predict_all(cfg, r.model, r.engine, dataset, names, r.run_dir / "predictions.csv",
-                          bar_factory(cfg.trainer.progress and r.engine.is_main, 1), labelled)
+                          bar_factory(cfg.trainer.progress and r.engine.is_main, 1, desc="predict"), labelled)
     r.summary.update(status="predicted", **figures)
 
 

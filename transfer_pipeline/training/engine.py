@@ -63,6 +63,17 @@ def compile_error(e: BaseException) -> UserError:
                      "trainer.compile=false to train without it.")
 
 
+def target_tensor(y: Any) -> torch.Tensor:
+    if isinstance(y, torch.Tensor):
+        return y
+    try:
+        return torch.as_tensor(y)
+    except (TypeError, ValueError, RuntimeError):
+        first = y[0] if isinstance(y, (list, tuple)) and y else y
+        raise UserError(f"data: the targets are {type(first).__name__} values (e.g. {str(first)[:40]!r}), not numbers. "
+                        "Give class indices (with the names under 'classes'), 0/1 per label, or real values.") from None
+
+
 @dataclass
 class Engine:
     """One process's way of running steps. `group` is its place in a torchrun job (distributed.py)."""
@@ -105,7 +116,7 @@ class Engine:
     def batch(self, batch: Any) -> tuple[Any, torch.Tensor]:
         """(inputs, target) of a collated batch, on the device."""
         x, y = split_batch(batch, self.target_key)
-        return self.inputs(x), torch.as_tensor(y).to(self.device, non_blocking=True)
+        return self.inputs(x), target_tensor(y).to(self.device, non_blocking=True)
 
     def logits(self, model: nn.Module, x: Any) -> torch.Tensor:
         """The plain model's logits (evaluation, checks): no DDP or compile wrapper, under autocast."""

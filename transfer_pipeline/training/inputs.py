@@ -85,6 +85,8 @@ def describe(out: Any) -> str:
 
 def suggest(out: Any) -> str:
     """The likeliest model.output for `out`: `logits` when it has them, else the first tensor in it."""
+    if isinstance(out, torch.Tensor):
+        return "null (it returns a tensor)"
     if isinstance(out, Sequence) and not isinstance(out, str):
         return str(next((i for i, v in enumerate(out) if isinstance(v, torch.Tensor)), 0))
     names = _fields(out)

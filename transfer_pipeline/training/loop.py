@@ -19,7 +19,7 @@ from ..tuning.freezing import apply_event
 from ..tuning.lr_schedule import LRSchedule
 from .batches import ShuffledBatches, steps_in_epoch
 from .engine import Engine
-from .inputs import finite, first_rows, shape_text
+from .inputs import finite, first_rows, shape_text, split_batch
 from .task import TaskMetrics, check_fit
 
 log = logging.getLogger(__name__)
@@ -95,7 +95,16 @@ def evaluate(model: nn.Module, loader, engine: Engine, task: TaskMetrics | None 
 def check_batch(model: nn.Module, loader, engine: Engine, task: TaskMetrics) -> None:
     """One forward pass on two validation samples: a model that cannot take the data, or whose output does not
     fit the targets, fails here with the keys to set."""
-    x, y = engine.batch(next(iter(loader)))
+    try:
+        first = next(iter(loader))
+    except UserError:
+        raise
+    except (RuntimeError, TypeError, ValueError, IndexError, KeyError) as e:
+        raise UserError(f"data: the first validation batch cannot be made ({type(e).__name__}: "
+                        f"{str(e).strip().splitlines()[0][:300] if str(e).strip() else ''}). Items must stack into a "
+                        "batch: tensors of one shape per key, numbers as targets (class indices, 0/1 per label, or "
+                        "values).") from None
+    x, y = engine.batch(first)
     x, y = first_rows(x, 2), y[:2]
     was_training = model.training
     model.eval()
@@ -120,20 +129,23 @@ def check_batch(model: nn.Module, loader, engine: Engine, task: TaskMetrics) -> 
     check_fit(task, logits.float(), task.target(y, logits))
 
 
-def nonfinite_loss_error(value: float, epoch: int, step: int, global_step: int, x: torch.Tensor | None,
+def nonfinite_loss_error(value: float, epoch: int, step: int, global_step: int, batch: tuple | None,
                          model: nn.Module, found_at: int | None = None) -> UserError:
-    """Say what made the loss NaN/inf: the input, weights that were bad from the start, or the training.
+    """Say what made the loss NaN/inf: the input, the targets, weights bad from the start, or the training.
 
-    `x` is the batch (None where it cannot be had again); `found_at` the step at which a deferred
-    check found it (the weights have taken the steps in between, so they are not looked at).
+    `batch` is (inputs, target) (None where it cannot be had again); `found_at` the step at which a
+    deferred check found it (the weights have taken the steps in between, so they are not looked at).
     """
     where = f"training: the loss became {value} at epoch {epoch}, step {step}"
     if found_at is not None and found_at != global_step:
         where += f" (global step {global_step}; found at the check after global step {found_at}, trainer.sync_every_steps)"
     kept = " Files from finished epochs are kept."
+    x, y = batch if batch is not None else (None, None)
     if x is not None and not finite(x):
         return UserError(f"{where}: the input batch itself holds NaN or inf. Check the dataset and data.mean / "
                          f"data.std.{kept}")
+    if y is not None and not finite(y):
+        return UserError(f"{where}: the batch's targets hold NaN or inf. Check the dataset's labels.{kept}")
     if global_step == 0 and found_at is None:
         bad = [n for n, p in model.named_parameters() if not torch.isfinite(p).all()]
         what = (f"the weights hold NaN or inf before any update ({', '.join(bad[:5])})" if bad
@@ -144,8 +156,8 @@ def nonfinite_loss_error(value: float, epoch: int, step: int, global_step: int, 
                      f"trainer.precision=32.{kept}")
 
 
-def refetch_inputs(loader, batch: int) -> Any:
-    """Batch `batch` of this epoch's inputs again (to tell bad data from divergence), or None where it cannot be had."""
+def refetch_batch(loader, batch: int, target_key: str) -> tuple | None:
+    """Batch `batch` of this epoch again, (inputs, target), to tell bad data from divergence; None where it cannot be had."""
     from torch.utils.data import default_collate
 
     sampler = getattr(loader, "batch_sampler", None)
@@ -158,10 +170,9 @@ def refetch_inputs(loader, batch: int) -> Any:
             got = loader[batch]
         else:
             return None
-        x = got[0] if isinstance(got, (tuple, list)) else {k: v for k, v in got.items()}
+        return split_batch(got, target_key)
     except Exception:  # the diagnosis must not hide the NaN itself
         return None
-    return x if isinstance(x, (torch.Tensor, dict)) else None
 
 
 def batches_per_epoch(loader, limit_train_batches: int | None = None) -> int:
@@ -254,7 +265,7 @@ def train(model: nn.Module, optimizer: torch.optim.Optimizer, train_loader, val_
         y = task.target(y, logits)
         loss = task.loss(logits, y)
         if check_first and not torch.isfinite(loss):
-            raise nonfinite_loss_error(loss.item(), epoch, b, pos.global_step, x, model)
+            raise nonfinite_loss_error(loss.item(), epoch, b, pos.global_step, (x, y), model)
         if first_in_window:  # after the forward: freeing the old gradients before it costs a CPU
             optimizer.zero_grad(set_to_none=True)  # run fresh page-faulted allocations (-15 % on resnet18)
         if weigh:  # this share's part of the window's mean (DDP averages over the processes, hence world)
@@ -284,7 +295,7 @@ def train(model: nn.Module, optimizer: torch.optim.Optimizer, train_loader, val_
                                 "Lower optim.lr, set trainer.grad_clip, or check the data.")
         if bad is not None:
             batch, step = where[bad]
-            raise nonfinite_loss_error(values[bad], epoch, batch, step, refetch_inputs(train_loader, batch), model,
+            raise nonfinite_loss_error(values[bad], epoch, batch, step, refetch_batch(train_loader, batch, engine.target_key), model,
                                        found_at=pos.global_step - 1)
         if group is not None:
             pos.loss_sum += loss_sum

@@ -11,10 +11,11 @@ from typing import Any, TextIO
 
 
 class Bar:
-    def __init__(self, epoch: int, epochs: int, steps: int, stream: TextIO, mininterval: float = 0.1) -> None:
+    def __init__(self, epoch: int, epochs: int, steps: int, stream: TextIO, mininterval: float = 0.1,
+                 desc: str | None = None) -> None:
         from tqdm import tqdm
 
-        self.bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{epochs}", unit="batch", file=stream, leave=False,
+        self.bar = tqdm(total=steps, desc=desc or f"epoch {epoch + 1}/{epochs}", unit="batch", file=stream, leave=False,
                         dynamic_ncols=True, mininterval=mininterval)
 
     def update(self, n: int = 1) -> None:
@@ -30,9 +31,10 @@ class Bar:
         self.bar.close()
 
 
-def bar_factory(enabled: bool, epochs: int, stream: TextIO | None = None, mininterval: float = 0.1) -> Any:
-    """`progress(epoch, steps) -> Bar` for the training loop, or None where no bar is wanted."""
+def bar_factory(enabled: bool, epochs: int, stream: TextIO | None = None, mininterval: float = 0.1,
+                desc: str | None = None) -> Any:
+    """`progress(epoch, steps) -> Bar` for the training loop (or with its own `desc`), or None where no bar is wanted."""
     stream = stream or sys.stderr
     if not enabled or not getattr(stream, "isatty", lambda: False)():
         return None
-    return lambda epoch, steps: Bar(epoch, epochs, steps, stream, mininterval=mininterval)
+    return lambda epoch, steps: Bar(epoch, epochs, steps, stream, mininterval=mininterval, desc=desc)
