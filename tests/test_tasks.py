@@ -273,3 +273,16 @@ def test_model_output_on_a_model_that_returns_a_tensor_says_to_drop_it(tmp_path)
     with pytest.raises(UserError, match=r"returns a tensor of shape \(2, 3\), which has no 'logits'. Try "
                                         r"model.output=null"):
         run_with(tmp_path, {"_target_": "data_targets.tuple_splits"}, {**MLP, "output": "logits"})
+
+
+def test_predictions_name_their_inputs_by_text_or_file_where_the_split_knows_them(run_pipeline, tmp_path):
+    _, run_dir = run_pipeline("experiment=text_classifier", "trainer.epochs=1", "trainer.progress=false")
+    summary, pred_dir = run_pipeline("experiment=text_classifier", "mode=predict",
+                                     f"source.path={run_dir / 'model.safetensors'}", run_dir=tmp_path / "pred")
+    from transfer_pipeline.toy_text import splits
+
+    test = splits(task="sentiment", topics=["weather", "music"])["test"]
+    rows = list(csv.DictReader((pred_dir / "predictions.csv").open()))
+    assert summary["predict_split"] == "test" and [r["input"] for r in rows] == list(test.texts)
+    assert {r["predicted"] for r in rows} <= {"negative", "positive"} and "top_2" in rows[0]
+    assert sum(r["predicted"] == r["target"] for r in rows) / len(rows) > 0.9

@@ -273,7 +273,7 @@ def train(model: nn.Module, optimizer: torch.optim.Optimizer, train_loader, val_
             engine.backward(loss * share)
         else:
             engine.backward(loss)
-        return loss, task.stats(logits, y)
+        return loss, task.stats(logits, y, train=True)
 
     def read(epoch: int, bar: Any, ask_stop: bool) -> bool:
         """Bring the pending results into the position; raise on a NaN/inf loss; whether to stop (all processes)."""

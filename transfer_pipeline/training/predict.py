@@ -83,6 +83,16 @@ def saved_classes(extra: dict[str, Any], task: Task) -> list[str] | None:
     return [str(n) for n in names] if isinstance(names, list) else None
 
 
+def input_name(dataset: Dataset, i: int) -> str:
+    """How row i names its input: the image file (image_folder), the text (datasets with `texts`), else the index."""
+    samples, texts = getattr(dataset, "samples", None), getattr(dataset, "texts", None)
+    if isinstance(samples, list) and i < len(samples) and isinstance(samples[i], tuple):
+        return str(samples[i][0])
+    if isinstance(texts, list) and i < len(texts):
+        return str(texts[i])
+    return str(i)
+
+
 def columns(task: Task, names: list[str] | None, width: int, with_target: bool, top_k: int) -> list[str]:
     head = ["input"] + (["target"] if with_target else [])
     if task == Task.regression:
@@ -157,7 +167,7 @@ def predict(cfg: RunConfig, model: Any, engine: Engine, dataset: Dataset, names:
                     names = names if cfg.task == Task.regression or names else [str(i) for i in range(width)]
                     header = columns(cfg.task, names, width, labelled, cfg.predict.top_k)
                     writer.writerow(header)
-                keys = [str(n + i) for i in range(len(logits))] if labelled else list(y)
+                keys = [input_name(dataset, n + i) for i in range(len(logits))] if labelled else list(y)
                 targets = target_text(y, names, cfg.task) if labelled else None
                 writer.writerows(rows(cfg.task, logits, names or [], keys, targets, cfg.predict.top_k,
                                       cfg.predict.threshold))

@@ -70,13 +70,15 @@ class TaskMetrics:
     def loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return self.loss_fn(logits.float(), y)
 
-    def stats(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Sums over the batch that the metrics are made of (float64, on the device)."""
+    def stats(self, logits: torch.Tensor, y: torch.Tensor, train: bool = False) -> torch.Tensor:
+        """Sums over the batch that the metrics are made of (float64, on the device); `train`: the training
+        metrics only (no top-5 at every step)."""
         logits = logits.detach().float()
         if self.task == Task.classification:
             labels = y.argmax(1) if y.ndim == 2 else y  # soft labels (mixup): the dominant class
-            k = min(5, logits.shape[1])
-            top = logits.topk(k, dim=1).indices
+            if train or (self.size or 0) <= 5:
+                return (logits.argmax(1) == labels).sum().double().reshape(1)
+            top = logits.topk(5, dim=1).indices
             return torch.stack([(top[:, 0] == labels).sum(), (top == labels[:, None]).any(1).sum()]).double()
         if self.task == Task.multilabel:
             pred, truth = logits >= 0, y >= 0.5
