@@ -250,6 +250,10 @@ def evaluate(r: Run) -> None:
     from .training import outputs
     from .training.loop import evaluate as evaluate_loader
 
+    if r.report.missing:
+        log.warning("mode=eval: %d tensor(s) were not loaded (%s%s) and keep their random init; to evaluate trained "
+                    "weights give source.path=<run>/model.safetensors with mapping=default", len(r.report.missing),
+                    ", ".join(r.report.missing[:3]), " ..." if len(r.report.missing) > 3 else "")
     split = "test" if r.data.test is not None else "val"
     loader = r.loaders[1]
     if split == "test":
