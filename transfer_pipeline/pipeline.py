@@ -12,13 +12,13 @@ import os
 import random
 import signal
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from .errors import Interrupted, UserError
 from .names import printable_text
-from .schema import MODEL_OUTPUT_KEY, Mode, RunConfig, Task
+from .schema import MODEL_OUTPUT_KEY, Mode, OnMismatch, RunConfig, Task
 
 log = logging.getLogger(__name__)
 
@@ -120,15 +120,57 @@ def plan(r: Run) -> None:
     cfg = r.cfg
     on_meta = cfg.source.meta_init and (cfg.source.path is not None or cfg.source.weights is not None)
     r.model = build_model(cfg.model, meta=on_meta)
-    r.report, r.weights = plan_report(r.model, read_source(cfg.source), cfg.mapping, cfg.source)
+    mapping = with_rules_file(cfg.mapping)
+    source = read_source(cfg.source)
+    suggesting = cfg.mapping.suggest or (cfg.mapping.suggest is None and cfg.mode == Mode.plan)
+    try:
+        r.report, r.weights = plan_report(r.model, source, mapping, cfg.source)
+    except UserError as e:  # a name of another shape: what the rules should say is most wanted then
+        if suggesting and source is not None and "mapping.on_mismatch=error" in str(e):
+            report, weights = plan_report(r.model, source, replace(mapping, on_mismatch=OnMismatch.skip), cfg.source)
+            suggest(r, report, weights, replace(mapping, on_mismatch=OnMismatch.skip))
+        raise
     log.info(printable_text(r.report.table()))  # names come from the file: no terminal escapes
     outputs.write_json(r.run_dir / "load_report.json", r.report.to_dict())
+    if suggesting and r.weights is not None:
+        suggest(r, r.report, r.weights, mapping)
     r.summary.update(source=r.report.source, loaded_fraction=r.report.loaded_fraction,
                      loaded_tensors=len(r.report.loaded), missing_tensors=len(r.report.missing))
     if r.weights is not None and r.weights.all_files:
         r.source_hash = outputs.BackgroundHash(r.weights.all_files)  # every shard counts; lifecycle records it
     r.report.check(cfg.mapping.expect)  # after the plan is shown and written: the person sees why
     describe_preprocessing(r)
+
+
+def with_rules_file(mapping: Any) -> Any:
+    """`mapping.rules_file` (e.g. a suggested_rules.yaml): its rules after mapping.rules."""
+    if mapping.rules_file is None:
+        return mapping
+    from .mapping.suggest import read_rules_file
+    from .paths import resolve_path
+
+    return replace(mapping, rules=list(mapping.rules) + read_rules_file(resolve_path(mapping.rules_file,
+                                                                                     "mapping.rules_file")))
+
+
+def suggest(r: Run, report: Any, weights: Any, mapping: Any) -> None:
+    """Rules for what names left unmatched (mapping/suggest.py): printed, and written to suggested_rules.yaml."""
+    from .mapping.apply import describe_target
+    from .mapping.suggest import suggest_rules
+    from .training import outputs
+
+    plan = report.plan
+    if not (plan.unexpected or plan.mismatched) or not set(plan.missing) - set(plan.excluded):
+        return  # nothing on one side or the other: no rule can help
+    got = suggest_rules(weights.meta, report.target, plan, mapping, r.cfg.source, describe_target(r.model))
+    text = (f"# Suggested by mode=plan for {report.source}: loads {got.loaded} more tensor(s) ({got.elements:,} "
+            f"elements); {len(got.missing)} would stay unloaded.\n# Paste under your experiment's mapping:, or use as "
+            "is: python run.py ... mapping.rules_file=<this file>\n" + got.yaml())
+    if got.ambiguous:
+        text += "# Ambiguous, not suggested:\n" + "".join(f"#   {a}\n" for a in got.ambiguous)
+    outputs.atomic_write_bytes(r.run_dir / "suggested_rules.yaml", text.encode())
+    r.summary.update(suggested_rules=len(got.rules), suggested_loads=got.loaded, ambiguous_modules=len(got.ambiguous))
+    log.info("%s\n(written to %s)", printable_text(got.describe()), r.run_dir / "suggested_rules.yaml")
 
 
 def describe_preprocessing(r: Run) -> None:

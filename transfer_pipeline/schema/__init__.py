@@ -37,7 +37,7 @@ from .data import (  # noqa: F401
     PredictConfig,
     data_config,
 )
-from .source import AutoAlign, ExpectConfig, MappingConfig, OnMismatch, SourceConfig  # noqa: F401
+from .source import AutoAlign, ExpectConfig, MappingConfig, OnMismatch, SourceConfig, VerifyConfig  # noqa: F401
 from .task import DEFAULT_MONITOR, TASK_METRICS, Task, monitor_names  # noqa: F401
 from .trainer import (  # noqa: F401
     LOGGERS,

@@ -45,9 +45,35 @@ class ExpectConfig:
 
 
 @dataclass
+class VerifyConfig:
+    """`mapping.verify`: prove a load numerically (mapping/verify.py)."""
+
+    enabled: bool = False  # run source and target on the same input and compare (export: every tensor too)
+    input_shape: Optional[List[int]] = None  # e.g. [2, 3, 224, 224]; null = a batch of the configured data
+    source_model: Optional[Dict[str, Any]] = None  # a `_target_` of the checkpoint's own architecture (its class)
+    atol: float = 1e-5  # outputs agree when |a - b| <= atol + rtol * |b| everywhere
+    rtol: float = 1e-4
+    seed: int = 0  # the random input's seed
+
+    def __post_init__(self) -> None:
+        for key in ("atol", "rtol"):
+            if not (math.isfinite(getattr(self, key)) and getattr(self, key) >= 0):
+                raise UserError(f"mapping.verify.{key}={getattr(self, key)}: a finite tolerance >= 0.")
+        if self.input_shape is not None:
+            shape = list(self.input_shape)
+            if not shape or not all(isinstance(d, int) and not isinstance(d, bool) and 1 <= d <= 65536 for d in shape) \
+                    or math.prod(shape) > 2**28:
+                raise UserError(f"mapping.verify.input_shape={shape}: whole sizes >= 1, e.g. [2, 3, 224, 224] (a "
+                                "batch of 2), at most 2**28 elements.")
+
+
+@dataclass
 class MappingConfig:
     rules: List[Dict[str, Any]] = field(default_factory=list)  # [{from: regex, to: template, op: ..., ...}]
     on_mismatch: OnMismatch = OnMismatch.error
     exclude: List[str] = field(default_factory=list)  # target selectors never loaded (a new head)
     expect: ExpectConfig = field(default_factory=ExpectConfig)
     auto: Optional[AutoAlign] = None  # shape_order: align tensors that names leave unmatched (off: null)
+    suggest: Optional[bool] = None  # propose rules for what names leave unmatched; null = in mode=plan
+    rules_file: Optional[str] = None  # a YAML file of rules (e.g. a run's suggested_rules.yaml), after `rules`
+    verify: VerifyConfig = field(default_factory=VerifyConfig)
