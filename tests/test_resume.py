@@ -68,8 +68,16 @@ def test_sigkill_after_an_epoch_then_resume_ends_bitwise_the_same(reference, tmp
 def test_sigkill_mid_epoch_with_step_checkpoints_then_resume_is_bitwise(reference, tmp_path):
     args = [*SLOW, "trainer.checkpoint_every_steps=4"]
     proc = start_cli(*args, f"hydra.run.dir={tmp_path}", env=ENV)
-    wait_for(lambda: n_rows(tmp_path) >= 1)
-    time.sleep(0.35)  # into the second epoch, past a step checkpoint
+
+    def past_a_step_checkpoint() -> bool:  # into the second epoch, past a step checkpoint (however slow the machine)
+        if n_rows(tmp_path) < 1:
+            return False
+        try:
+            return torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)["position"]["step_in_epoch"] > 0
+        except (OSError, RuntimeError, EOFError, KeyError):
+            return False
+
+    wait_for(past_a_step_checkpoint)
     proc.kill()
     proc.communicate(timeout=30)
     position = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)["position"]
