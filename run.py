@@ -41,7 +41,9 @@ def main(cfg: DictConfig) -> float | None:
                         if src.schema == "file" and src.provider in ("main", "command-line"))
     origins = ConfigOrigins({g: c for g, c in hydra_cfg.runtime.choices.items() if not g.startswith("hydra/")},
                             overrides, config_dirs)
-    for d in config_dirs:  # your own code next to your configs: `_target_: my_data.splits` from --config-dir
+    # your own code next to your configs (`_target_: my_data.splits` from a --config-dir), or in the directory
+    # the run starts in (a --rerun of such a run, started there), as `python -m` would find it
+    for d in (*config_dirs, os.getcwd()):
         if d != str(Path(__file__).resolve().parent / "conf") and d not in sys.path:
             sys.path.append(d)
     try:

@@ -228,6 +228,9 @@ def test_your_own_module_next_to_your_configs_through_run_py(tmp_path):
     typo = run_cli("--config-dir", str(conf), "data=mine", "data.nn=3", f"hydra.run.dir={tmp_path / 'r2'}",
                    cwd=tmp_path)
     assert typo.returncode != 0 and "nn" in typo.stderr
+    again = run_cli("--rerun", str(tmp_path / "run"), f"hydra.run.dir={tmp_path / 'again'}", cwd=conf)
+    assert again.returncode == 0, again.stderr[-2000:]  # the saved config names my_data: found from the folder run in
+    assert read_json(tmp_path / "again" / "summary.json")["val_acc"] == summary["val_acc"]
 
 
 def test_losses_of_the_loss_group_compose():
