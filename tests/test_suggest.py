@@ -158,3 +158,47 @@ def test_rules_file_errors_name_the_key(run_pipeline, tmp_path):
     (tmp_path / "bad.yaml").write_text("mapping:\n  rules: 3\n")
     with pytest.raises(UserError, match=r"mapping.rules_file: .* holds no list of rules"):
         run_pipeline("mode=plan", f"mapping.rules_file={tmp_path / 'bad.yaml'}", run_dir=tmp_path / "b")
+
+
+# --- mapping.verify through the pipeline ----------------------------------------------------------------
+
+def test_suggested_rules_pass_mapping_verify_and_export(run_pipeline, tmp_path):
+    """The issue's 'done when': the plan's suggestion, applied, loads everything loadable and passes verify."""
+    with_suggestion = tmp_path / "plan"
+    summary, _ = run_pipeline("experiment=legacy_mobilenet", "mode=plan", run_dir=with_suggestion)
+    assert summary["suggested_rules"] == 8
+    exported, run_dir = run_pipeline("experiment=legacy_mobilenet", "mode=export", "mapping.verify.enabled=true",
+                                     f"mapping.rules_file={with_suggestion / 'suggested_rules.yaml'}",
+                                     run_dir=tmp_path / "export")
+    report = read_json(run_dir / "verify.json")
+    assert exported["verified"] is True and exported["loaded_fraction"] == 1.0 and report["ok"]
+    assert report["compared"] > 100 and (run_dir / "model.safetensors").is_file()
+
+
+def test_a_wrong_rule_with_fitting_shapes_fails_verify_and_nothing_is_written(run_pipeline, tmp_path):
+    """Two BatchNorms of a block have the same shapes; swapped, everything 'loads' and computes something else."""
+    rules = tmp_path / "swapped.yaml"
+    run_pipeline("experiment=legacy_mobilenet", "mode=plan", run_dir=tmp_path / "plan")
+    text = (tmp_path / "plan" / "suggested_rules.yaml").read_text()
+    swapped = text.replace("features.\\1.conv.0.1.\\2", "TMP").replace("features.\\1.conv.1.1.\\2",
+                                                                     "features.\\1.conv.0.1.\\2").replace(
+        "TMP", "features.\\1.conv.1.1.\\2")
+    assert swapped != text
+    rules.write_text(swapped)
+    with pytest.raises(UserError, match=r"mapping.verify: FAILED: first difference at target `features\.2"):
+        run_pipeline("experiment=legacy_mobilenet", "mode=export", "mapping.verify.enabled=true",
+                     f"mapping.rules_file={rules}", run_dir=tmp_path / "export")
+    assert not (tmp_path / "export" / "model.safetensors").exists()
+    assert read_json(tmp_path / "export" / "verify.json")["ok"] is False
+
+
+def test_verify_without_a_source_model_checks_every_loaded_tensor(run_pipeline, tmp_path):
+    summary, run_dir = run_pipeline("mode=export", "mapping.verify.enabled=true")  # the default: a file source
+    report = read_json(run_dir / "verify.json")
+    assert summary["verified"] is True and report["checked"] == 18 and report["mismatched"] == []
+
+
+def test_verify_in_a_training_run_takes_a_validation_batch(run_pipeline, tmp_path):
+    summary, run_dir = run_pipeline("experiment=qkv_to_mha", "mapping.verify.enabled=true", "trainer.epochs=1")
+    report = read_json(run_dir / "verify.json")
+    assert summary["status"] == "completed" and report["ok"] and report["compared"] > 0

@@ -202,6 +202,42 @@ def load(r: Run) -> None:
                          r.cfg.source.allow_nonfinite, r.cfg.source.allow_lossy_cast)
 
 
+def verify(r: Run) -> None:
+    """`mapping.verify`: prove the load before anything is written with it (mapping/verify.py).
+
+    With a source model: both run on the same seeded input (or a validation batch), compared module
+    by module; without one: every loaded tensor against its source tensor after the op.
+    """
+    v = r.cfg.mapping.verify
+    if not v.enabled:
+        return
+    from .mapping.verify import source_module, verify_inputs, verify_outputs, verify_tensors
+    from .training import outputs
+
+    if r.weights is None:
+        raise UserError("mapping.verify.enabled=true: there is no source (source.path, source.model, source.weights) "
+                        "to verify the load against.")
+    plan = r.report.plan
+    src = source_module(r.cfg.source, v, r.weights, plan.stripped_prefix)
+    if src is not None:
+        sample = None
+        if v.input_shape is None and r.loaders:
+            from .training.inputs import split_batch
+
+            sample = split_batch(next(iter(r.loaders[1])), r.cfg.data.target_key)[0]
+        result = verify_outputs(src.to(r.device), r.model, plan, verify_inputs(v, sample), v.atol, v.rtol,
+                                target_output=r.cfg.model.get(MODEL_OUTPUT_KEY))
+    else:
+        result = verify_tensors(plan, r.weights, r.model.state_dict())
+    outputs.write_json(r.run_dir / "verify.json", result.to_dict())
+    r.summary["verified"] = result.ok
+    if not result.ok:
+        raise UserError(f"{result.describe()}\nNothing was written with these weights (verify.json has the details); "
+                        "fix mapping.rules (mode=plan shows the pairs), or loosen mapping.verify.atol / rtol if the "
+                        "difference is rounding.")
+    log.info("%s", result.describe())
+
+
 def export(r: Run) -> None:
     from .training import outputs
 
@@ -456,8 +492,8 @@ def sync_batchnorm(model: Any, group: Any, device: Any) -> Any:
 # Each mode's steps, in order: a plan reads no tensor data (freezing and groups need names only).
 STEPS: dict[Mode, tuple[Callable[[Run], None], ...]] = {
     Mode.plan: (setup, plan, tune, planned),
-    Mode.export: (setup, plan, load, export),
-    Mode.eval: (setup, plan, load, tune, data, evaluate),
-    Mode.train: (setup, resume, plan, load, tune, data, fit),
+    Mode.export: (setup, plan, load, verify, export),
+    Mode.eval: (setup, plan, load, tune, data, verify, evaluate),
+    Mode.train: (setup, resume, plan, load, tune, data, verify, fit),
     Mode.predict: (setup, plan, load, predict),
 }
