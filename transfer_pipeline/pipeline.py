@@ -2,7 +2,9 @@
 
 Each mode's steps are listed in `STEPS` and done top to bottom by lifecycle.run_job, each a plain
 function of one `Run` (the config, the run folder and what the steps before it made). They take
-plain dataclasses (no Hydra): `lifecycle.run(cfg, run_dir)` runs them from Python.
+plain dataclasses (no Hydra): `lifecycle.run(cfg, run_dir)` runs them from Python. The steps that
+end a mode with its files are in results.py; the load's aids (suggested rules, verify) in
+mapping_steps.py.
 """
 
 from __future__ import annotations
@@ -16,9 +18,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from . import mapping_steps, results
 from .errors import Interrupted, UserError
 from .names import printable_text
-from .schema import MODEL_OUTPUT_KEY, Mode, OnMismatch, RunConfig, Task
+from .schema import MODEL_OUTPUT_KEY, Mode, OnMismatch, RunConfig
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +123,7 @@ def plan(r: Run) -> None:
     cfg = r.cfg
     on_meta = cfg.source.meta_init and (cfg.source.path is not None or cfg.source.weights is not None)
     r.model = build_model(cfg.model, meta=on_meta)
-    mapping = with_rules_file(cfg.mapping)
+    mapping = mapping_steps.with_rules_file(cfg.mapping)
     source = read_source(cfg.source)
     suggesting = cfg.mapping.suggest or (cfg.mapping.suggest is None and cfg.mode == Mode.plan)
     try:
@@ -128,49 +131,18 @@ def plan(r: Run) -> None:
     except UserError as e:  # a name of another shape: what the rules should say is most wanted then
         if suggesting and source is not None and "mapping.on_mismatch=error" in str(e):
             report, weights = plan_report(r.model, source, replace(mapping, on_mismatch=OnMismatch.skip), cfg.source)
-            suggest(r, report, weights, replace(mapping, on_mismatch=OnMismatch.skip))
+            mapping_steps.suggest(r, report, weights, replace(mapping, on_mismatch=OnMismatch.skip))
         raise
     log.info(printable_text(r.report.table()))  # names come from the file: no terminal escapes
     outputs.write_json(r.run_dir / "load_report.json", r.report.to_dict())
     if suggesting and r.weights is not None:
-        suggest(r, r.report, r.weights, mapping)
+        mapping_steps.suggest(r, r.report, r.weights, mapping)
     r.summary.update(source=r.report.source, loaded_fraction=r.report.loaded_fraction,
                      loaded_tensors=len(r.report.loaded), missing_tensors=len(r.report.missing))
     if r.weights is not None and r.weights.all_files:
         r.source_hash = outputs.BackgroundHash(r.weights.all_files)  # every shard counts; lifecycle records it
     r.report.check(cfg.mapping.expect)  # after the plan is shown and written: the person sees why
     describe_preprocessing(r)
-
-
-def with_rules_file(mapping: Any) -> Any:
-    """`mapping.rules_file` (e.g. a suggested_rules.yaml): its rules after mapping.rules."""
-    if mapping.rules_file is None:
-        return mapping
-    from .mapping.suggest import read_rules_file
-    from .paths import resolve_path
-
-    return replace(mapping, rules=list(mapping.rules) + read_rules_file(resolve_path(mapping.rules_file,
-                                                                                     "mapping.rules_file")))
-
-
-def suggest(r: Run, report: Any, weights: Any, mapping: Any) -> None:
-    """Rules for what names left unmatched (mapping/suggest.py): printed, and written to suggested_rules.yaml."""
-    from .mapping.apply import describe_target
-    from .mapping.suggest import suggest_rules
-    from .training import outputs
-
-    plan = report.plan
-    if not (plan.unexpected or plan.mismatched) or not set(plan.missing) - set(plan.excluded):
-        return  # nothing on one side or the other: no rule can help
-    got = suggest_rules(weights.meta, report.target, plan, mapping, r.cfg.source, describe_target(r.model))
-    text = (f"# Suggested by mode=plan for {report.source}: loads {got.loaded} more tensor(s) ({got.elements:,} "
-            f"elements); {len(got.missing)} would stay unloaded.\n# Paste under your experiment's mapping:, or use as "
-            "is: python run.py ... mapping.rules_file=<this file>\n" + got.yaml())
-    if got.ambiguous:
-        text += "# Ambiguous, not suggested:\n" + "".join(f"#   {a}\n" for a in got.ambiguous)
-    outputs.atomic_write_bytes(r.run_dir / "suggested_rules.yaml", text.encode())
-    r.summary.update(suggested_rules=len(got.rules), suggested_loads=got.loaded, ambiguous_modules=len(got.ambiguous))
-    log.info("%s\n(written to %s)", printable_text(got.describe()), r.run_dir / "suggested_rules.yaml")
 
 
 def describe_preprocessing(r: Run) -> None:
@@ -200,51 +172,6 @@ def load(r: Run) -> None:
 
     r.model = load_model(r.model, r.report.plan, r.weights, r.device, build_normally,
                          r.cfg.source.allow_nonfinite, r.cfg.source.allow_lossy_cast)
-
-
-def verify(r: Run) -> None:
-    """`mapping.verify`: prove the load before anything is written with it (mapping/verify.py).
-
-    With a source model: both run on the same seeded input (or a validation batch), compared module
-    by module; without one: every loaded tensor against its source tensor after the op.
-    """
-    v = r.cfg.mapping.verify
-    if not v.enabled:
-        return
-    from .mapping.verify import source_module, verify_inputs, verify_outputs, verify_tensors
-    from .training import outputs
-
-    if r.weights is None:
-        raise UserError("mapping.verify.enabled=true: there is no source (source.path, source.model, source.weights) "
-                        "to verify the load against.")
-    plan = r.report.plan
-    src = source_module(r.cfg.source, v, r.weights, plan.stripped_prefix)
-    if src is not None:
-        sample = None
-        if v.input_shape is None and r.loaders:
-            from .training.inputs import split_batch
-
-            sample = split_batch(next(iter(r.loaders[1])), r.cfg.data.target_key)[0]
-        result = verify_outputs(src.to(r.device), r.model, plan, verify_inputs(v, sample), v.atol, v.rtol,
-                                target_output=r.cfg.model.get(MODEL_OUTPUT_KEY))
-    else:
-        result = verify_tensors(plan, r.weights, r.model.state_dict())
-    outputs.write_json(r.run_dir / "verify.json", result.to_dict())
-    r.summary["verified"] = result.ok
-    if not result.ok:
-        raise UserError(f"{result.describe()}\nNothing was written with these weights (verify.json has the details); "
-                        "fix mapping.rules (mode=plan shows the pairs), or loosen mapping.verify.atol / rtol if the "
-                        "difference is rounding.")
-    log.info("%s", result.describe())
-
-
-def export(r: Run) -> None:
-    from .training import outputs
-
-    path = r.run_dir / "model.safetensors"
-    outputs.save_weights(path, r.model.state_dict(), {"source": str(r.summary["source"])})
-    r.summary["status"] = "exported"
-    log.info("Exported %s weights to %s", r.report.target_name, path)
 
 
 def tune(r: Run) -> None:
@@ -277,18 +204,15 @@ def tune(r: Run) -> None:
         log.info("%s%s", cache.describe(), " (checked again on a batch when training starts)" if cache.head else "")
 
 
-def planned(r: Run) -> None:
-    r.summary["status"] = "planned"
-
-
 def data(r: Run) -> None:
     """The splits and loaders, the task's loss, and one forward pass that checks model and data fit together."""
-    from .training.data import loaders
+    from .training.data import build_data, loaders
     from .training.loop import check_batch
+    from .training.task import task_metrics
 
     cfg = r.cfg
-    r.data = build_data(cfg)
-    r.task = task_metrics(cfg, r.data.class_names)
+    r.data = build_data(cfg.data, cfg.seed, cfg.source.weights)
+    r.task = task_metrics(cfg.task, cfg.loss, r.data.class_names)
     rank, world = (r.group.rank, r.group.world) if r.group is not None else (0, 1)
 
     def make(mixer=None) -> tuple:
@@ -308,81 +232,6 @@ def data(r: Run) -> None:
                      val_samples=len(r.data.val), test_samples=len(r.data.test) if r.data.test is not None else None)
     if r.data.class_names is not None:
         r.summary["classes"] = r.data.class_names
-
-
-def build_data(cfg: RunConfig) -> Any:
-    from .training.data import build_data as build
-
-    return build(cfg.data, cfg.seed, cfg.source.weights)
-
-
-def task_metrics(cfg: RunConfig, class_names: list[str] | None) -> Any:
-    from .training.task import TaskMetrics, build_loss
-
-    size = len(class_names) if class_names is not None and cfg.task != Task.regression else None
-    return TaskMetrics(cfg.task, build_loss(cfg.task, cfg.loss), size, class_names)
-
-
-def evaluate(r: Run) -> None:
-    """mode=eval: the test split when there is one (else val): eval.json, and the confusion matrix for classification."""
-    from .training import outputs
-    from .training.loop import evaluate as evaluate_loader
-
-    if r.report.missing:
-        log.warning("mode=eval: %d tensor(s) were not loaded (%s%s) and keep their random init; to evaluate trained "
-                    "weights give source.path=<run>/model.safetensors with mapping=default", len(r.report.missing),
-                    ", ".join(r.report.missing[:3]), " ..." if len(r.report.missing) > 3 else "")
-    split = "test" if r.data.test is not None else "val"
-    loader = r.loaders[1]
-    if split == "test":
-        from torch.utils.data import DataLoader
-
-        loader = DataLoader(r.data.test, batch_size=loader.batch_size, shuffle=False, num_workers=loader.num_workers)
-    result = evaluate_loader(r.model, loader, r.engine, r.task, r.cfg.trainer.limit_val_batches, detail=True)
-    confusion = result.pop("confusion", None)
-    scalars = {k: v for k, v in result.items() if not isinstance(v, dict) and k != "n"}
-    report = {"split": split, "samples": result["n"], "task": r.cfg.task.value,
-              **{f"{split}_{k}": v for k, v in scalars.items()},
-              **{k: v for k, v in result.items() if isinstance(v, dict)}}
-    outputs.write_json(r.run_dir / "eval.json", report)
-    if confusion is not None:
-        from .training.curves import write_confusion
-
-        outputs.write_json(r.run_dir / "confusion.json", confusion)
-        write_confusion(r.run_dir / "confusion.png", confusion, f"{split} split, {result['n']} samples")
-    r.summary.update(status="evaluated", eval_split=split, **{f"{split}_{k}": v for k, v in scalars.items()})
-    if split == "val":
-        r.summary.update(val_acc=result.get("acc"), val_loss=result["loss"])
-    log.info("%s (%d samples): %s", split, result["n"], "  ".join(f"{split}_{k} {v:.4f}" for k, v in scalars.items()))
-    log.info("eval.json%s written to %s", ", confusion.json and confusion.png" if confusion else "", r.run_dir)
-
-
-def predict(r: Run) -> None:
-    """mode=predict: predictions.csv for predict.input (image files) or the data's test split (else val)."""
-    from .training.predict import image_inputs, predict as predict_all, saved_classes
-    from .training.progress import bar_factory
-
-    cfg = r.cfg
-    if r.report.missing:
-        shown = ", ".join(r.report.missing[:5]) + (" ..." if len(r.report.missing) > 5 else "")
-        raise UserError(f"mode=predict: {len(r.report.missing)} tensor(s) of the model were not loaded ({shown}), so "
-                        "its predictions would come from random weights. Load every tensor: mapping=default (no "
-                        "mapping.exclude), and source.path = the trained run's model.safetensors.")
-    names = saved_classes(r.weights.extra if r.weights is not None else {}, cfg.task)
-    if cfg.predict.input is not None:
-        dataset, labelled = image_inputs(cfg), False
-    else:
-        r.data = build_data(cfg)
-        names = names or r.data.class_names
-        split = "test" if r.data.test is not None else "val"
-        dataset, labelled = getattr(r.data, split), True
-        r.summary["predict_split"] = split
-        log.info("mode=predict on the data's %s split (%d samples; predict.input names image files instead)", split,
-                 len(dataset))
-    r.model.to(r.device)
-    figures = predict_all(cfg, r.model, r.engine, dataset, names, r.run_dir / "predictions.csv",
-                          bar_factory(cfg.trainer.progress and r.engine.is_main, 1, desc="predict"), labelled)
-    r.summary.update(status="predicted", **figures)
 
 
 def resume(r: Run) -> None:
@@ -490,10 +339,11 @@ def sync_batchnorm(model: Any, group: Any, device: Any) -> Any:
 
 
 # Each mode's steps, in order: a plan reads no tensor data (freezing and groups need names only).
+verify = mapping_steps.verify
 STEPS: dict[Mode, tuple[Callable[[Run], None], ...]] = {
-    Mode.plan: (setup, plan, tune, planned),
-    Mode.export: (setup, plan, load, verify, export),
-    Mode.eval: (setup, plan, load, tune, data, verify, evaluate),
+    Mode.plan: (setup, plan, tune, results.planned),
+    Mode.export: (setup, plan, load, verify, results.export),
+    Mode.eval: (setup, plan, load, tune, data, verify, results.evaluate),
     Mode.train: (setup, resume, plan, load, tune, data, verify, fit),
-    Mode.predict: (setup, plan, load, predict),
+    Mode.predict: (setup, plan, load, results.predict),
 }

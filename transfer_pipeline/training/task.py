@@ -163,3 +163,9 @@ def check_fit(metrics: TaskMetrics, logits: torch.Tensor, y: torch.Tensor) -> No
     elif y.numel() != logits.numel():
         raise UserError(f"task=regression: the model outputs {shape} for targets of shape {tuple(y.shape)}; give the "
                         "model one output per target value (e.g. model.num_classes=1 for one value per sample).")
+
+
+def task_metrics(task: Task, loss: Mapping[str, Any] | None, class_names: list[str] | None) -> TaskMetrics:
+    """The run's TaskMetrics: the loss (`loss` node or the task's), the class count where the data names it."""
+    size = len(class_names) if class_names is not None and task != Task.regression else None
+    return TaskMetrics(task, build_loss(task, loss), size, class_names)
