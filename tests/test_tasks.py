@@ -289,3 +289,13 @@ def test_predictions_name_their_inputs_by_text_or_file_where_the_split_knows_the
     assert summary["predict_split"] == "test" and [r["input"] for r in rows] == list(test.texts)
     assert {r["predicted"] for r in rows} <= {"negative", "positive"} and "top_2" in rows[0]
     assert sum(r["predicted"] == r["target"] for r in rows) / len(rows) > 0.9
+
+
+def test_regression_metrics_do_not_depend_on_how_often_they_are_read(tmp_path):
+    rows = []
+    for every in (1, 3, 50):
+        _, run_dir = run_with(tmp_path, {"_target_": "data_targets.regression_splits"}, MLP1, "task=regression",
+                              "trainer.epochs=2", "trainer.batch_size=16", f"trainer.sync_every_steps={every}",
+                              name=f"every{every}")
+        rows.append([r.split(",")[:5] for r in (run_dir / "metrics.csv").read_text().splitlines()])
+    assert rows[0] == rows[1] == rows[2]  # train_loss, train_mae, train_rmse ... bitwise, one batch at a time

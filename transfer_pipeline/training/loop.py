@@ -254,13 +254,13 @@ def train(model: nn.Module, optimizer: torch.optim.Optimizer, train_loader, val_
         if ev.trigger.fired_by(start.epoch, start.step_in_epoch, start.global_step):
             apply_event(model, ev)
 
-    pending: list[tuple[torch.Tensor, torch.Tensor, int, int, int]] = []  # (loss, stats, batch size, batch, step)
+    pending: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, int, int]] = []  # (loss, logits, y, batch, step)
     check_first = True  # the first step of this call is checked before its update
     weigh = k > 1 or group is not None  # batches weighed within a window (by size where sizes are known)
     window_samples = 1  # samples (sized) or batches in the current window, set at its first batch
 
     def forward_backward(x: Any, y: torch.Tensor, b: int, first_in_window: bool,
-                         epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
+                         epoch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         logits = engine.forward(runner, x)
         y = task.target(y, logits)
         loss = task.loss(logits, y)
@@ -273,16 +273,17 @@ def train(model: nn.Module, optimizer: torch.optim.Optimizer, train_loader, val_
             engine.backward(loss * share)
         else:
             engine.backward(loss)
-        return loss, task.stats(logits, y, train=True)
+        return loss, logits, y
 
     def read(epoch: int, bar: Any, ask_stop: bool) -> bool:
         """Bring the pending results into the position; raise on a NaN/inf loss; whether to stop (all processes)."""
         if not pending:
             return ask_stop
-        losses, stats, sizes, batches, steps = zip(*pending)
+        losses, logits, targets, batches, steps = zip(*pending)
         pending.clear()
         values = torch.stack(losses).tolist()
-        rows = torch.stack(stats).tolist()
+        rows = task.train_rows(logits, targets)  # metric sums (one read for all of them)
+        sizes = [len(t) for t in targets]
         where = list(zip(batches, steps))
         bad = next((i for i, v in enumerate(values) if not math.isfinite(v)), None)
         if group is not None:
@@ -303,8 +304,9 @@ def train(model: nn.Module, optimizer: torch.optim.Optimizer, train_loader, val_
             pos.n += int(n)
             ask_stop = stops > 0
         else:
-            for v, m, row in zip(values, sizes, rows):  # one batch at a time: the same sums however the reads fall
+            for v, m in zip(values, sizes):  # one batch at a time: the same sums however the reads fall
                 pos.loss_sum += v * m
+            for row in rows:
                 pos.stats = [a + b for a, b in zip(pos.stats or [0.0] * len(row), row)]
             pos.n += sum(sizes)
         if bar is not None and pos.n:
@@ -356,11 +358,11 @@ def train(model: nn.Module, optimizer: torch.optim.Optimizer, train_loader, val_
             last = b + 1 - window_start == k or b + 1 == nb  # the window's last batch: the optimizer steps
             x, y = engine.batch(batch)
             if last:
-                loss, stats = forward_backward(x, y, b, b == window_start, epoch)
+                loss, logits, y = forward_backward(x, y, b, b == window_start, epoch)
             else:
                 with engine.no_sync():  # DDP averages the window's gradients once, at its last batch
-                    loss, stats = forward_backward(x, y, b, b == window_start, epoch)
-            pending.append((loss.detach(), stats, len(y), b, pos.global_step))
+                    loss, logits, y = forward_backward(x, y, b, b == window_start, epoch)
+            pending.append((loss.detach(), logits.detach(), y, b, pos.global_step))
             pos.step_in_epoch = b + 1
             if not last:
                 continue

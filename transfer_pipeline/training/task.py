@@ -14,7 +14,7 @@ task turns summed vectors into metrics. Names are `<split>_<metric>` as listed i
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -86,6 +86,15 @@ class TaskMetrics:
             return torch.stack([tp, fp, fn, (pred == truth).sum(), torch.tensor(truth.numel(), device=y.device)]).double()
         err = logits.reshape(y.shape) - y if logits.numel() == y.numel() else logits - y
         return torch.stack([err.abs().sum(), (err * err).sum(), torch.tensor(err.numel(), device=y.device)]).double()
+
+    def train_rows(self, logits: Sequence[torch.Tensor], ys: Sequence[torch.Tensor]) -> list[list[float]]:
+        """The training stats of several batches, read from the device at once: counts (classification,
+        multilabel) as one row over all of them, error sums (regression) one row per batch, so that the
+        epoch's sums are the same however the reads fall."""
+        if self.task == Task.regression:
+            return torch.stack([self.stats(a, b, train=True) for a, b in zip(logits, ys)]).tolist()
+        y = torch.cat([b if b.ndim else b.reshape(1) for b in ys])
+        return [self.stats(torch.cat(list(logits)), y, train=True).tolist()]
 
     def metrics(self, sums: list[float], n: int, split: str) -> dict[str, float]:
         """`sums` (the stats of every batch added up) -> {metric name: value}, names without the split prefix."""
