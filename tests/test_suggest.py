@@ -202,3 +202,22 @@ def test_verify_in_a_training_run_takes_a_validation_batch(run_pipeline, tmp_pat
     summary, run_dir = run_pipeline("experiment=qkv_to_mha", "mapping.verify.enabled=true", "trainer.epochs=1")
     report = read_json(run_dir / "verify.json")
     assert summary["status"] == "completed" and report["ok"] and report["compared"] > 0
+
+
+def test_a_checkpoint_file_is_verified_through_the_class_named_for_it(run_pipeline, tmp_path):
+    """source.path is a plain state dict; mapping.verify.source_model names its architecture to run it."""
+    from helpers import compose_config
+
+    from transfer_pipeline.lifecycle import run
+    from transfer_pipeline.models.legacy import LegacyMobileNetV2
+
+    ckpt = tmp_path / "legacy.pt"
+    torch.save({"state_dict": LegacyMobileNetV2(num_classes=10, width_mult=0.5, seed=3).state_dict()}, ckpt)
+    run_pipeline("experiment=legacy_mobilenet", "mode=plan", run_dir=tmp_path / "plan")
+    cfg = compose_config("experiment=legacy_mobilenet", "mode=export", "source.model=null", f"source.path={ckpt}",
+                         "mapping.verify.enabled=true",
+                         f"mapping.rules_file={tmp_path / 'plan' / 'suggested_rules.yaml'}")
+    cfg.mapping.verify.source_model = {"_target_": "transfer_pipeline.models.legacy.LegacyMobileNetV2",
+                                       "num_classes": 10, "width_mult": 0.5}
+    summary = run(cfg, tmp_path / "export")
+    assert summary["verified"] is True and read_json(tmp_path / "export" / "verify.json")["compared"] > 100

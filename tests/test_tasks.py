@@ -299,3 +299,13 @@ def test_regression_metrics_do_not_depend_on_how_often_they_are_read(tmp_path):
                               name=f"every{every}")
         rows.append([r.split(",")[:5] for r in (run_dir / "metrics.csv").read_text().splitlines()])
     assert rows[0] == rows[1] == rows[2]  # train_loss, train_mae, train_rmse ... bitwise, one batch at a time
+
+
+def test_target_nodes_can_be_given_whole_on_the_command_line():
+    """`key={_target_: ...}` on a null node: typed Any in the schema, else OmegaConf cannot assign a dict to it."""
+    cfg = compose_config("+loss={_target_: torch.nn.CrossEntropyLoss, label_smoothing: 0.1}",
+                         "source.model={_target_: transfer_pipeline.models.DigitsCNN}", "source.path=null",
+                         "mapping.verify.source_model={_target_: transfer_pipeline.models.DigitsCNN}")
+    assert cfg.loss == {"_target_": "torch.nn.CrossEntropyLoss", "label_smoothing": 0.1}
+    assert cfg.source.model["_target_"] == cfg.mapping.verify.source_model["_target_"] == \
+        "transfer_pipeline.models.DigitsCNN"

@@ -88,7 +88,7 @@ class RunConfig:
     freeze: FreezeConfig = field(default_factory=FreezeConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     data: Any = None  # DataConfig (conf/data's files are typed by it) or your own `_target_` node; see data_config
-    loss: Optional[Dict[str, Any]] = None  # a `_target_` node (conf/loss); null = the task's (cross-entropy, BCE, MSE)
+    loss: Any = None  # a `_target_` node (conf/loss); null = the task's (cross-entropy, BCE, MSE)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     predict: PredictConfig = field(default_factory=PredictConfig)
     logger: List[str] = field(default_factory=lambda: ["csv"])  # csv (always) and tensorboard

@@ -24,7 +24,7 @@ class SourceConfig:
     path: Optional[str] = None  # checkpoint file; null = no weights (architecture only)
     key: str = "auto"  # nested dict key holding the weights ('state_dict', 'model', 'ema' ...)
     trust_pickle: bool = False  # allow full pickled nn.Module files (runs code from the file)
-    model: Optional[Dict[str, Any]] = None  # a `_target_` node: build a source model in memory
+    model: Any = None  # a `_target_` node: build a source model in memory (Any: settable from the command line)
     weights: Optional[str] = None  # torchvision weights enum, e.g. ResNet18_Weights.IMAGENET1K_V1
     strip_prefixes: Optional[List[str]] = None  # null = detect ('module.', '_orig_mod.' ...); [] = none
     add_prefix: Optional[str] = None  # put in front of source names (after stripping); null = detect
@@ -50,7 +50,7 @@ class VerifyConfig:
 
     enabled: bool = False  # run source and target on the same input and compare (export: every tensor too)
     input_shape: Optional[List[int]] = None  # e.g. [2, 3, 224, 224]; null = a batch of the configured data
-    source_model: Optional[Dict[str, Any]] = None  # a `_target_` of the checkpoint's own architecture (its class)
+    source_model: Any = None  # a `_target_` of the checkpoint's own architecture (its class)
     atol: float = 1e-5  # outputs agree when |a - b| <= atol + rtol * |b| everywhere
     rtol: float = 1e-4
     seed: int = 0  # the random input's seed
