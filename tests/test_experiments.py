@@ -335,3 +335,14 @@ def test_text_source_is_reproducible_from_its_experiment(run_pipeline):
     shipped = load_file(resolve_path("pkg://transfer_pipeline/assets/text_transformer_sport_food.safetensors", "x"))
     made = load_file(run_dir / "model.safetensors")
     assert {k: v.shape for k, v in made.items()} == {k: v.shape for k, v in shipped.items()}
+
+
+def test_text_classifier_head_on_cached_features_equals_the_full_run(run_pipeline, tmp_path):
+    """Dict batches, model.output=logits and the cache together: the head alone returns the logits."""
+    args = ("experiment=text_classifier", "freeze.trainable=[classifier]", "freeze.frozen=[]", "trainer.epochs=2",
+            "trainer.progress=false")
+    cached, cached_dir = run_pipeline(*args, "trainer.cache_features=true", run_dir=tmp_path / "cached")
+    plain, plain_dir = run_pipeline(*args, run_dir=tmp_path / "plain")
+    assert cached["cache_features"] == "classifier" and plain["cache_features"] is None
+    a, b = load_file(cached_dir / "model.safetensors"), load_file(plain_dir / "model.safetensors")
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a) and cached["val_acc"] == plain["val_acc"]

@@ -127,6 +127,8 @@ def all_sentences(topics: Sequence[str] | None = None) -> list[tuple[str, int, i
 class ToyTextDataset(Dataset):
     """Tokenized sentences: item i is {"input_ids": [max_len], "attention_mask": [max_len], "labels": int}."""
 
+    augmented = False  # the same tokens every epoch: trainer.cache_features may cache a frozen encoder's outputs
+
     def __init__(self, texts: Sequence[str], labels: Sequence[int], classes: Sequence[str], max_len: int,
                  tokenizer: Vocab = VOCAB) -> None:
         if len(texts) != len(labels):

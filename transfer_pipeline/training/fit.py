@@ -66,6 +66,8 @@ def fit(cfg: RunConfig, run_dir: Path, model: nn.Module, optimizer: Any, groups:
         head_name, (train_loader, val_loader) = feature_cache.prepare(model, in_run, freeze.bn_modes,
                                                                       (train_loader, val_loader), engine)
     head = model.get_submodule(head_name) if head_name is not None else None
+    if head is not None:
+        engine.output = None  # the head alone runs from here: what it returns are the logits (model.output was checked)
     fingerprint = checkpoint.flatten(cfg)
     loggers = make_loggers(cfg.logger, run_dir, state.history) if main else []
     for lg in loggers:
