@@ -221,3 +221,9 @@ def test_a_checkpoint_file_is_verified_through_the_class_named_for_it(run_pipeli
                                        "num_classes": 10, "width_mult": 0.5}
     summary = run(cfg, tmp_path / "export")
     assert summary["verified"] is True and read_json(tmp_path / "export" / "verify.json")["compared"] > 100
+
+
+def test_a_bad_rule_in_a_rules_file_is_named_by_the_file_and_its_place(run_pipeline, tmp_path):
+    (tmp_path / "r.yaml").write_text("mapping:\n  rules:\n    - {from: 'a(', to: b}\n")
+    with pytest.raises(UserError, match=r"mapping.rules_file \(.*r.yaml\) rule \[0\]"):
+        run_pipeline("mode=plan", f"mapping.rules_file={tmp_path / 'r.yaml'}")

@@ -24,11 +24,17 @@ def with_rules_file(mapping: Any) -> Any:
     """`mapping.rules_file` (e.g. a suggested_rules.yaml): its rules after mapping.rules."""
     if mapping.rules_file is None:
         return mapping
+    from .mapping.rules import parse_rules
     from .mapping.suggest import read_rules_file
     from .paths import resolve_path
 
-    return replace(mapping, rules=list(mapping.rules) + read_rules_file(resolve_path(mapping.rules_file,
-                                                                                     "mapping.rules_file")))
+    path = resolve_path(mapping.rules_file, "mapping.rules_file")
+    rules = read_rules_file(path)
+    try:  # checked on their own first, so that an error names the file and the rule's place in it
+        parse_rules(rules)
+    except UserError as e:
+        raise UserError(str(e).replace("mapping.rules[", f"mapping.rules_file ({path}) rule [", 1)) from None
+    return replace(mapping, rules=list(mapping.rules) + rules)
 
 
 def suggest(r: Run, report: Any, weights: Any, mapping: Any) -> None:
