@@ -227,3 +227,22 @@ def test_a_bad_rule_in_a_rules_file_is_named_by_the_file_and_its_place(run_pipel
     (tmp_path / "r.yaml").write_text("mapping:\n  rules:\n    - {from: 'a(', to: b}\n")
     with pytest.raises(UserError, match=r"mapping.rules_file \(.*r.yaml\) rule \[0\]"):
         run_pipeline("mode=plan", f"mapping.rules_file={tmp_path / 'r.yaml'}")
+
+
+def test_verify_source_output_picks_the_logits_of_a_source_that_returns_a_tuple(tmp_path):
+    from helpers import compose_config
+
+    from transfer_pipeline.lifecycle import run
+
+    def verified(*extra: str) -> dict:
+        cfg = compose_config("experiment=from_scratch", "mode=export", "mapping.verify.enabled=true",
+                             "mapping.verify.input_shape=[2,1,8,8]", "source.path=null",
+                             "source.model={_target_: helpers.tuple_model}", *extra)
+        cfg.model = {"_target_": "helpers.tuple_model", "output": 0}
+        run(cfg, tmp_path / str(len(extra)))
+        return read_json(tmp_path / str(len(extra)) / "verify.json")
+
+    unpicked = verified()
+    assert unpicked["ok"] and unpicked["final_diff"] is None and "source output" in unpicked["final"]
+    picked = verified("mapping.verify.source_output=0")
+    assert picked["ok"] and picked["final_diff"] == 0.0

@@ -81,7 +81,7 @@ def verify(r: Run) -> None:
 
             sample = split_batch(next(iter(r.loaders[1])), r.cfg.data.target_key)[0]
         result = verify_outputs(src.to(r.device), r.model, plan, verify_inputs(v, sample), v.atol, v.rtol,
-                                target_output=r.cfg.model.get(MODEL_OUTPUT_KEY))
+                                source_output=v.source_output, target_output=r.cfg.model.get(MODEL_OUTPUT_KEY))
     else:
         result = verify_tensors(plan, r.weights, r.model.state_dict())
     outputs.write_json(r.run_dir / "verify.json", result.to_dict())

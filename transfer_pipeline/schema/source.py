@@ -51,11 +51,16 @@ class VerifyConfig:
     enabled: bool = False  # run source and target on the same input and compare (export: every tensor too)
     input_shape: Optional[List[int]] = None  # e.g. [2, 3, 224, 224]; null = a batch of the configured data
     source_model: Any = None  # a `_target_` of the checkpoint's own architecture (its class)
+    source_output: Optional[Any] = None  # where the source model's logits are (as model.output): an index or a name
     atol: float = 1e-5  # outputs agree when |a - b| <= atol + rtol * |b| everywhere
     rtol: float = 1e-4
     seed: int = 0  # the random input's seed
 
     def __post_init__(self) -> None:
+        if self.source_output is not None and (isinstance(self.source_output, bool)
+                                               or not isinstance(self.source_output, (int, str))):
+            raise UserError(f"mapping.verify.source_output={self.source_output!r}: a tuple index (e.g. 0) or a dict key "
+                            "/ attribute name (e.g. logits); null when the source model returns a tensor.")
         for key in ("atol", "rtol"):
             if not (math.isfinite(getattr(self, key)) and getattr(self, key) >= 0):
                 raise UserError(f"mapping.verify.{key}={getattr(self, key)}: a finite tolerance >= 0.")
