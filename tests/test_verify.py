@@ -237,13 +237,19 @@ def test_a_torchscript_source_compares_the_final_output(tmp_path):
 
 # --- the source as a model --------------------------------------------------------------------------
 
-def test_source_model_is_rebuilt_with_the_source_tensors(qkv_rules):
+def test_the_source_model_is_the_one_read_and_a_named_class_is_built_with_the_source_tensors(qkv_rules):
+    from transfer_pipeline.sources.read import read_source
+
     node = {"_target_": "transfer_pipeline.models.QKVTransformer", "num_classes": 5}
+    read = read_source(SourceConfig(model=node))  # source.model: built once, kept by the reader
+    rng = torch.random.get_rng_state()
+    assert source_module(SourceConfig(model=node), VerifyConfig(), read) is read.module  # not built a second time
+    assert torch.equal(torch.random.get_rng_state(), rng)
     torch.manual_seed(0)
     original = QKVTransformer(num_classes=5)
     weights = read_object(original.state_dict())
     rng = torch.random.get_rng_state()
-    rebuilt = source_module(SourceConfig(model=node), VerifyConfig(), weights)  # a fresh random init, then filled
+    rebuilt = source_module(SourceConfig(path="x"), VerifyConfig(source_model=node), weights)  # init, then filled
     assert torch.equal(torch.random.get_rng_state(), rng)  # the run's later randomness is not shifted by verify
     assert rebuilt is not original
     assert all(torch.equal(v, original.state_dict()[k]) for k, v in rebuilt.state_dict().items())

@@ -264,7 +264,7 @@ def suggest_rules(source: Mapping[str, TensorMeta], target: Mapping[str, TensorM
     ambiguous = [f"source {src_leaves[i].module or '(top level)'} {_sig(src_leaves[i])} could be target "
                  + " or ".join(tgt_leaves[j].module for j in js[:4]) + (" ..." if len(js) > 4 else "")
                  + (" (or nothing)" if len(js) == 1 else "") for i, js in unsure]
-    rules = _checked(generalise(pairs), pairs, source, target, plan, mapping, prefixes, info, plan_load) if pairs else []
+    rules = _checked(generalise(pairs), pairs, source, target, plan, mapping, prefixes, info) if pairs else []
     with_rules = plan_load(source, target, replace(mapping, rules=list(mapping.rules) + rules), prefixes, info)
     before = {e.target for e in plan.entries}
     added = [e for e in with_rules.entries if e.target not in before]
@@ -277,10 +277,11 @@ def _sig(leaf: Leaf) -> str:
 
 
 def _checked(made: list[tuple[dict[str, str], list[list[str]]]], pairs: Mapping[str, str], source, target, plan,
-             mapping, prefixes, info, plan_load) -> list[dict[str, str]]:
+             mapping, prefixes, info) -> list[dict[str, str]]:
     """The rules as made, else narrowed to their values, else one literal rule per tensor: the first of
     these that, planned with, loads exactly the pairs and changes nothing that loaded before."""
     from ..errors import UserError
+    from .plan import plan_load
 
     want = set(pairs.values())
     before = {e.target: e.sources for e in plan.entries}

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import os
-import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -373,25 +372,18 @@ def verify_inputs(cfg: VerifyConfig, sample: Any | None = None) -> Any:
 
 def source_module(source: SourceConfig, verify: VerifyConfig, weights: SourceWeights | None,
                   stripped_prefix: str = "") -> nn.Module | None:
-    """The source as a model to run, or None: `mapping.verify.source_model` or `source.model` (built again, then
-    given the source's tensors: read.py keeps only the state dict), or a TorchScript archive (loaded again)."""
-    from ..build import build_model, instantiate
+    """The source as a model to run, or None: `mapping.verify.source_model` (the checkpoint's class, built
+    and given the source's tensors), else the module the source was read from (`source.model`, a
+    TorchScript archive: sources/read.py keeps it)."""
+    from ..build import build_model
 
     if weights is None:
         return None
-    if verify.source_model is not None or source.model is not None:
-        where = "mapping.verify.source_model" if verify.source_model is not None else "source.model"
-        with torch.random.fork_rng(devices=[]):  # its random init is overwritten: leave the run's RNG as it was
-            model = (build_model(verify.source_model, where) if verify.source_model is not None
-                     else instantiate(source.model, where))
-        if not isinstance(model, nn.Module):
-            return None  # a builder returning a state dict: there is no model to run
-    elif weights.format == "TorchScript archive" and weights.path is not None:
-        with warnings.catch_warnings():  # torch deprecates jit.load: nothing a user can act on (as in read.py)
-            warnings.simplefilter("ignore", FutureWarning)
-            return torch.jit.load(str(weights.path), map_location="cpu")  # its own weights are the source's
-    else:
-        return None
+    if verify.source_model is None:
+        return weights.module if isinstance(weights.module, nn.Module) else None
+    where = "mapping.verify.source_model"
+    with torch.random.fork_rng(devices=[]):  # its random init is overwritten: leave the run's RNG as it was
+        model = build_model(verify.source_model, where)
     state = model.state_dict()
     stored = {k: next((n for n in (k, stripped_prefix + k) if n in weights.meta), None) for k in state}
     absent = [k for k, n in stored.items() if n is None]

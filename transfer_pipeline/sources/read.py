@@ -54,6 +54,7 @@ class SourceWeights:
     # key path -> its weights, when source.key=auto leaves a choice (then `meta` is empty until one is chosen)
     candidates: dict[str, SourceWeights] = field(default_factory=dict)
     files: list[Path] = field(default_factory=list)  # every file read (a shard index and its shards); [] = [path]
+    module: Any = None  # the nn.Module (or TorchScript module) read, where there is one: mapping.verify runs it
 
     @property
     def all_files(self) -> list[Path]:
@@ -202,9 +203,11 @@ def _read_torchscript(path: Path, key: str) -> SourceWeights:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(f"source.path: cannot read {path} as a TorchScript archive ({first[:200]}). "
                         "Is the file truncated or corrupt?") from None
-    return _from_state_dict(dict(module.state_dict()), f"file {path}", path,
-                            [f"TorchScript archive: weights of {module.original_name} read by torch.jit.load"],
-                            format="TorchScript archive")
+    src = _from_state_dict(dict(module.state_dict()), f"file {path}", path,
+                           [f"TorchScript archive: weights of {module.original_name} read by torch.jit.load"],
+                           format="TorchScript archive")
+    src.module = module
+    return src
 
 
 def _read_torch(path: Path, key: str, trust_pickle: bool, zipped: bool) -> SourceWeights:
@@ -317,16 +320,23 @@ def read_path(path: Path, key: str = "auto", trust_pickle: bool = False, given: 
     return _read_file(path, key, trust_pickle)
 
 
-def _read_torchvision_weights(name: str) -> SourceWeights:
-    import torch
+def weights_enum(name: str) -> Any:
+    """The torchvision weights enum member `source.weights` names (`ResNet18_Weights.IMAGENET1K_V1`, with or
+    without `torchvision.models.`); its file is not fetched (the preprocessing reads its transforms too)."""
     from torchvision.models import get_weight
 
-    short = name.removeprefix("torchvision.models.")
     try:
-        weights = get_weight(short)
+        return get_weight(name.removeprefix("torchvision.models."))
     except (ValueError, KeyError, AttributeError) as e:
         raise UserError(f"source.weights: {name!r} is not a torchvision weights enum ({e}). "
                         "Write it like ResNet18_Weights.IMAGENET1K_V1.") from None
+
+
+def _read_torchvision_weights(name: str) -> SourceWeights:
+    import torch
+
+    short = name.removeprefix("torchvision.models.")
+    weights = weights_enum(name)
     cache = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
     if not cache.is_file():
         try:
@@ -349,7 +359,9 @@ def _read_model(node: Mapping[str, Any]) -> SourceWeights:
 
     obj = instantiate(node, "source.model")
     if isinstance(obj, nn.Module):
-        return _from_state_dict(obj.state_dict(), f"model {node['_target_']}", format="model in memory")
+        src = _from_state_dict(obj.state_dict(), f"model {node['_target_']}", format="model in memory")
+        src.module = obj  # its tensors are the state dict's: kept at no cost
+        return src
     if isinstance(obj, Mapping) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
         return _from_state_dict(dict(obj), f"state dict from {node['_target_']}", format="state dict in memory")
     raise UserError(f"source.model._target_: {node['_target_']} returned {type(obj).__name__}; expected an "

@@ -14,7 +14,6 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 from ..errors import UserError
 from ..schema import DataConfig
 
-IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 DIGITS_MEAN, DIGITS_STD = [0.30], [0.38]  # pixel statistics of the 8x8 digits scaled to [0, 1]
 
 

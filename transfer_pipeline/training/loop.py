@@ -77,9 +77,9 @@ def evaluate(model: nn.Module, loader, engine: Engine, task: TaskMetrics | None 
         y = task.target(y, logits)
         losses.append(task.loss(logits, y) * len(y))
         stats.append(task.stats(logits, y))
-        if detail:
-            c = task.detail(logits, y)
-            counts = c if counts is None else (counts + c if c is not None else None)
+        c = task.detail(logits, y) if detail else None
+        if c is not None:
+            counts = c if counts is None else counts + c
         n += len(y)
     if not n:
         return {"loss": math.nan, **task.metrics([], 0, "val")}

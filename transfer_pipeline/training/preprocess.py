@@ -51,18 +51,6 @@ def _floats(values: tuple[float, ...]) -> str:
     return "[" + ", ".join(f"{v:.6g}" for v in values) + "]"
 
 
-def weights_enum(name: str) -> Any:
-    """The torchvision weights enum member named by source.weights (same spelling as sources/read.py)."""
-    from torchvision.models import get_weight
-
-    short = name.removeprefix("torchvision.models.")
-    try:
-        return get_weight(short)
-    except (ValueError, KeyError, AttributeError) as e:
-        raise UserError(f"source.weights: {name!r} is not a torchvision weights enum ({e}). "
-                        "Write it like ResNet18_Weights.IMAGENET1K_V1.") from None
-
-
 def _single_size(value: Any) -> int | None:
     """A preset's size ([224] in torchvision) as a positive int, or None when it is anything else."""
     if isinstance(value, (list, tuple)) and len(value) == 1:
@@ -72,6 +60,8 @@ def _single_size(value: Any) -> int | None:
 
 def _from_weights(name: str) -> tuple[int, int, str, tuple[float, ...], tuple[float, ...], str]:
     from torchvision.transforms._presets import ImageClassification
+
+    from ..sources.read import weights_enum
 
     weights = weights_enum(name)
     label = f"{type(weights).__name__}.{weights.name}"
