@@ -11,8 +11,9 @@ from torch import nn
 import transfer_pipeline as tp
 from transfer_pipeline.errors import UserError
 from transfer_pipeline.mapping.plan import LoadEntry, LoadPlan
-from transfer_pipeline.mapping.verify import (paired_modules, source_module, verify_inputs, verify_outputs,
-                                              verify_tensors)
+from transfer_pipeline.mapping.pairs import paired_modules
+from transfer_pipeline.mapping.verify import source_module, verify_inputs, verify_outputs
+from transfer_pipeline.mapping.verify_tensors import verify_tensors
 from transfer_pipeline.models import BackboneNet, FeaturesNet, GPT2StyleTransformer, MHATransformer, QKVTransformer
 from transfer_pipeline.schema import SourceConfig, VerifyConfig
 from transfer_pipeline.sources.read import read_object, read_path

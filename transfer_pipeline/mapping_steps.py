@@ -66,7 +66,8 @@ def verify(r: Run) -> None:
     v = r.cfg.mapping.verify
     if not v.enabled:
         return
-    from .mapping.verify import source_module, verify_inputs, verify_outputs, verify_tensors
+    from .mapping.verify import source_module, verify_inputs, verify_outputs
+    from .mapping.verify_tensors import verify_tensors
     from .training import outputs
 
     if r.weights is None:

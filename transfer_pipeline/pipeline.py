@@ -207,7 +207,7 @@ def tune(r: Run) -> None:
 def data(r: Run) -> None:
     """The splits and loaders, the task's loss, and one forward pass that checks model and data fit together."""
     from .training.data import build_data, loaders
-    from .training.loop import check_batch
+    from .training.batch_checks import check_batch
     from .training.task import task_metrics
 
     cfg = r.cfg

@@ -33,7 +33,7 @@ def export(r: Run) -> None:
 def evaluate(r: Run) -> None:
     """mode=eval: the test split when there is one (else val): eval.json, and the confusion matrix for classification."""
     from .training import outputs
-    from .training.loop import evaluate as evaluate_loader
+    from .training.evaluate import evaluate as evaluate_loader
 
     if r.report.missing:
         log.warning("mode=eval: %d tensor(s) were not loaded (%s%s) and keep their random init; to evaluate trained "

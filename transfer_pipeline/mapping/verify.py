@@ -1,15 +1,14 @@
 """`mapping.verify`: prove a load numerically, not just by names and shapes.
 
 With a source model: run source and target on the same seeded input and compare the outputs of
-the modules the plan pairs (hooks), then the final outputs; the report names the first target
-module, in the order the target computed them, whose output differs. Without one: every loaded
-tensor must equal its source tensor after the entry's op, bit for bit (what mode=export writes).
+the modules the plan pairs (pairs.py, hooks here), then the final outputs; the report names the
+first target module, in the order the target computed them, whose output differs. Without one:
+verify_tensors.py checks every loaded tensor against its source tensor after the op, bit for bit.
 """
 
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -18,75 +17,11 @@ import torch
 from torch import nn
 
 from ..errors import UserError
-from ..names import parents, split_name
 from ..schema import SourceConfig, VerifyConfig
 from ..sources.read import SourceWeights
 from ..training.inputs import call, pick_output, shape_text, to_device
-from .op_kernels import apply_op
+from .pairs import EXACT_OPS, paired_modules
 from .plan import LoadPlan
-
-# Ops that only re-lay out the same numbers: a module fed them computes what the source module did.
-# adapt_channels, select and interpolate change the function, so their modules are not compared.
-EXACT_OPS = frozenset({"copy", "concat", "split", "transpose", "reshape"})
-
-
-def _in_source(name: str, modules: set[str], prefix: str) -> str | None:
-    """A stored source name as the source model names it (a checkpoint may carry `module.`); None: not in it."""
-    for n in (name, name[len(prefix):] if prefix and name.startswith(prefix) else None):
-        if n is not None and split_name(n)[0] in modules:
-            return n
-    return None
-
-
-def _ancestors(name: str) -> list[str]:
-    return [*parents(name), name]  # '' first, then each module path down to the name itself
-
-
-def paired_modules(plan: LoadPlan, source_modules: Iterable[str],
-                   target_modules: Iterable[str]) -> list[tuple[str, str]]:
-    """(source module, target module) pairs that compute the same function if the load is right, target order.
-
-    T pairs with S when every tensor under T loads by an exact op from tensors under S, none under T
-    is left unloaded, and every used tensor under S goes under T; S is the deepest such module.
-    Wrappers with the same tensors (and no unused ones) pair too, innermost first, a target container
-    (not owning its tensors directly) never with a source leaf. The target root is left to the
-    final-output check. Names only: no model is needed.
-    """
-    smods, tmods = set(source_modules) | {""}, [t for t in target_modules if t]
-    writes: dict[str, list[tuple[str, list, bool]]] = {}  # target module -> (target, sources, exact) under it
-    feeds: dict[str, set[str]] = {}  # source module -> the targets of every entry reading a tensor under it
-    for e in plan.entries:
-        srcs = [_in_source(n, smods, plan.stripped_prefix) for n in e.sources]
-        for m in _ancestors(e.target):
-            writes.setdefault(m, []).append((e.target, srcs, e.op in EXACT_OPS))
-        for m in {a for n in srcs if n is not None for a in _ancestors(n)}:
-            feeds.setdefault(m, set()).add(e.target)
-    # an unloaded tensor (fresh init) changes its modules' function; the BN counter has no effect in eval
-    unloaded = {a for n in plan.missing if not n.endswith("num_batches_tracked") for a in _ancestors(n)}
-    spare = {a for n in plan.unexpected for a in _ancestors(_in_source(n, smods, plan.stripped_prefix) or n)}
-
-    chains: dict[str, tuple[bool, list[tuple[bool, str]]]] = {}  # deepest S -> (S is a leaf, [(T is a leaf, T)])
-    for t in tmods:
-        mine = writes.get(t, [])
-        if not mine or t in unloaded or not all(exact and None not in srcs for _, srcs, exact in mine):
-            continue
-        owners = [split_name(n)[0] for _, srcs, _ in mine for n in srcs]
-        s = ".".join(os.path.commonprefix([o.split(".") for o in owners]))  # the deepest module holding them all
-        while s not in smods:
-            s = parents(s)[-1]
-        if all(x.startswith(t + ".") for x in feeds[s]):  # (x: tensor names)
-            leaf = all(split_name(name)[0] == t for name, _, _ in mine)
-            chains.setdefault(s, (all(o == s for o in owners), []))[1].append((leaf, t))
-    pairs: dict[str, str] = {}
-    for s, (s_leaf, ts) in chains.items():
-        up = [a for a in reversed(parents(s)) if a in smods]  # wrappers around s: the same tensors, nothing else
-        up = up[:next((i for i, a in enumerate(up) if feeds[a] != feeds[s] or a in spare), len(up))]
-        ts.sort(key=lambda lt: -lt[1].count("."))
-        leaves, containers = [t for leaf, t in ts if leaf], [t for leaf, t in ts if not leaf]
-        pairs.update(zip(leaves, [s]))  # a target leaf (at most one, the innermost) with the deepest source module
-        pairs.update(zip(containers, up if leaves or s_leaf else [s, *up]))  # a container never with a source leaf
-    return [(pairs[t], t) for t in tmods if t in pairs]
-
 
 def _num(x: float) -> float | str:
     return x if math.isfinite(x) else str(x)  # json has no inf / nan
@@ -302,62 +237,6 @@ def _final(res: VerifyResult, plan: LoadPlan, source: tuple, target: tuple) -> b
                      f"the final outputs differ (max |diff| {res.final_diff:.3g}, atol {res.atol:g}, rtol {res.rtol:g})")
         return agree
     return None
-
-
-@dataclass
-class TensorCheck:
-    """What `verify_tensors` found: every loaded tensor against its source after the op, bit for bit."""
-
-    ok: bool
-    checked: int
-    mismatched: list[str] = field(default_factory=list)  # target names, in plan order
-    details: list[str] = field(default_factory=list)  # one line per mismatch
-
-    @property
-    def first_mismatch(self) -> str | None:
-        return self.mismatched[0] if self.mismatched else None
-
-    def describe(self) -> str:
-        if self.ok:
-            return f"mapping.verify: all {self.checked} loaded tensors equal their source tensors after the op (bitwise)"
-        return (f"mapping.verify: FAILED: {len(self.mismatched)} of {self.checked} loaded tensors are not their "
-                f"source tensors after the op; first: {self.details[0]}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "first_mismatch": self.first_mismatch}
-
-
-def _bits(t: torch.Tensor) -> torch.Tensor:
-    # bytes, not values: torch.equal calls NaN unequal to itself and -0.0 equal to 0.0
-    return t.contiguous().reshape(-1).view(torch.uint8) if t.is_floating_point() or t.is_complex() else t
-
-
-def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
-    return a.shape == b.shape and a.dtype == b.dtype and torch.equal(_bits(a), _bits(b.to(a.device)))
-
-
-@torch.no_grad()
-def verify_tensors(plan: LoadPlan, source: SourceWeights, target_state: Mapping[str, torch.Tensor]) -> TensorCheck:
-    """Recompute every planned entry from the source (op, then the target's dtype) and compare bitwise.
-
-    `target_state`: the loaded model's `state_dict()` (or the export about to be written). Tied
-    names must hold what their loaded alias holds. Reads each source tensor once per entry.
-    """
-    bad: list[tuple[str, str]] = []
-    for e in plan.entries:
-        have = target_state.get(e.target)
-        if have is None:
-            bad.append((e.target, f"{e.target}: not in the target's state dict"))
-            continue
-        want = apply_op(e.op, [source.get(n) for n in e.sources], e.args).to(device=have.device, dtype=have.dtype)
-        if not _same_bits(have, want):
-            diff = "shape" if have.shape != want.shape else f"max |diff| {float((have.double() - want.double()).abs().max()):.3g}"
-            bad.append((e.target, f"{e.target} (from {' + '.join(e.sources)} by {e.op}): {diff}"))
-    for name, alias in plan.tied.items():
-        if name in target_state and alias in target_state and not _same_bits(target_state[name], target_state[alias]):
-            bad.append((name, f"{name}: tied to {alias} but holds other values"))
-    checked = len(plan.entries) + len(plan.tied)
-    return TensorCheck(not bad, checked, [n for n, _ in bad], [d for _, d in bad])
 
 
 def verify_inputs(cfg: VerifyConfig, sample: Any | None = None) -> Any:

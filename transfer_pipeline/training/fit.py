@@ -19,9 +19,10 @@ from torch import nn
 from ..schema import FinalWeights, RunConfig
 from . import checkpoint, outputs
 from .curves import write_curves
-from .loggers import make_loggers
 from .engine import Engine
-from .loop import Position, StopTraining, TrainState, evaluate, steps_per_epoch, train
+from .evaluate import evaluate
+from .loggers import make_loggers
+from .loop import Position, StopTraining, TrainState, steps_per_epoch, train
 from .monitor import Best, EarlyStop, make_ema, monitor_mode
 from .progress import bar_factory
 
