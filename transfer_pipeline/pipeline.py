@@ -227,7 +227,8 @@ def data(r: Run) -> None:
     if cfg.data.mixup or cfg.data.cutmix:  # needs the class count, which the check may have just learnt
         from .training.preprocess import batch_mixer
 
-        r.loaders = make(batch_mixer(cfg.data.mixup, cfg.data.cutmix, r.task.size))
+        r.loaders = (make(batch_mixer(cfg.data.mixup, cfg.data.cutmix, r.task.size))[0], r.loaders[1])  # the val
+        # loader that was checked stays: its workers (data.num_workers) have started
     r.summary.update(task=cfg.task.value, num_classes=r.task.size, train_samples=len(r.data.train),
                      val_samples=len(r.data.val), test_samples=len(r.data.test) if r.data.test is not None else None)
     if r.data.class_names is not None:
