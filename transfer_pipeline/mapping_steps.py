@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import logging
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .errors import UserError
+from .run_state import Run
 from .names import printable_text
 from .schema import MODEL_OUTPUT_KEY
 
-if TYPE_CHECKING:
-    from .pipeline import Run
 
 log = logging.getLogger(__name__)
 

@@ -1,18 +1,16 @@
 """The steps that end a mode with what it writes: export (model.safetensors), evaluate (eval.json,
 the confusion matrix), predict (predictions.csv), and a plan's end.
 
-Steps of pipeline.STEPS, each a plain function of one `pipeline.Run`.
+Steps of pipeline.STEPS, each a plain function of one `run_state.Run`.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
 
 from .errors import UserError
+from .run_state import Run
 
-if TYPE_CHECKING:
-    from .pipeline import Run
 
 log = logging.getLogger(__name__)
 
