@@ -28,7 +28,7 @@ def main(cfg: DictConfig) -> float | None:
     from hydra.types import RunMode
 
     from transfer_pipeline.errors import ConfigOrigins, UserError
-    from transfer_pipeline.lifecycle import Interrupted, run_job
+    from transfer_pipeline.run.lifecycle import Interrupted, run_job
 
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
@@ -102,7 +102,7 @@ def rerun_arguments(argv: list[str]) -> list[str]:
         print(f"run.py: --rerun needs a run folder holding .hydra/config.yaml (got {argv[i + 1] if folder else 'nothing'}); "
               "e.g. python run.py --rerun outputs/2026-12-01/10-00-00", file=sys.stderr)
         sys.exit(2)
-    guard = "+hydra.callbacks.run_folder={_target_: transfer_pipeline.hydra_callbacks.RunFolderGuard}"
+    guard = "+hydra.callbacks.run_folder={_target_: transfer_pipeline.hydra_edge.callbacks.RunFolderGuard}"
     return [*argv[:i], "--config-path", str(folder / ".hydra"), "--config-name", "config", *argv[i + 2:], guard]
 
 
@@ -145,7 +145,7 @@ if __name__ == "__main__":
         sys.argv = [a for a in sys.argv if not a.startswith("hydra.run.dir=")] + [f"hydra.run.dir={folder}"]
     try:
         main()
-        from transfer_pipeline.hydra_callbacks import INCOMPLETE_JOBS
+        from transfer_pipeline.hydra_edge.callbacks import INCOMPLETE_JOBS
 
         failed = list(dict.fromkeys([*FAILED_JOBS, *INCOMPLETE_JOBS]))  # jobs run here, and those a launcher ran elsewhere
         if failed:

@@ -109,7 +109,7 @@ def make_side(make_model, x, y, args, device, trainable: str | None):
     import torch
     from torch.utils.data import TensorDataset
 
-    from transfer_pipeline.training.data import DataBundle, loaders
+    from transfer_pipeline.data.datasets import DataBundle, loaders
 
     torch.manual_seed(0)
     model = make_model().to(device)

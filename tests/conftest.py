@@ -1,4 +1,8 @@
-"""Shared fixtures: compose the real configs, run the pipeline in a temporary run folder."""
+"""Shared fixtures: compose the real configs, run the pipeline in a temporary run folder.
+
+Layout: tests/unit/<stage>/ mirrors the package; tests/e2e/ runs whole runs (CLI, experiments, resume,
+sweeps, the run folder) and is marked `slow` here, so `pytest -m "not slow"` is the quick inner loop.
+"""
 
 from __future__ import annotations
 
@@ -48,7 +52,7 @@ def compose():
 @pytest.fixture
 def run_pipeline(tmp_path):
     """run_pipeline(*overrides) -> (summary, run_dir): the whole pipeline in-process."""
-    from transfer_pipeline.lifecycle import run
+    from transfer_pipeline.run.lifecycle import run
 
     def _run(*overrides: str, run_dir: Path | None = None):
         run_dir = run_dir or tmp_path / "run"
@@ -88,7 +92,13 @@ def has_cuda() -> bool:
     return torch.cuda.is_available()
 
 
+E2E = Path(__file__).resolve().parent / "e2e"
+
+
 def pytest_collection_modifyitems(config, items):
+    for item in items:  # everything under tests/e2e/ is end-to-end: `pytest -m "not slow"` leaves it out
+        if E2E in Path(item.fspath).resolve().parents:
+            item.add_marker(pytest.mark.slow)
     if any("cuda" in item.keywords for item in items) and not has_cuda():
         skip = pytest.mark.skip(reason="needs a CUDA device; none here")
         for item in items:

@@ -68,7 +68,7 @@ def make_plan(source, target, rules=(), on_mismatch="error", exclude=(), strip_p
               add_prefix=None):
     """`plan_load` from plain values, converted as the Python API converts its keyword arguments."""
     from transfer_pipeline.mapping.plan import plan_load
-    from transfer_pipeline.options import load_options
+    from transfer_pipeline.schema.options import load_options
 
     mapping, prefixes = load_options(rules=list(rules), on_mismatch=on_mismatch, exclude=list(exclude),
                                      strip_prefixes=strip_prefixes, auto=auto, add_prefix=add_prefix)

@@ -33,8 +33,8 @@ from .mapping.apply import (
 from .mapping.nested import choose_nested
 from .mapping.plan import plan_load
 from .mapping.report import LoadReport
-from .options import build_node, load_options
-from .paths import resolve_path
+from .schema.options import build_node, load_options
+from .files import resolve_path
 from .schema import FreezeConfig, MappingConfig, OptimConfig, SourceConfig
 from .sources.read import SourceWeights, read_object, read_path
 from .tuning.batchnorm import hold_bn_modes

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import UserError
-from ..paths import check_path, resolve_path
+from ..files import check_path, resolve_path
 
 INTERPOLATE_MODES = {"nearest": (1, 2, 3), "area": (1, 2, 3), "linear": (1,), "bilinear": (2,),
                      "bicubic": (2,), "trilinear": (3,)}

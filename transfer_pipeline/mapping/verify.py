@@ -19,7 +19,7 @@ from torch import nn
 from ..errors import UserError
 from ..schema import SourceConfig, VerifyConfig
 from ..sources.read import SourceWeights
-from ..training.inputs import call, pick_output, shape_text, to_device
+from ..model_io import call, pick_output, shape_text, to_device
 from .pairs import EXACT_OPS, paired_modules
 from .plan import LoadPlan
 

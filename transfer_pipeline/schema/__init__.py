@@ -26,7 +26,7 @@ from typing import Any, Dict, List
 
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from ..checks import check_count
+from .checks import check_count
 from ..errors import UserError, did_you_mean
 from .data import (  # noqa: F401
     DATA_TARGET_KEYS,
@@ -137,7 +137,7 @@ def register_configs() -> None:
     """Put the schema into Hydra's ConfigStore (conf/config.yaml lists `config_schema` first)."""
     from hydra.core.config_store import ConfigStore
 
-    from ..hydra_resolvers import fresh_dir, job_device
+    from .resolvers import fresh_dir, job_device
 
     ConfigStore.instance().store(name="config_schema", node=RunConfig)
     ConfigStore.instance().store(group="data", name="builtin_schema", node=DataConfig)  # conf/data/*.yaml start from it

@@ -8,7 +8,7 @@ from typing import Any, Dict, List, Optional
 
 from omegaconf import OmegaConf
 
-from ..checks import _is_count, check_count, check_number
+from .checks import _is_count, check_count, check_number
 from ..errors import UserError
 
 MAX_IMAGE_SIZE = 4096  # larger inputs exhaust memory long before they train

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Optional
 
-from ..checks import check_count, check_number
+from .checks import check_count, check_number
 from ..errors import UserError
 
 PRECISIONS = ("32", "bf16", "16")

@@ -9,7 +9,7 @@ from typing import Any, List, Optional
 
 from omegaconf import MISSING
 
-from ..checks import check_lr_fields, check_number
+from .checks import check_lr_fields, check_number
 from ..errors import UserError
 
 

@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-rows", type=int, default=40, help="most tree rows shown (default 40)")
     parser.add_argument("--trust-pickle", action="store_true", help="allow full pickled modules (runs code)")
     args = parser.parse_args(argv)
-    from ..paths import resolve_path
+    from ..files import resolve_path
 
     try:
         summary = read(resolve_path(args.path), args.key, args.trust_pickle)

@@ -25,7 +25,7 @@ from typing import Any
 
 from ..errors import UserError
 from ..names import printable
-from ..paths import check_path, resolve_path
+from ..files import check_path, resolve_path
 from .safe_load import torch_load
 from ..schema import SourceConfig
 from ..tensor_meta import TensorMeta, meta_of

@@ -9,9 +9,9 @@ import torch
 from torch import nn
 
 from ..errors import UserError
-from .batches import ShuffledBatches
+from ..data.batches import ShuffledBatches
 from .engine import Engine
-from .inputs import finite, first_rows, shape_text, split_batch
+from ..model_io import finite, first_rows, shape_text, split_batch
 from .task import TaskMetrics, check_fit
 
 

@@ -11,9 +11,7 @@ Everything in it is a tensor, a number, a string or a container of them, so it l
 
 from __future__ import annotations
 
-import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +19,7 @@ import numpy as np
 import torch
 
 from ..errors import UserError
-from .outputs import FILE_MODE
+from ..files import atomic_path
 
 FORMAT = 1
 LAST = "last.pt"
@@ -51,17 +49,9 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def save(path: Path, state: dict[str, Any]) -> None:
-    """`torch.save` to `.last.pt.XXXX.tmp` beside `path`, then rename (the umask's permissions)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), FILE_MODE)
-            torch.save({"format": FORMAT, **state}, f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """`torch.save`, whole or not at all (`files.atomic_path`)."""
+    with atomic_path(path) as tmp:
+        torch.save({"format": FORMAT, **state}, tmp)
 
 
 def load(path: Path) -> dict[str, Any]:

@@ -26,7 +26,7 @@ def write_curves(path: Path, history: Sequence[dict[str, Any]], events: Sequence
     except ImportError:
         log.info("matplotlib is not installed: no curves.png written (pip install matplotlib)")
         return False
-    from .outputs import atomic_write_bytes
+    from ..files import atomic_write_bytes
 
     epochs = [int(r["epoch"]) + 1 for r in history]
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6), constrained_layout=True)
@@ -72,7 +72,7 @@ def write_confusion(path: Path, confusion: dict[str, Any], title: str) -> bool:
         return False
     import io
 
-    from .outputs import atomic_write_bytes
+    from ..files import atomic_write_bytes
 
     names, matrix = confusion["classes"], confusion["matrix"]
     k = len(names)

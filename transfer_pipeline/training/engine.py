@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ..errors import UserError
-from .inputs import call, pick_output, split_batch, to_device
+from ..model_io import call, pick_output, split_batch, to_device
 
 PRECISIONS = {"32": None, "bf16": torch.bfloat16, "16": torch.float16}
 _NO_AUTOCAST = contextlib.nullcontext()

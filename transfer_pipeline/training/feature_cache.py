@@ -93,7 +93,7 @@ def head_inputs(model: nn.Module, head: nn.Module, x: Any, output: Any = None) -
     def watch(module: nn.Module, args: tuple, out: Any) -> None:
         seen.append((args, out))
 
-    from .inputs import call, pick_output
+    from ..model_io import call, pick_output
 
     handle = head.register_forward_hook(watch)
     try:
@@ -143,7 +143,7 @@ def compute(model: nn.Module, head: nn.Module, dataset: Dataset, engine: Any, ba
     def grab(module: nn.Module, args: tuple) -> None:
         feats.append(args[0].detach().to("cpu", copy=True))
 
-    from .inputs import call, split_batch
+    from ..model_io import call, split_batch
 
     handle = head.register_forward_pre_hook(grab)
     try:
@@ -161,7 +161,7 @@ def cached_loader(features: CachedFeatures, like: DataLoader, shuffled: bool) ->
     """A loader over the cache with the batches of `like`: for the train split the same sampler type with
     the same shuffling generator, so the order is the one the uncached run would see."""
     if shuffled:
-        from .batches import ShuffledBatches
+        from ..data.batches import ShuffledBatches
 
         old = like.batch_sampler
         sampler = ShuffledBatches(len(features), old.batch_size, old.generator, old.rank, old.world)
@@ -195,7 +195,7 @@ def prepare(model: nn.Module, trainable_in_run: Iterable[str], bn_modes: Mapping
     model.eval()
     try:
         if head is not None:
-            from .inputs import first_rows
+            from ..model_io import first_rows
 
             x, _ = engine.batch(next(iter(val_loader)))
             why, sample = head_inputs(model, head, first_rows(x, 2), engine.output)

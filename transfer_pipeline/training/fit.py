@@ -17,7 +17,8 @@ from typing import Any, Callable
 from torch import nn
 
 from ..schema import FinalWeights, RunConfig
-from . import checkpoint, outputs
+from . import checkpoint
+from .. import files
 from .curves import write_curves
 from .engine import Engine
 from .evaluate import evaluate
@@ -108,14 +109,14 @@ def fit(cfg: RunConfig, run_dir: Path, model: nn.Module, optimizer: Any, groups:
         if main:
             meta = {**(weights_meta or {}), "epoch": str(row["epoch"])}
             if t.save_checkpoints:
-                outputs.save_weights(ckpt_dir / "last.safetensors", model.state_dict(), meta)
+                files.save_weights(ckpt_dir / "last.safetensors", model.state_dict(), meta)
             if t.keep_epoch_checkpoints:
-                outputs.save_weights(ckpt_dir / f"epoch_{row['epoch']}.safetensors", model.state_dict(), meta)
+                files.save_weights(ckpt_dir / f"epoch_{row['epoch']}.safetensors", model.state_dict(), meta)
             if ema is not None:
-                outputs.save_weights(ckpt_dir / "ema.safetensors", ema.module.state_dict(), meta)
+                files.save_weights(ckpt_dir / "ema.safetensors", ema.module.state_dict(), meta)
             if new_best:
                 watched = ema.module if t.monitor.startswith("ema_") else model
-                outputs.save_weights(ckpt_dir / "best.safetensors", watched.state_dict(),
+                files.save_weights(ckpt_dir / "best.safetensors", watched.state_dict(),
                                      {**meta, t.monitor: str(best.value)})
             save_last()  # after best and early stopping are updated: a resumed run continues their counts
             _log_epoch(row, cfg.trainer.epochs, best)
@@ -143,10 +144,10 @@ def fit(cfg: RunConfig, run_dir: Path, model: nn.Module, optimizer: Any, groups:
         if t.final_weights == FinalWeights.best and final.is_file():
             from safetensors.torch import load_file
 
-            outputs.save_weights(run_dir / "model.safetensors", load_file(final),
+            files.save_weights(run_dir / "model.safetensors", load_file(final),
                                  {**(weights_meta or {}), "source": source, "weights": f"best epoch {best.epoch}"})
         else:
-            outputs.save_weights(run_dir / "model.safetensors", model.state_dict(),
+            files.save_weights(run_dir / "model.safetensors", model.state_dict(),
                                  {**(weights_meta or {}), "source": source, "weights": "last"})
     return result
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
-from .outputs import write_csv
+from ..files import write_csv
 
 
 class CSVLogger:

@@ -20,7 +20,7 @@ from ..tuning.batchnorm import apply_bn_policy
 from ..tuning.events import Event
 from ..tuning.freezing import apply_event
 from ..tuning.lr_schedule import LRSchedule
-from .batches import ShuffledBatches, steps_in_epoch
+from ..data.batches import ShuffledBatches, steps_in_epoch
 from .batch_checks import nonfinite_loss_error, refetch_batch
 from .engine import Engine
 from .evaluate import classification, evaluate

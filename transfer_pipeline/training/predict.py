@@ -52,9 +52,9 @@ class ImagePaths(Dataset):
 
 def image_inputs(cfg: RunConfig) -> ImagePaths:
     """The image files of predict.input, checked (decodable) and preprocessed as data.preset says."""
-    from ..paths import resolve_path
-    from .image_files import EXTENSIONS, _walk, check_images
-    from .preprocess import eval_transform, resolve_preprocessing
+    from ..files import resolve_path
+    from ..data.image_files import EXTENSIONS, _walk, check_images
+    from ..data.preprocess import eval_transform, resolve_preprocessing
 
     root = resolve_path(cfg.predict.input, "predict.input")
     if root.is_dir():
@@ -144,7 +144,7 @@ def predict(cfg: RunConfig, model: Any, engine: Engine, dataset: Dataset, names:
             progress: Any = None, labelled: bool = False) -> dict[str, Any]:
     """Write predictions.csv for `dataset` (items (input, key) for files, (input, target) or dicts when
     `labelled`); returns the figures for summary.json."""
-    from .inputs import split_batch
+    from ..model_io import split_batch
 
     loader = DataLoader(dataset, batch_size=cfg.trainer.batch_size * 2, shuffle=False,
                         num_workers=cfg.data.num_workers)

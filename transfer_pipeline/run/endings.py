@@ -1,0 +1,92 @@
+"""The steps that end a mode with what it writes: export (model.safetensors), evaluate (eval.json,
+the confusion matrix), predict (predictions.csv), and a plan's end.
+
+Steps of pipeline.STEPS, each a plain function of one `run_state.Run`.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from ..errors import UserError
+from .state import Run
+
+
+log = logging.getLogger(__name__)
+
+
+def planned(r: Run) -> None:
+    r.summary["status"] = "planned"
+
+
+def export(r: Run) -> None:
+    from .. import files
+
+    path = r.run_dir / "model.safetensors"
+    files.save_weights(path, r.model.state_dict(), {"source": str(r.summary["source"])})
+    r.summary["status"] = "exported"
+    log.info("Exported %s weights to %s", r.report.target_name, path)
+
+
+def evaluate(r: Run) -> None:
+    """mode=eval: the test split when there is one (else val): eval.json, and the confusion matrix for classification."""
+    from .. import files
+    from ..training.evaluate import evaluate as evaluate_loader
+
+    if r.report.missing:
+        log.warning("mode=eval: %d tensor(s) were not loaded (%s%s) and keep their random init; to evaluate trained "
+                    "weights give source.path=<run>/model.safetensors with mapping=default", len(r.report.missing),
+                    ", ".join(r.report.missing[:3]), " ..." if len(r.report.missing) > 3 else "")
+    split = "test" if r.data.test is not None else "val"
+    loader = r.loaders[1]
+    if split == "test":
+        from torch.utils.data import DataLoader
+
+        loader = DataLoader(r.data.test, batch_size=loader.batch_size, shuffle=False, num_workers=loader.num_workers)
+    result = evaluate_loader(r.model, loader, r.engine, r.task, r.cfg.trainer.limit_val_batches, detail=True)
+    confusion = result.pop("confusion", None)
+    scalars = {k: v for k, v in result.items() if not isinstance(v, dict) and k != "n"}
+    report = {"split": split, "samples": result["n"], "task": r.cfg.task.value,
+              **{f"{split}_{k}": v for k, v in scalars.items()},
+              **{k: v for k, v in result.items() if isinstance(v, dict)}}
+    files.write_json(r.run_dir / "eval.json", report)
+    if confusion is not None:
+        from ..training.curves import write_confusion
+
+        files.write_json(r.run_dir / "confusion.json", confusion)
+        write_confusion(r.run_dir / "confusion.png", confusion, f"{split} split, {result['n']} samples")
+    r.summary.update(status="evaluated", eval_split=split, **{f"{split}_{k}": v for k, v in scalars.items()})
+    if split == "val":
+        r.summary.update(val_acc=result.get("acc"), val_loss=result["loss"])
+    log.info("%s (%d samples): %s", split, result["n"], "  ".join(f"{split}_{k} {v:.4f}" for k, v in scalars.items()))
+    log.info("eval.json%s written to %s", ", confusion.json and confusion.png" if confusion else "", r.run_dir)
+
+
+def predict(r: Run) -> None:
+    """mode=predict: predictions.csv for predict.input (image files) or the data's test split (else val)."""
+    from ..training.predict import image_inputs, predict as predict_all, saved_classes
+    from ..training.progress import bar_factory
+
+    cfg = r.cfg
+    if r.report.missing:
+        shown = ", ".join(r.report.missing[:5]) + (" ..." if len(r.report.missing) > 5 else "")
+        raise UserError(f"mode=predict: {len(r.report.missing)} tensor(s) of the model were not loaded ({shown}), so "
+                        "its predictions would come from random weights. Load every tensor: mapping=default (no "
+                        "mapping.exclude), and source.path = the trained run's model.safetensors.")
+    names = saved_classes(r.weights.extra if r.weights is not None else {}, cfg.task)
+    if cfg.predict.input is not None:
+        dataset, labelled = image_inputs(cfg), False
+    else:
+        from ..data.datasets import build_data
+
+        r.data = build_data(cfg.data, cfg.seed, cfg.source.weights)
+        names = names or r.data.class_names
+        split = "test" if r.data.test is not None else "val"
+        dataset, labelled = getattr(r.data, split), True
+        r.summary["predict_split"] = split
+        log.info("mode=predict on the data's %s split (%d samples; predict.input names image files instead)", split,
+                 len(dataset))
+    r.model.to(r.device)
+    figures = predict_all(cfg, r.model, r.engine, dataset, names, r.run_dir / "predictions.csv",
+                          bar_factory(cfg.trainer.progress and r.engine.is_main, 1, desc="predict"), labelled)
+    r.summary.update(status="predicted", **figures)

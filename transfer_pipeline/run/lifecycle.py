@@ -1,0 +1,225 @@
+"""A run's life: claim the folder, record `running`, run the mode's steps, record how it ended.
+
+`run_job` is what `python run.py` calls (pipeline.run is the same for plain dataclasses). However
+a run ends, summary.json and the last line of run.log say how; Ctrl-C and SIGTERM are
+`StopSignals` (a first one during training finishes the step and saves, a second stops at once);
+warnings are logged once each.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+import signal
+import sys
+import threading
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigOrigins, Interrupted, UserError
+from ..names import printable_text
+from ..schema import RunConfig
+
+log = logging.getLogger(__name__)
+
+
+def run(cfg: RunConfig, run_dir: Path, origins: ConfigOrigins | None = None) -> dict[str, Any]:
+    """Do what `cfg.mode` says with plain dataclasses (no Hydra): tests and other programs call this.
+    Returns the summary (also written to summary.json)."""
+    return run_job(lambda: cfg, run_dir, origins, resume=cfg.trainer.resume is not None)
+
+
+def run_job(load_config: Callable[[], RunConfig], run_dir: Path, origins: ConfigOrigins | None = None,
+            resume: bool = False) -> dict[str, Any]:
+    """Claim the run folder, then check the config (`load_config`) and run its mode's steps.
+
+    However the run ends, summary.json says how: it is written as `running` (pid, start time)
+    before anything else, then `completed` / `planned` / ... , `failed` (a UserError or any other
+    exception: its type and message) or `interrupted` (Ctrl-C, SIGTERM); run.log gets the same
+    last line. A UserError is re-raised with its message (plus, with `origins`, where a
+    digits-specific value came from); other exceptions keep their traceback.
+    """
+    from .recipe import STEPS
+    from .state import Run
+    from .provenance import git_commit, git_state, versions
+    from ..files import write_json
+    from .folder import claim, release
+
+    run_dir = Path(run_dir)
+    claim(run_dir, resume)  # before anything is written: a folder in use or holding a run is refused untouched
+    summary: dict[str, Any] = {"status": "running", "mode": None, "pid": os.getpid(), "started_at": _now()}
+    started = time.perf_counter()
+    signals = StopSignals(origins)
+    state = None
+    with signals.installed():  # until summary.json has the ending: a late Ctrl-C cannot cut the record short
+        try:
+            write_json(run_dir / "summary.json", summary)
+            with _warnings_once():
+                cfg = load_config()  # the schema's checks: a bad value ends here, recorded as failed
+                summary["mode"] = cfg.mode.value
+                state = Run(cfg, run_dir, summary, signals=signals)
+                for step in STEPS[cfg.mode]:
+                    step(state)
+                _record_hash(state, summary, wait=True)
+                if origins is not None and origins.rerun_of:
+                    _compare_source(summary, Path(origins.rerun_of))
+        except UserError as e:
+            signals.closing = True
+            message = str(e) + (origins.hint(str(e)) if origins else "")
+            summary.update(status="failed", error_type="UserError", error=message)
+            log.error("error: %s", printable_text(message))
+            if message != str(e):
+                raise UserError(message) from None
+            raise
+        except (KeyboardInterrupt, Interrupted) as e:
+            signals.closing = True
+            summary.update(status="interrupted", error=f"interrupted by {e if isinstance(e, Interrupted) else 'SIGINT'}")
+            log.warning("Interrupted (%s)%s", e if isinstance(e, Interrupted) else "SIGINT",
+                        f"; resume with: {summary['resume_command']}" if "resume_command" in summary else "")
+            raise
+        except BaseException as e:
+            signals.closing = True
+            summary.update(status="failed", error_type=type(e).__name__, error=str(e))
+            log.exception("The run failed with an unexpected %s (a bug: please report it with this traceback)",
+                          type(e).__name__)
+            raise
+        finally:
+            signals.closing = True
+            _record_hash(state, summary, wait=False)  # a run that ended early: if it is already known
+            summary["seconds"] = round(time.perf_counter() - started, 3)
+            summary["ended_at"] = _now()
+            summary["versions"] = versions()
+            summary["git_commit"] = git_commit(Path(__file__).resolve().parents[1])  # this package's
+            if origins is not None and origins.config_dirs:  # the repository the configs came from: the user's
+                summary["config_git"] = [git_state(Path(d)) or {"path": d, "commit": None, "dirty": None}
+                                         for d in origins.config_dirs]
+            try:
+                write_json(run_dir / "summary.json", summary)
+            finally:
+                release(run_dir)
+                if "torch.distributed" in sys.modules:
+                    from ..training.distributed import leave
+
+                    leave()
+            log.log(logging.INFO if summary["status"] != "failed" else logging.ERROR, "Run %s after %.1f s: %s",
+                    summary["status"], summary["seconds"], run_dir)
+    return summary
+
+
+def _record_hash(state: Any, summary: dict[str, Any], wait: bool) -> None:
+    """The source's SHA-256 (hashed in a thread beside the steps) into the summary: waited for at a normal
+    end, taken only if already known when a run ends early."""
+    hashing = getattr(state, "source_hash", None)
+    if hashing is None or "source_sha256" in summary or not (wait or (hashing.done() and not hashing.failed)):
+        return
+    summary["source_sha256"] = hashing.result()
+
+
+def _compare_source(summary: dict[str, Any], original: Path) -> None:
+    """A re-run whose source file is no longer the one the original run read: say so, with both hashes."""
+    import json
+
+    try:
+        before = json.loads((original / "summary.json").read_text()).get("source_sha256")
+    except (OSError, ValueError, AttributeError):
+        return
+    summary["rerun_of"] = str(original)
+    now = summary.get("source_sha256")
+    if before and now and before != now:
+        summary["source_changed"] = True
+        log.warning("The source checkpoint is not the one %s was run with: its SHA-256 was %s and is now %s, so this "
+                    "re-run cannot give the same result. Put the original file back, or compare both runs knowingly.",
+                    original, before, now)
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).astimezone().isoformat(timespec="seconds")
+
+
+class _OncePerMessage(logging.Filter):
+    """Lets each warning text through once, wherever it is raised (warnings' own "once" does not survive
+    the `catch_warnings` blocks libraries use inside)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        first = record.getMessage().split("\n", 1)[0]
+        key = first.split(": ", 1)[-1]  # 'path:line: FutureWarning: text' -> 'FutureWarning: text'
+        if key in self.seen:
+            return False
+        self.seen.add(key)
+        return True
+
+
+@contextmanager
+def _warnings_once() -> Iterator[None]:
+    """Warnings (third-party deprecations ...) go to the log (so run.log has them), each text once a run."""
+    logger = logging.getLogger("py.warnings")
+    once = _OncePerMessage()
+
+    def to_log(message: Any, category: Any, filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
+        logger.warning("%s", warnings.formatwarning(message, category, filename, lineno, line).rstrip())
+
+    logger.addFilter(once)
+    try:
+        with warnings.catch_warnings():  # restores the filters and showwarning afterwards
+            warnings.simplefilter("always")  # every occurrence reaches the filter, which keeps the first
+            warnings.showwarning = to_log
+            yield
+    finally:
+        logger.removeFilter(once)
+
+
+class StopSignals:
+    """Ctrl-C and SIGTERM during a run. While the loop trains (`graceful`), the first one asks it to
+    finish the step and save (the loop polls `requested`); a second one, or one at any other time,
+    raises Interrupted at once (files are written atomically, so none is left half-written)."""
+
+    def __init__(self, origins: ConfigOrigins | None = None) -> None:
+        self.graceful = False
+        self.closing = False  # the run is writing its ending: further signals wait for it
+        self.signum: int | None = None
+        self.origins = origins
+
+    def requested(self) -> bool:
+        return self.signum is not None
+
+    def handle(self, signum: int, frame: Any) -> None:
+        if self.closing:
+            return
+        if self.graceful and self.signum is None:
+            self.signum = signum
+            log.warning("%s: finishing this step and saving checkpoints/last.pt (press Ctrl-C again to stop at once)",
+                        signal.Signals(signum).name)
+            return
+        raise Interrupted(signum)
+
+    def resume_command(self, run_dir: Path) -> str:
+        keep = [o for o in (self.origins.overrides if self.origins else ())
+                if not o.lstrip("+~").startswith(("trainer.resume", "hydra.run.dir"))]
+        shown = " ".join(shlex.quote(o) for o in keep) if self.origins else "<the same overrides>"
+        from ..training.distributed import launched, launcher_command
+
+        where = launched()  # multi-node jobs add their --nnodes / --rdzv-* options as before
+        launcher = launcher_command(where[1]) if where is not None else "python run.py"
+        return f"{launcher} {shown} trainer.resume=auto hydra.run.dir={shlex.quote(str(run_dir))}".replace("  ", " ")
+
+    @contextmanager
+    def installed(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {s: signal.signal(s, self.handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)

@@ -1,0 +1,144 @@
+"""Provenance of a run: the hashes of the files it read, the git state of the code, the package versions.
+
+Hashes of big files are cached by path, size, times and inode, so a re-run does not read a
+multi-GB checkpoint again just to say which one it was.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import subprocess
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ..files import atomic_write_bytes
+
+
+def sha256_files(paths: Sequence[Path]) -> str:
+    """One file: its SHA-256. Several (a shard index and its shards): the SHA-256 of their names and hashes."""
+    if len(paths) == 1:
+        return sha256_file(paths[0])
+    lines = "".join(f"{sha256_file(p)}  {p.name}\n" for p in paths)
+    return hashlib.sha256(lines.encode()).hexdigest()
+
+
+class BackgroundHash:
+    """`sha256_files` in a thread of its own: hashing a multi-GB checkpoint (hashlib lets go of the GIL)
+    overlaps with loading, checking and writing it instead of adding to them."""
+
+    def __init__(self, paths: Sequence[Path]) -> None:
+        import threading
+
+        self._value: str | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(list(paths),), name="sha256", daemon=True)
+        self._thread.start()
+
+    def _run(self, paths: list[Path]) -> None:
+        try:
+            self._value = sha256_files(paths)
+        except BaseException as e:  # handed to whoever asks for the result
+            self._error = e
+
+    def done(self) -> bool:
+        return not self._thread.is_alive()
+
+    @property
+    def failed(self) -> bool:
+        return self._error is not None
+
+    def result(self) -> str:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        assert self._value is not None
+        return self._value
+
+
+CACHED_FROM = 16 << 20  # smaller files hash faster than the cache is read
+
+
+def hash_cache_path() -> Path:
+    """`$XDG_CACHE_HOME/transfer_pipeline/sha256.json` (default ~/.cache/...)."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "transfer_pipeline" / "sha256.json"
+
+
+def _file_key(path: Path) -> tuple[str, str]:
+    """Where the file is, and what says it is unchanged: size, mtime and ctime (which no tool sets back), inode."""
+    st = path.stat()
+    return str(path.resolve()), f"{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}:{st.st_dev}:{st.st_ino}"
+
+
+def _read_cache() -> dict[str, Any]:
+    try:
+        data = json.loads(hash_cache_path().read_text())
+    except (OSError, ValueError):
+        return {}  # none yet, unreadable or corrupt: a cache, never an error
+    return data if isinstance(data, dict) else {}
+
+
+def sha256_file(path: Path) -> str:
+    """The file's SHA-256; for a big file, cached by path, size, times and inode (a re-run skips the read)."""
+    path = Path(path)
+    cacheable = path.stat().st_size >= CACHED_FROM
+    if cacheable:
+        where, stamp = _file_key(path)
+        cache = _read_cache()
+        hit = cache.get(where)
+        if isinstance(hit, dict) and hit.get("stamp") == stamp and isinstance(hit.get("sha256"), str):
+            return hit["sha256"]
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 24), b""):
+            h.update(chunk)
+    digest = h.hexdigest()
+    if cacheable:
+        cache[where] = {"stamp": stamp, "sha256": digest}  # the cache as read before the (long) hash
+        try:
+            atomic_write_bytes(hash_cache_path(), json.dumps(cache, indent=1).encode())
+        except OSError:
+            pass  # a read-only home: the hash is still right, the next run reads the file again
+    return digest
+
+
+def git_commit(cwd: Path | None = None) -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def git_state(folder: Path) -> dict[str, Any] | None:
+    """The git commit of the repository holding `folder`, and whether its tracked files differ from it
+    (None where `folder` is in no repository, or git is missing)."""
+    def git(*args: str) -> subprocess.CompletedProcess | None:
+        try:
+            return subprocess.run(["git", "-C", str(folder), *args], capture_output=True, text=True, timeout=5)
+        except (OSError, subprocess.SubprocessError):
+            return None
+
+    head = git("rev-parse", "HEAD")
+    if head is None or head.returncode != 0 or not head.stdout.strip():
+        return None
+    status = git("status", "--porcelain", "--untracked-files=no")
+    dirty = None if status is None or status.returncode != 0 else bool(status.stdout.strip())
+    return {"path": str(folder), "commit": head.stdout.strip(), "dirty": dirty}
+
+
+def versions() -> dict[str, str]:
+    """Installed versions (package metadata: no heavy imports)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {"python": platform.python_version()}
+    for name in ("transfer_pipeline", "torch", "torchvision", "safetensors", "hydra-core", "omegaconf"):
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    return found
