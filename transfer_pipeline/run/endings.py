@@ -19,7 +19,7 @@ def planned(r: Run) -> None:
     r.summary["status"] = "planned"
 
 
-def export(r: Run) -> None:
+def exported(r: Run) -> None:
     from .. import files
 
     path = r.run_dir / "model.safetensors"
@@ -28,10 +28,10 @@ def export(r: Run) -> None:
     log.info("Exported %s weights to %s", r.report.target_name, path)
 
 
-def evaluate(r: Run) -> None:
+def evaluated(r: Run) -> None:
     """mode=eval: the test split when there is one (else val): eval.json, and the confusion matrix for classification."""
     from .. import files
-    from ..training.evaluate import evaluate as evaluate_loader
+    from ..training.evaluate import evaluate
 
     if r.report.missing:
         log.warning("mode=eval: %d tensor(s) were not loaded (%s%s) and keep their random init; to evaluate trained "
@@ -43,7 +43,7 @@ def evaluate(r: Run) -> None:
         from torch.utils.data import DataLoader
 
         loader = DataLoader(r.data.test, batch_size=loader.batch_size, shuffle=False, num_workers=loader.num_workers)
-    result = evaluate_loader(r.model, loader, r.engine, r.task, r.cfg.trainer.limit_val_batches, detail=True)
+    result = evaluate(r.model, loader, r.engine, r.task, r.cfg.trainer.limit_val_batches, detail=True)
     confusion = result.pop("confusion", None)
     scalars = {k: v for k, v in result.items() if not isinstance(v, dict) and k != "n"}
     report = {"split": split, "samples": result["n"], "task": r.cfg.task.value,
@@ -62,9 +62,9 @@ def evaluate(r: Run) -> None:
     log.info("eval.json%s written to %s", ", confusion.json and confusion.png" if confusion else "", r.run_dir)
 
 
-def predict(r: Run) -> None:
+def predicted(r: Run) -> None:
     """mode=predict: predictions.csv for predict.input (image files) or the data's test split (else val)."""
-    from ..training.predict import image_inputs, predict as predict_all, saved_classes
+    from ..training.predict import image_inputs, predict, saved_classes
     from ..training.progress import bar_factory
 
     cfg = r.cfg
@@ -87,6 +87,6 @@ def predict(r: Run) -> None:
         log.info("mode=predict on the data's %s split (%d samples; predict.input names image files instead)", split,
                  len(dataset))
     r.model.to(r.device)
-    figures = predict_all(cfg, r.model, r.engine, dataset, names, r.run_dir / "predictions.csv",
+    figures = predict(cfg, r.model, r.engine, dataset, names, r.run_dir / "predictions.csv",
                           bar_factory(cfg.trainer.progress and r.engine.is_main, 1, desc="predict"), labelled)
     r.summary.update(status="predicted", **figures)

@@ -238,9 +238,9 @@ def resume(r: Run) -> None:
     log.info("trainer.resume: continuing from %s", path)
 
 
-def fit(r: Run) -> None:
+def train(r: Run) -> None:
     """Train every epoch (training/fit.py: checkpoints, best, EMA, early stopping, loggers, curves)."""
-    from ..training.fit import fit as fit_loop
+    from ..training.fit import fit
     from ..training.loop import steps_per_epoch
     from ..tuning.lr_schedule import build_schedule, write_lrs
     from ..tuning.param_groups import current_lrs, format_groups, make_optimizer
@@ -261,7 +261,7 @@ def fit(r: Run) -> None:
 
     r.signals.graceful = True  # from here a first Ctrl-C / SIGTERM finishes the step and saves
     try:
-        result = fit_loop(cfg, r.run_dir, model, r.optimizer, r.groups, r.freeze, r.loaders, r.engine, r.task, schedule,
+        result = fit(cfg, r.run_dir, model, r.optimizer, r.groups, r.freeze, r.loaders, r.engine, r.task, schedule,
                           r.resume_state, r.signals.requested, on_event, r.report.table(), str(r.summary["source"]),
                           weights_meta=weights_meta(r))
     finally:
@@ -319,8 +319,8 @@ def sync_batchnorm(model: Any, group: Any, device: Any) -> Any:
 verify = load_aids.verify
 STEPS: dict[Mode, tuple[Callable[[Run], None], ...]] = {
     Mode.plan: (setup, plan, tune, endings.planned),
-    Mode.export: (setup, plan, load, verify, endings.export),
-    Mode.eval: (setup, plan, load, tune, data, verify, endings.evaluate),
-    Mode.train: (setup, resume, plan, load, tune, data, verify, fit),
-    Mode.predict: (setup, plan, load, endings.predict),
+    Mode.export: (setup, plan, load, verify, endings.exported),
+    Mode.eval: (setup, plan, load, tune, data, verify, endings.evaluated),
+    Mode.train: (setup, resume, plan, load, tune, data, verify, train),
+    Mode.predict: (setup, plan, load, endings.predicted),
 }
