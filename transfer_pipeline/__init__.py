@@ -1,8 +1,16 @@
 """Declarative transfer learning: config -> partial load -> freeze -> per-group LRs -> train.
 
-The Python API (see api.py and README's "From Python"): `plan_weights`, `load_weights`, `freeze`,
+The Python API (see api.py and docs/python-api.md): `plan_weights`, `load_weights`, `freeze`,
 `param_groups`, and `UserError`. They are imported on first use, so `import transfer_pipeline`
 (and the schema, which every `python run.py` imports) stays free of torch.
+
+The tree follows a run: schema/ (config) -> sources/ -> mapping/ (plan, load) -> tuning/ -> data/
+-> training/ -> run/ (a run's life and its folder), with hydra_edge/ at the edge and models/ and
+assets/ shipped alongside. The modules directly here are shared by several stages: api, build
+(instantiate a `_target_`), errors, files (paths in, atomic writes out), model_io (a model's
+inputs and outputs), names, patterns and selectors (the selector language), tables,
+tensor_meta, inspect (`python -m transfer_pipeline.inspect`). Each folder's __init__ says what
+lives there and what it may import; tests/unit/test_layering.py holds every import to that.
 """
 
 from __future__ import annotations

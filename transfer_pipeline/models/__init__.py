@@ -1,4 +1,7 @@
-"""Small models that ship with the project: the default experiment's CNN and the scenario models."""
+"""Small models that ship with the project: the default experiment's CNN and the scenario models.
+
+make_assets.py remakes the shipped checkpoints in assets/. May import errors only.
+"""
 
 from .digits import DigitsCNN, pretrained_digits_cnn
 from .examples import BackboneNet, FeaturesNet, TinyMLP

@@ -3,6 +3,10 @@
 Every node is a dataclass registered in Hydra's ConfigStore, so `optim.lrr=0.1` or a misspelt
 `mode=trian` fails at composition time with the key and the valid choices. Only `model`,
 `source.model` and mapping rules are free-form (their keys are the model's own arguments).
+One module per config group; checks.py (value checks), options.py (the Python API's keyword
+arguments -> these dataclasses), resolvers.py (the `${...}` resolvers the configs use).
+
+May import errors only (and Hydra/OmegaConf): every `python run.py` imports it, so no torch.
 
 Range and consistency checks live here too, next to the fields they check: each node's
 `__post_init__` checks its own values (and its list entries, whose index it knows), and
