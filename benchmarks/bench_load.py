@@ -8,7 +8,7 @@ The checkpoint is a TinyMLP of Linear(8192, 8192) layers (256 MiB each), saved a
 .safetensors. Every measurement runs in a fresh subprocess with a warm page cache:
 
 - naive: build the model (random init), `torch.load` (or safetensors `load_file`), `load_state_dict`;
-- pipeline: the Python API (`transfer_pipeline.load_weights`, the same sequence as `pipeline.py`) on a
+- pipeline: the Python API (`transfer_pipeline.load_weights`, the same sequence as `run/recipe.py`) on a
   model built on the meta device: read the source lazily, plan,
   assign loaded tensors;
 - pipeline + use: the same, then read every weight once (as a first forward pass would);

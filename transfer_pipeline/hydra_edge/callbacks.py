@@ -2,7 +2,7 @@
 and the summary at the end of a sweep (sweep_summary.py).
 
 Hydra writes `.hydra/` and opens `run.log` in the run folder before the task starts, so the
-folder is claimed here first (training/run_folder.py): a folder in use or holding another run is
+folder is claimed here first (run/folder.py): a folder in use or holding another run is
 refused before Hydra touches it. Like run.py and schema/, this is the edge where Hydra stays.
 """
 

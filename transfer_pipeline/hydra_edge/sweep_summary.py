@@ -3,7 +3,7 @@
 Read from the jobs' own folders (each job's `.hydra/overrides.yaml` and `summary.json`), so a job
 that failed, was interrupted or never wrote a summary still has its row, with its status and error.
 The swept keys are the overrides whose values differ between jobs: one column each. No Hydra here
-(hydra_callbacks.SweepSummary calls it at `on_multirun_end`), no torch.
+(callbacks.SweepSummary calls it at `on_multirun_end`), no torch.
 """
 
 from __future__ import annotations

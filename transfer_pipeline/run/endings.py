@@ -1,7 +1,7 @@
 """The steps that end a mode with what it writes: export (model.safetensors), evaluate (eval.json,
 the confusion matrix), predict (predictions.csv), and a plan's end.
 
-Steps of pipeline.STEPS, each a plain function of one `run_state.Run`.
+Steps of recipe.STEPS, each a plain function of one `state.Run`.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ writes `.hydra/` and `run.log`, the pipeline again, which is then a no-op):
   except a run that failed before it trained anything: that one is replaced, and the log says so;
 - temporary files that a killed write left behind (`.<name>.<random>.tmp`) are removed.
 
-Then `summary.json` says `running` with the pid and start time until the run ends (see pipeline.run).
+Then `summary.json` says `running` with the pid and start time until the run ends (see lifecycle.run_job).
 """
 
 from __future__ import annotations

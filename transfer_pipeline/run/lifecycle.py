@@ -1,6 +1,6 @@
 """A run's life: claim the folder, record `running`, run the mode's steps, record how it ended.
 
-`run_job` is what `python run.py` calls (pipeline.run is the same for plain dataclasses). However
+`run_job` is what `python run.py` calls (`run` is the same for plain dataclasses). However
 a run ends, summary.json and the last line of run.log say how; Ctrl-C and SIGTERM are
 `StopSignals` (a first one during training finishes the step and saves, a second stops at once);
 warnings are logged once each.

@@ -1,6 +1,6 @@
 """The load's aids around the plan: rules from a file, suggested rules, the numerical proof of a load.
 
-`with_rules_file` and `suggest` are called by pipeline.plan; `verify` is a step of pipeline.STEPS
+`with_rules_file` and `suggest` are called by recipe.plan; `verify` is a step of recipe.STEPS
 (after load). The work itself is in mapping/suggest.py and mapping/verify.py.
 """
 

@@ -1,4 +1,4 @@
-"""training/preprocess.py: data.preset numbers, the image transforms, augmentation and MixUp / CutMix."""
+"""data/preprocess.py: data.preset numbers, the image transforms, augmentation and MixUp / CutMix."""
 
 from __future__ import annotations
 
