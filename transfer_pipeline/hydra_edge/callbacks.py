@@ -26,14 +26,23 @@ class RunFolderGuard(Callback):
         _or_exit(lambda: claim(Path(config.hydra.run.dir), resume))
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        sweep = Path(config.hydra.sweep.dir)
+        from ..run.folder import check_ours, mark
+
+        sweep = Path(config.hydra.sweep.dir).resolve()
 
         def check() -> None:
+            check_ours(sweep, "hydra.sweep.dir", "sweep")
             done = sorted(p.parent.name for p in sweep.glob("*/summary.json"))
             if done:
                 raise UserError(f"hydra.sweep.dir: {sweep.resolve()} already holds the jobs of another sweep "
                                 f"({', '.join(done[:5])}{' ...' if len(done) > 5 else ''}). Give this sweep a fresh "
                                 "folder (hydra.sweep.dir=...; the default is a new timestamped folder).")
+            try:
+                sweep.mkdir(parents=True, exist_ok=True)
+                mark(sweep, "sweep")  # its job folders are then the tool's too
+            except OSError as e:
+                raise UserError(f"hydra.sweep.dir: cannot use {sweep} ({e.strerror or e}). Choose a folder you can "
+                                "write, e.g. hydra.sweep.dir=outputs/my_sweep.") from None
 
         _or_exit(check)
 
