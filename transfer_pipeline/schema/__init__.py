@@ -82,11 +82,11 @@ MODEL_OUTPUT_KEY = "output"  # model.output: ours (which part of the model's ret
 
 @dataclass
 class RunConfig:
-    mode: Mode = Mode.train
-    seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    mode: Mode = Mode.train  # what the run does: train, plan, eval, export or predict
+    seed: int = 0  # seeds the new layers' initialisation, the validation split and the shuffling
+    device: str = "auto"  # where to run: auto (CUDA if present) | cpu | cuda | cuda:N
     source: SourceConfig = field(default_factory=SourceConfig)
-    task: Task = Task.classification
+    task: Task = Task.classification  # what the targets are: picks the loss, the metrics and trainer.monitor's default
     model: Dict[str, Any] = MISSING  # `_target_` and its arguments; `output`: where the logits are in what it returns
     mapping: MappingConfig = field(default_factory=MappingConfig)
     freeze: FreezeConfig = field(default_factory=FreezeConfig)
@@ -95,7 +95,7 @@ class RunConfig:
     loss: Any = None  # a `_target_` node (conf/loss); null = the task's (cross-entropy, BCE, MSE)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     predict: PredictConfig = field(default_factory=PredictConfig)
-    logger: List[str] = field(default_factory=lambda: ["csv"])  # csv (always) and tensorboard
+    logger: List[str] = field(default_factory=lambda: ["csv"])  # metric writers: csv (always on), tensorboard
 
     def __post_init__(self) -> None:
         """The checks that span nodes; each node checked its own values when it was built."""

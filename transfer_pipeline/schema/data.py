@@ -39,12 +39,12 @@ class DataConfig:
     classes: Optional[List[Any]] = None  # digits: which digits; image_folder: which class folders
     image_size: Optional[int] = 8  # digits/synthetic: pixels; image_folder: the crop (null = the preset's)
     channels: int = 1  # 1 or 3 (digits are grey; 3 repeats the channel for RGB models)
-    val_fraction: float = 0.2
+    val_fraction: float = 0.2  # the share of each class kept for validation (when the data has no val split)
     mean: Optional[List[float]] = None  # normalisation; null = the dataset's (or the preset's) own
-    std: Optional[List[float]] = None
+    std: Optional[List[float]] = None  # as mean: 1 value or 1 per channel; null = the dataset's (or preset's) own
     num_samples: int = 512  # synthetic only
     num_classes: int = 5  # synthetic only
-    num_workers: int = 0
+    num_workers: int = 0  # DataLoader worker processes; 0 = load in the main process
     skip_bad_images: bool = False  # image_folder: leave out files that cannot be decoded (counted) instead of failing
     preset: ImagePreset = ImagePreset.auto  # image resize / crop / normalisation (image_folder, predict on files)
     augment: Augment = Augment.none  # image_folder: random transforms of the training split

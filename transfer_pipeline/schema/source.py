@@ -24,9 +24,9 @@ class SourceConfig:
     path: Optional[str] = None  # checkpoint file; null = no weights (architecture only)
     key: str = "auto"  # nested dict key holding the weights ('state_dict', 'model', 'ema' ...)
     trust_pickle: bool = False  # allow full pickled nn.Module files (runs code from the file)
-    model: Any = None  # a `_target_` node: build a source model in memory (Any: settable from the command line)
+    model: Any = None  # a `_target_` node: the source is this model, built in memory (typed Any: settable on the CLI)
     weights: Optional[str] = None  # torchvision weights enum, e.g. ResNet18_Weights.IMAGENET1K_V1
-    strip_prefixes: Optional[List[str]] = None  # null = detect ('module.', '_orig_mod.' ...); [] = none
+    strip_prefixes: Optional[List[str]] = None  # cut from source names; null = detect ('module.' ...); [] = none
     add_prefix: Optional[str] = None  # put in front of source names (after stripping); null = detect
     meta_init: bool = True  # build the target on the meta device and assign loaded tensors (fast); false = build normally
     allow_nonfinite: bool = False  # load NaN / inf weights (e.g. to inspect a broken checkpoint); else an error
@@ -53,7 +53,7 @@ class VerifyConfig:
     source_model: Any = None  # a `_target_` of the checkpoint's own architecture (its class)
     source_output: Optional[Any] = None  # where the source model's logits are (as model.output): an index or a name
     atol: float = 1e-5  # outputs agree when |a - b| <= atol + rtol * |b| everywhere
-    rtol: float = 1e-4
+    rtol: float = 1e-4  # relative tolerance (see atol)
     seed: int = 0  # the random input's seed
 
     def __post_init__(self) -> None:
@@ -74,8 +74,8 @@ class VerifyConfig:
 
 @dataclass
 class MappingConfig:
-    rules: List[Dict[str, Any]] = field(default_factory=list)  # [{from: regex, to: template, op: ..., ...}]
-    on_mismatch: OnMismatch = OnMismatch.error
+    rules: List[Dict[str, Any]] = field(default_factory=list)  # source -> target names: [{from: regex, to: template}]
+    on_mismatch: OnMismatch = OnMismatch.error  # a tensor of another shape: error, or skip (left as initialised)
     exclude: List[str] = field(default_factory=list)  # target selectors never loaded (a new head)
     expect: ExpectConfig = field(default_factory=ExpectConfig)
     auto: Optional[AutoAlign] = None  # shape_order: align tensors that names leave unmatched (off: null)

@@ -44,12 +44,12 @@ class EMAConfig:
 
 @dataclass
 class TrainerConfig:
-    epochs: int = 6
-    batch_size: int = 64
-    precision: str = "32"  # 32 | bf16 | 16
+    epochs: int = 6  # epochs to train
+    batch_size: int = 64  # samples per batch (the global batch: torchrun's processes share it)
+    precision: str = "32"  # 32 (float32) | bf16 | 16 (autocast; 16: CUDA only, with loss scaling)
     limit_train_batches: Optional[int] = None  # cap batches per epoch (smoke tests)
-    limit_val_batches: Optional[int] = None
-    grad_clip: Optional[float] = None
+    limit_val_batches: Optional[int] = None  # cap validation batches per evaluation (smoke tests)
+    grad_clip: Optional[float] = None  # clip the gradient norm to this before each step; null = no clipping
     save_checkpoints: bool = True  # checkpoints/last.safetensors and the full state last.pt after every epoch
     keep_epoch_checkpoints: bool = False  # also checkpoints/epoch_<N>.safetensors for every epoch
     checkpoint_every_steps: Optional[int] = None  # also write last.pt every N optimizer steps

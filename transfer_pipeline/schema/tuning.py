@@ -77,11 +77,11 @@ class GradualConfig:
     """`freeze.gradual`: one more block unfrozen every `every` epochs (blocks: `freeze.blocks`); off without `every`."""
 
     every: Optional[int] = None  # epochs between two unfreezes; null = off
-    order: GradualOrder = GradualOrder.head_first  # (formerly `from: head | stem`)
+    order: GradualOrder = GradualOrder.head_first  # which block unfreezes first (formerly `from: head | stem`)
     start: Optional[int] = None  # epoch of the first unfreeze (default: `every`)
     lr: Optional[float] = None  # own group LR for the blocks it unfreezes
-    lr_mult: Optional[float] = None
-    warmup_steps: Optional[int] = None
+    lr_mult: Optional[float] = None  # ... or at optim.lr x lr_mult
+    warmup_steps: Optional[int] = None  # linear warmup of the groups it starts
 
     def __post_init__(self) -> None:
         if self.every is not None and self.every < 1:
@@ -107,12 +107,12 @@ class BatchNormOverride:
 
 @dataclass
 class FreezeConfig:
-    trainable: Optional[List[str]] = None  # null = everything trainable (minus `frozen`)
-    frozen: List[str] = field(default_factory=list)  # wins over `trainable`
+    trainable: Optional[List[str]] = None  # selectors that train, the rest frozen; null = everything (minus `frozen`)
+    frozen: List[str] = field(default_factory=list)  # selectors frozen (wins over `trainable`)
     until: Optional[str] = None  # freeze every parameter up to and including this module (module order)
-    bn: BatchNormPolicy = BatchNormPolicy.auto
+    bn: BatchNormPolicy = BatchNormPolicy.auto  # BatchNorm layers no override names: when their statistics update
     bn_overrides: List[BatchNormOverride] = field(default_factory=list)  # per-selector BN modes
-    schedule: List[UnfreezeEvent] = field(default_factory=list)
+    schedule: List[UnfreezeEvent] = field(default_factory=list)  # unfreeze (or freeze) selectors during the run
     gradual: GradualConfig = field(default_factory=GradualConfig)  # {every: 1, order: head_first, ...}; off without every
     blocks: Optional[List[Any]] = None  # blocks stem -> head (selector or list of them); null = top-level modules
 
@@ -127,14 +127,14 @@ class FreezeConfig:
 
 @dataclass
 class ParamGroupConfig:
-    params: List[str] = MISSING  # selectors
-    lr: Optional[float] = None  # default optim.lr
+    params: List[str] = MISSING  # selectors of the group's parameters
+    lr: Optional[float] = None  # the group's LR (default optim.lr)
     lr_mult: Optional[float] = None  # ... or optim.lr x lr_mult
-    weight_decay: Optional[float] = None  # default optim.weight_decay
+    weight_decay: Optional[float] = None  # the group's decay (default optim.weight_decay)
     name: Optional[str] = None  # shown in tables and metrics.csv (default: the first selector)
-    warmup_steps: Optional[int] = None  # default optim.scheduler.warmup_steps
+    warmup_steps: Optional[int] = None  # the group's warmup (default optim.scheduler.warmup_steps)
     betas: Optional[List[float]] = None  # adam/adamw (default optim.betas)
-    eps: Optional[float] = None  # adam/adamw
+    eps: Optional[float] = None  # adam/adamw: the denominator's epsilon (default torch's 1e-8)
     momentum: Optional[float] = None  # sgd (default optim.momentum)
 
     def check(self, where: str, optim: "OptimConfig") -> None:
@@ -161,11 +161,11 @@ def _check_betas(betas: List[float], where: str, name: OptimizerName) -> None:
 
 @dataclass
 class SchedulerConfig:
-    name: SchedulerName = SchedulerName.constant
+    name: SchedulerName = SchedulerName.constant  # how each group's LR changes over the run
     warmup_steps: int = 0  # linear warmup of every group from the step it starts training
     min_lr_mult: float = 0.0  # cosine / linear: end at this fraction of each group's LR
     step_epochs: int = 1  # step: multiply by gamma every this many epochs
-    gamma: float = 0.1  # step
+    gamma: float = 0.1  # step: the factor applied every step_epochs epochs
     pct_start: float = 0.3  # onecycle: fraction of the run spent going up
     div_factor: float = 25.0  # onecycle: start at lr / div_factor
     final_div_factor: float = 1e4  # onecycle: end at lr / div_factor / final_div_factor
@@ -186,12 +186,12 @@ class SchedulerConfig:
 
 @dataclass
 class OptimConfig:
-    name: OptimizerName = OptimizerName.adamw
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    momentum: float = 0.9  # sgd only
+    name: OptimizerName = OptimizerName.adamw  # the optimizer
+    lr: float = 1e-3  # the base learning rate (groups and events may set their own)
+    weight_decay: float = 0.0  # decoupled for adamw, L2 for adam and sgd
+    momentum: float = 0.9  # sgd only: its momentum
     betas: Optional[List[float]] = None  # adam/adamw; null = torch's (0.9, 0.999)
-    groups: List[ParamGroupConfig] = field(default_factory=list)
+    groups: List[ParamGroupConfig] = field(default_factory=list)  # parameter groups with own LR / decay (disjoint)
     layer_decay: Optional[float] = None  # e.g. 0.75: block i below the head trains at lr x 0.75**i
     no_decay: Optional[List[str]] = None  # no weight decay: `bias`, `norm`, selectors; null = [bias, norm] for adamw
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
