@@ -20,6 +20,7 @@ from transfer_pipeline.schema import register_configs, to_run_config
 register_configs()
 log = logging.getLogger("transfer_pipeline")
 FAILED_JOBS: list[str] = []  # run folders of the sweep jobs that failed with a UserError
+RERUN_CODE_DIRS: list[str] = []  # where the re-run run found the person's own modules (its summary.json)
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
@@ -39,13 +40,16 @@ def main(cfg: DictConfig) -> float | None:
     overrides = tuple(hydra_cfg.overrides.task)
     config_dirs = tuple(src.path for src in hydra_cfg.runtime.config_sources
                         if src.schema == "file" and src.provider in ("main", "command-line"))
-    origins = ConfigOrigins({g: c for g, c in hydra_cfg.runtime.choices.items() if not g.startswith("hydra/")},
-                            overrides, config_dirs)
     # your own code next to your configs (`_target_: my_data.splits` from a --config-dir), or in the directory
-    # the run starts in (a --rerun of such a run, started there), as `python -m` would find it
-    for d in (*config_dirs, os.getcwd()):
-        if d != str(Path(__file__).resolve().parent / "conf") and d not in sys.path:
+    # the run starts in, as `python -m` would find it; a --rerun adds the folders its run recorded (RERUN_CODE_DIRS)
+    shipped = str(Path(__file__).resolve().parent / "conf")
+    code_dirs = tuple(dict.fromkeys(d for d in (*RERUN_CODE_DIRS, *config_dirs, os.getcwd())
+                                    if d != shipped and Path(d).name != ".hydra"))
+    for d in code_dirs:
+        if d not in sys.path:
             sys.path.append(d)
+    origins = ConfigOrigins({g: c for g, c in hydra_cfg.runtime.choices.items() if not g.startswith("hydra/")},
+                            overrides, config_dirs, code_dirs)
     try:
         resume = OmegaConf.select(cfg, "trainer.resume") is not None  # the schema checks the config in run_job
         summary = run_job(lambda: to_run_config(cfg), run_dir, origins, resume=resume)
@@ -92,18 +96,71 @@ PLUGINS = {"hydra/launcher": {"slurm": "hydra_plugins.hydra_submitit_launcher",
 
 
 def rerun_arguments(argv: list[str]) -> list[str]:
-    """`python run.py --rerun <run folder> [overrides]`: the run's own composed config (.hydra/config.yaml) as
-    the config, i.e. Hydra's `--config-path <folder>/.hydra --config-name config`, with the run-folder guard."""
+    """`python run.py --rerun <run folder> [overrides] [--trust-config]`: the run's own composed config
+    (.hydra/config.yaml) as the config, i.e. Hydra's `--config-path <folder>/.hydra --config-name config`,
+    with the run-folder guard. See `check_rerun` for what is checked first."""
     if "--rerun" not in argv:
         return argv
+    trust = "--trust-config" in argv
+    argv = [a for a in argv if a != "--trust-config"]
     i = argv.index("--rerun")
-    folder = Path(argv[i + 1]).resolve() if i + 1 < len(argv) else None
-    if folder is None or not (folder / ".hydra" / "config.yaml").is_file():
-        print(f"run.py: --rerun needs a run folder holding .hydra/config.yaml (got {argv[i + 1] if folder else 'nothing'}); "
+    given = argv[i + 1] if i + 1 < len(argv) else None
+    folder = Path(given).resolve() if given else None
+    if folder is None or not (folder / ".hydra" / "config.yaml").exists():
+        print(f"run.py: --rerun needs a run folder holding .hydra/config.yaml (got {given or 'nothing'}); "
               "e.g. python run.py --rerun outputs/2026-12-01/10-00-00", file=sys.stderr)
         sys.exit(2)
+    rest = argv[i + 2:]
+    from transfer_pipeline.errors import UserError
+
+    try:
+        extra = check_rerun(folder, trust, rest)
+    except UserError as e:
+        print(f"run.py: {e}", file=sys.stderr)
+        sys.exit(2)
     guard = "+hydra.callbacks.run_folder={_target_: transfer_pipeline.hydra_edge.callbacks.RunFolderGuard}"
-    return [*argv[:i], "--config-path", str(folder / ".hydra"), "--config-name", "config", *argv[i + 2:], guard]
+    return [*argv[:i], "--config-path", str(folder / ".hydra"), "--config-name", "config", *extra, *rest, guard]
+
+
+def check_rerun(folder: Path, trust: bool, overrides: list[str]) -> list[str]:
+    """Before a folder's config runs again. A Hydra config is code (`_target_: os.system` runs), so a config
+    this user did not make (another owner, or not the one its run recorded in summary.json) needs
+    --trust-config. The file is read with limits (size, no YAML aliases). Returns the overrides the re-run
+    needs: a resumed run's `trainer.resume` is dropped (the re-run starts afresh in a new folder)."""
+    import hashlib
+    import json
+
+    from transfer_pipeline.errors import UserError
+    from transfer_pipeline.files import read_yaml
+
+    config = folder / ".hydra" / "config.yaml"
+    loaded = read_yaml(config, "--rerun")
+    if not isinstance(loaded, dict):
+        raise UserError(f"--rerun: {config} holds no config (a YAML mapping); it is not a run folder's.")
+    try:
+        summary = json.loads((folder / "summary.json").read_text())
+    except (OSError, ValueError):
+        summary = {}
+    summary = summary if isinstance(summary, dict) else {}
+    if not trust:
+        why = None
+        if config.stat().st_uid != os.getuid():
+            why = f"it belongs to another user (uid {config.stat().st_uid})"
+        elif summary.get("config_sha256") != hashlib.sha256(config.read_bytes()).hexdigest():
+            why = ("it is not the config its run recorded (summary.json has " +
+                   ("another SHA-256: it was edited after the run" if summary.get("config_sha256") else "no SHA-256 of it")
+                   + ")")
+        if why is not None:
+            raise UserError(f"--rerun: {config} was not written by a run of yours: {why}. A config names code to run "
+                            "(every `_target_`), so running it runs whatever it names. Read it, then add "
+                            "--trust-config to run it.")
+    dirs = summary.get("code_dirs")
+    if isinstance(dirs, list):
+        RERUN_CODE_DIRS[:] = [d for d in dirs if isinstance(d, str)]
+    resumed = isinstance(loaded.get("trainer"), dict) and loaded["trainer"].get("resume") is not None
+    if resumed and not any(o.lstrip("+~").startswith("trainer.resume=") for o in overrides):
+        return ["trainer.resume=null"]
+    return []
 
 
 def check_plugins() -> None:

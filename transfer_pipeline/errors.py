@@ -46,6 +46,7 @@ class ConfigOrigins:
     choices: Mapping[str, str | None] = field(default_factory=dict)  # config group -> chosen file ('mapping': 'new_head')
     overrides: tuple[str, ...] = ()  # the command-line overrides as typed ('mapping.exclude=[fc]', '+model.x=1')
     config_dirs: tuple[str, ...] = ()  # the folders the config files were read from (conf/, a --config-dir)
+    code_dirs: tuple[str, ...] = ()  # the folders a `_target_` of the person's own was looked for in (sys.path)
 
     @property
     def rerun_of(self) -> str | None:

@@ -84,6 +84,42 @@ def check_path(path: Path, where: str, want: str = "file", given: str | Path | N
     return kind
 
 
+YAML_MAX_BYTES = 4 << 20  # a config or a rules file of 100,000 rules is well under this
+
+
+def read_yaml(path: Path, where: str, max_bytes: int = YAML_MAX_BYTES) -> Any:
+    """A YAML file a person gives (a rules file, a run's `.hydra/config.yaml`), read with limits.
+
+    Refused with a message naming `where`: anything but a regular file (a FIFO would block), a file
+    over `max_bytes`, bytes that are not UTF-8 text (a NUL), a YAML error, and anchors/aliases (`&a`,
+    `*a`): no config this tool writes has them, and nested aliases expand exponentially (a few hundred
+    bytes can ask for gigabytes: "billion laughs").
+    """
+    import yaml
+
+    check_path(path, where, "file")
+    size = os.stat(path).st_size
+    if size > max_bytes:
+        raise UserError(f"{where}: {path} is {size:,} bytes, over the {max_bytes:,} a YAML file here may have; "
+                        "is it the right file?")
+    with open(path, "rb") as f:
+        data = f.read(max_bytes + 1)  # a file that grew since stat() is still bounded
+    if len(data) > max_bytes or b"\0" in data:
+        raise UserError(f"{where}: {path} is not a YAML text file ({'too large' if len(data) > max_bytes else 'it holds NUL bytes'}).")
+    try:
+        text = data.decode("utf-8")
+        if any(isinstance(e, yaml.AliasEvent) for e in yaml.parse(text, Loader=yaml.SafeLoader)):
+            raise UserError(f"{where}: {path} uses YAML aliases (*name); write the values out instead (configs this "
+                            "tool writes never use them, and nested ones can expand without bound).")
+        return yaml.safe_load(text)
+    except UnicodeDecodeError as e:
+        raise UserError(f"{where}: {path} is not UTF-8 text (byte {e.start}).") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise UserError(f"{where}: {path} is not valid YAML{at}: {getattr(e, 'problem', None) or e}.") from None
+
+
 def _umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)

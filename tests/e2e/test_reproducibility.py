@@ -148,9 +148,12 @@ def test_rerun_of_a_config_that_does_not_fit_the_schema_names_the_key(tmp_path):
     (tmp_path / "run" / ".hydra").mkdir(parents=True)
     config = tmp_path / "run" / ".hydra" / "config.yaml"
     config.write_text("mode: plan\noptim:\n  lrr: 0.1\n")  # edited by hand, or written by another version
-    result = run_cli("--rerun", str(tmp_path / "run"), f"hydra.run.dir={tmp_path / 'again'}")
+    result = run_cli("--rerun", str(tmp_path / "run"), f"hydra.run.dir={tmp_path / 'again'}", "--trust-config")
     assert result.returncode == 2, result.stderr[-2000:]
     assert "lrr" in result.stdout + result.stderr and "Traceback" not in result.stdout + result.stderr
-    config.write_text("")  # empty: the model is missing
-    result = run_cli("--rerun", str(tmp_path / "run"), f"hydra.run.dir={tmp_path / 'empty'}")
+    config.write_text("mode: plan\n")  # the model is missing
+    result = run_cli("--rerun", str(tmp_path / "run"), f"hydra.run.dir={tmp_path / 'empty'}", "--trust-config")
     assert result.returncode == 2 and "model: has no value" in result.stdout + result.stderr
+    config.write_text("")  # empty: no config at all
+    result = run_cli("--rerun", str(tmp_path / "run"), f"hydra.run.dir={tmp_path / 'empty2'}", "--trust-config")
+    assert result.returncode == 2 and "holds no config" in result.stderr

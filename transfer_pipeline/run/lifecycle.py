@@ -59,6 +59,7 @@ def run_job(load_config: Callable[[], RunConfig], run_dir: Path, origins: Config
     state = None
     with signals.installed():  # until summary.json has the ending: a late Ctrl-C cannot cut the record short
         try:
+            _record_config(run_dir, origins, summary)
             write_json(run_dir / "summary.json", summary)
             with _warnings_once():
                 cfg = load_config()  # the schema's checks: a bad value ends here, recorded as failed
@@ -110,6 +111,18 @@ def run_job(load_config: Callable[[], RunConfig], run_dir: Path, origins: Config
             log.log(logging.INFO if summary["status"] != "failed" else logging.ERROR, "Run %s after %.1f s: %s",
                     summary["status"], summary["seconds"], run_dir)
     return summary
+
+
+def _record_config(run_dir: Path, origins: ConfigOrigins | None, summary: dict[str, Any]) -> None:
+    """What `--rerun` checks before it runs this folder's config again: the SHA-256 of the config Hydra
+    wrote (a config edited afterwards, or planted, no longer matches) and where the person's own code was."""
+    import hashlib
+
+    config = run_dir / ".hydra" / "config.yaml"
+    if config.is_file():
+        summary["config_sha256"] = hashlib.sha256(config.read_bytes()).hexdigest()
+    if origins is not None and origins.code_dirs:
+        summary["code_dirs"] = list(origins.code_dirs)
 
 
 def _record_hash(state: Any, summary: dict[str, Any], wait: bool) -> None:
