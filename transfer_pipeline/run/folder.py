@@ -43,7 +43,7 @@ HYDRA_FILES = {".hydra", "run.log"}  # what Hydra writes in a sweep's job folder
 TEMP = re.compile(r"\..+\.(?:[a-z0-9_]{8}|\d+)\.tmp")
 TEMP_FOLDERS = ("", "checkpoints")  # where the tool writes; clean-up looks nowhere else
 # what a failed run may have written and still count as "nothing trained": replacing it loses nothing
-REPLACEABLE = {SUMMARY, "load_report.json", "run.log", LOCK, ".hydra"}
+REPLACEABLE = {SUMMARY, "load_report.json", "run.log", LOCK, ".hydra", ".summary.reserve"}
 _held: dict[Path, int] = {}  # run folders this process holds: resolved path -> lock file descriptor
 
 
@@ -152,6 +152,25 @@ def check_source_outside(files: list[Path], run_dir: Path) -> None:
         raise UserError(f"source.path: {inside[0]} is inside the run folder {run_dir}, where this run writes its "
                         "own files (model.safetensors, checkpoints/ ...) and could replace the weights it reads. "
                         "Give the run another folder (hydra.run.dir=...), or copy the checkpoint elsewhere.")
+
+
+RESERVE = ".summary.reserve"  # blocks and an inode kept free for the last summary.json of a run on a full disk
+RESERVE_BYTES = 64 << 10
+
+
+def reserve_space(run_dir: Path) -> None:
+    """Take the room the last record needs now, while there is some (a disk can fill during the run)."""
+    with open(Path(run_dir) / RESERVE, "wb") as f:
+        f.write(bytes(RESERVE_BYTES))  # real blocks, not a sparse file
+
+
+def free_reserve(run_dir: Path) -> bool:
+    """Give the reserved room back (before the last write, when the disk is full; always at the end)."""
+    try:
+        (Path(run_dir) / RESERVE).unlink()
+        return True
+    except FileNotFoundError:
+        return False
 
 
 def release(run_dir: Path) -> None:

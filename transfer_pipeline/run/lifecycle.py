@@ -49,7 +49,7 @@ def run_job(load_config: Callable[[], RunConfig], run_dir: Path, origins: Config
     from .state import Run
     from .provenance import git_commit, git_state, versions
     from ..files import write_json
-    from .folder import claim, release
+    from .folder import claim, release, reserve_space
 
     run_dir = Path(run_dir)
     claim(run_dir, resume)  # before anything is written: a folder in use or holding a run is refused untouched
@@ -60,6 +60,7 @@ def run_job(load_config: Callable[[], RunConfig], run_dir: Path, origins: Config
     with signals.installed():  # until summary.json has the ending: a late Ctrl-C cannot cut the record short
         try:
             _record_config(run_dir, origins, summary)
+            reserve_space(run_dir)
             write_json(run_dir / "summary.json", summary)
             with _warnings_once():
                 cfg = load_config()  # the schema's checks: a bad value ends here, recorded as failed
@@ -86,6 +87,16 @@ def run_job(load_config: Callable[[], RunConfig], run_dir: Path, origins: Config
             raise
         except BaseException as e:
             signals.closing = True
+            if _disk_full(e):  # not a bug: the person's disk; said as plainly as any other UserError
+                message = (f"disk full: {getattr(e, 'strerror', None) or e} while writing "
+                           f"{getattr(e, 'filename', None) or 'a file of the run'}. Free space on the disk that holds "
+                           f"{run_dir.resolve()} (df -h shows it), or give the run a folder on another disk, and run "
+                           "again" + ("; checkpoints/last.pt lets it resume (trainer.resume=auto)."
+                                      if (run_dir / "checkpoints" / "last.pt").is_file() else "."))
+                summary.update(status="failed", error_type="DiskFull", error=message)
+                logging.raiseExceptions = False  # run.log is on that disk: its handler fails quietly, stderr still says it
+                log.error("error: %s", message)
+                raise UserError(message) from None
             summary.update(status="failed", error_type=type(e).__name__, error=str(e))
             log.exception("The run failed with an unexpected %s (a bug: please report it with this traceback)",
                           type(e).__name__)
@@ -101,7 +112,7 @@ def run_job(load_config: Callable[[], RunConfig], run_dir: Path, origins: Config
                 summary["config_git"] = [git_state(Path(d)) or {"path": d, "commit": None, "dirty": None}
                                          for d in origins.config_dirs]
             try:
-                write_json(run_dir / "summary.json", summary)
+                _write_last(run_dir, summary)
             finally:
                 release(run_dir)
                 if "torch.distributed" in sys.modules:
@@ -111,6 +122,34 @@ def run_job(load_config: Callable[[], RunConfig], run_dir: Path, origins: Config
             log.log(logging.INFO if summary["status"] != "failed" else logging.ERROR, "Run %s after %.1f s: %s",
                     summary["status"], summary["seconds"], run_dir)
     return summary
+
+
+def _disk_full(e: BaseException) -> bool:
+    """ENOSPC / EDQUOT, raised as such or inside a library's own error (torch.save, safetensors say it in words)."""
+    import errno
+
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    return any(words in str(e) for words in ("No space left on device", "Disk quota exceeded"))
+
+
+def _write_last(run_dir: Path, summary: dict[str, Any]) -> None:
+    """The last summary.json, even on a full disk: then the room reserved at the start is given back first."""
+    from ..files import write_json
+    from .folder import free_reserve
+
+    try:
+        write_json(run_dir / "summary.json", summary)
+    except OSError as e:
+        if not _disk_full(e):
+            raise
+        try:
+            if not free_reserve(run_dir):
+                raise
+            write_json(run_dir / "summary.json", summary)
+        except OSError:  # full from the start (no reserve): say so, and let the run's own error through
+            log.error("summary.json could not be written: the disk that holds %s is full", run_dir.resolve())
+    free_reserve(run_dir)
 
 
 def _record_config(run_dir: Path, origins: ConfigOrigins | None, summary: dict[str, Any]) -> None:
