@@ -238,12 +238,24 @@ def loaders(bundle: DataBundle, batch_size: int, seed: int, num_workers: int = 0
     from .batches import ShuffledBatches
 
     order, workers = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed)
-    common = dict(worker_init_fn=seed_worker, num_workers=num_workers, pin_memory=pin_memory,
-                  persistent_workers=num_workers > 0)
     train = DataLoader(bundle.train, batch_sampler=ShuffledBatches(len(bundle.train), batch_size, order, rank, world),
-                       generator=workers, collate_fn=MixedBatches(mixer) if mixer is not None else None, **common)
-    val = DataLoader(bundle.val, batch_size=batch_size * 2, shuffle=False, **common)
+                       generator=workers, collate_fn=MixedBatches(mixer) if mixer is not None else None,
+                       worker_init_fn=seed_worker, num_workers=num_workers, pin_memory=pin_memory,
+                       persistent_workers=num_workers > 0)
+    val = eval_loader(bundle.val, batch_size * 2, num_workers, pin_memory, persistent=True)
     return train, val
+
+
+def eval_loader(dataset: Dataset, batch_size: int, num_workers: int = 0, pin_memory: bool = False,
+                persistent: bool = False) -> DataLoader:
+    """The one way a split is read for evaluation or prediction: in order, whole, workers seeded like training's.
+
+    `batch_size` as read (evaluation holds no gradients: callers give twice the training batch);
+    `pin_memory` when the model is on a GPU (asynchronous copies); `persistent`: keep the workers
+    between passes (the val loader, read every epoch), where a one-pass loader lets them end with it.
+    """
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, worker_init_fn=seed_worker,
+                      num_workers=num_workers, pin_memory=pin_memory, persistent_workers=persistent and num_workers > 0)
 
 
 class MixedBatches:

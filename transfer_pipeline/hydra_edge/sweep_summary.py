@@ -9,15 +9,12 @@ The swept keys are the overrides whose values differ between jobs: one column ea
 from __future__ import annotations
 
 import json
-import logging
 import math
 import re
 from pathlib import Path
 from typing import Any
 
 from ..tables import format_table
-
-log = logging.getLogger(__name__)
 
 DONE = ("completed", "planned", "exported", "evaluated", "predicted")  # how each mode ends well (summary.json status)
 
@@ -103,18 +100,11 @@ def write(sweep_dir: Path) -> tuple[str, list[str]]:
 
 def _plot(path: Path, swept: list[str], rows: list[dict[str, Any]]) -> bool:
     """The best metric against each swept value, one panel per swept key; jobs without a value marked x."""
-    try:
-        import matplotlib
+    from ..training.curves import pyplot, save_figure
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        log.info("matplotlib is not installed: no sweep_summary.png written")
+    plt = pyplot("sweep_summary.png")
+    if plt is None:
         return False
-    import io
-
-    from ..files import atomic_write_bytes
-
     keys = swept or ["job"]
     monitor = next((r["monitor"] for r in rows if r["monitor"]), "val_acc")
     fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.4), constrained_layout=True, squeeze=False)
@@ -131,8 +121,5 @@ def _plot(path: Path, swept: list[str], rows: list[dict[str, Any]]) -> bool:
         ax.set_xlabel(key)
         ax.set_ylabel(monitor)
         ax.legend(fontsize=7)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    save_figure(fig, path)
     return True

@@ -14,11 +14,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import UserError, close_names
-from .prefixes import PrefixChoice
-from .prefixes import choose as choose_prefix
-from .prefixes import nothing_loaded_error
+from .prefixes import PrefixChoice, choose_prefixes, nothing_loaded_error
 from .op_specs import plan_op
-from .rules import Rule, apply_rules, group_outputs, match_rule, parse_rules  # noqa: F401 (apply_rules, parse_rules: re-exported)
+from .rules import Rule, apply_rules, group_outputs, match_rule, parse_rules
 from ..patterns import Match
 from ..schema import MappingConfig, SourceConfig
 from ..selectors import check_selector, select, select_all
@@ -84,6 +82,12 @@ def _renamer(rules: Sequence[Rule]):
     return (lambda name: apply_rules(name, rules)[0]) if rules else None
 
 
+def prefix_choice(source: Mapping[str, TensorMeta], target: Mapping[str, TensorMeta], rules: Sequence[Rule],
+                  prefixes: SourceConfig) -> PrefixChoice:
+    """The prefix step: `source.strip_prefixes` / `add_prefix` when set, else detected (rename rules counted)."""
+    return choose_prefixes(source, target, prefixes.strip_prefixes, prefixes.add_prefix, _renamer(rules))
+
+
 def plan_load(source: Mapping[str, TensorMeta], target: Mapping[str, TensorMeta],
               mapping: MappingConfig | None = None, prefixes: SourceConfig | None = None,
               info: TargetInfo | None = None) -> LoadPlan:
@@ -97,98 +101,28 @@ def plan_load(source: Mapping[str, TensorMeta], target: Mapping[str, TensorMeta]
     """
     mapping = mapping or MappingConfig()
     prefixes = prefixes or SourceConfig()
-    on_mismatch, exclude = mapping.on_mismatch.value, mapping.exclude
-    parsed = parse_rules(mapping.rules)
-    prefix = choose_prefix(source, target, prefixes.strip_prefixes, prefixes.add_prefix, _renamer(parsed))
-    excluded = set(select_all(exclude, list(target), "mapping.exclude")) if exclude else set()
+    rules = parse_rules(mapping.rules)
+    prefix = prefix_choice(source, target, rules, prefixes)
+    excluded = set(select_all(mapping.exclude, list(target), "mapping.exclude")) if mapping.exclude else set()
 
-    hits = [0] * len(parsed)
-    writers: dict[str, tuple[tuple[str, ...], int | None]] = {}  # target -> (sources, rule) writing it
-    mapped: dict[str, str] = {}  # target -> source, by name or by a rename rule
-    rule_of: dict[str, int] = {}  # target -> the rename rule that mapped it
-    renamed: dict[str, str] = {}
-    claims: dict[int, list[tuple[str, str, int, Match]]] = {}  # op rule -> the source tensors it matched
-    unclaimed: list[str] = []  # source tensors no rule matched and no target name matches (for mapping.auto)
-    for name in source:
-        short = prefix.apply(name)
-        hit = match_rule(short, parsed)
-        tname, rule_i = short, None
-        if hit is not None:
-            rule_i, j, m = hit
-            hits[rule_i] += 1
-            rule = parsed[rule_i]
-            if rule.op != "rename":
-                claims.setdefault(rule_i, []).append((name, short, j, m))
-                continue
-            tname = rule.expand(rule.to, m, short)
-        if tname not in target or tname in excluded:
-            if rule_i is None and tname not in target:
-                unclaimed.append(name)
-            continue
-        _claim(writers, tname, (name,), rule_i)
-        mapped[tname] = name
-        if rule_i is not None:
-            rule_of[tname] = rule_i
-        if tname != name:
-            renamed[name] = tname
-
-    for i, (rule, n) in enumerate(zip(parsed, hits)):
-        if n == 0 and not rule.optional:
-            pats = rule.patterns or (rule.pattern,)
-            shown = pats[0].pattern if len(pats) == 1 else "[" + ", ".join(f"'{p.pattern}'" for p in pats) + "]"
-            hint = list(dict.fromkeys(h for p in pats for h in close_names(p.pattern, list(source))))[:5]
-            raise UserError(f"mapping.rules[{i}]: 'from: {shown}' matches no source tensor "
-                            f"(after the prefix step: {prefix.describe()}). "
-                            f"Closest source names: {', '.join(hint) or ', '.join(list(source)[:5])}. "
-                            "Mark the rule 'optional: true' if that is expected.")
-
-    planned = _plan_op_rules(parsed, claims, source, target, excluded, writers)
-    used = set(mapped.values()) | {s for e in planned.values() for s in e.sources}
+    names = _match_names(source, target, rules, prefix, excluded)
+    _check_rules_matched(rules, names.hits, source, prefix)
+    planned = _plan_op_rules(rules, names.claims, source, target, excluded, names.writers)
+    used = set(names.mapped.values()) | {s for e in planned.values() for s in e.sources}
+    renamed = names.renamed
     for e in planned.values():
         if len(e.sources) > 1 or e.op != "split":
             renamed.update({s: e.target for s in e.sources if s != e.target})
 
-    auto_pairs: dict[str, str] = {}
-    notes: list[str] = []
-    if mapping.auto is not None:  # shape_order, the one way there is (the schema checked the value)
-        free = [t for t in target if t not in writers and t not in excluded]
-        pairs, notes = auto_pair(unclaimed, free, source, target)
-        for s, t in pairs:
-            planned[t] = LoadEntry((s,), t, target[t].shape, source[s].dtype, target[t].dtype)
-            auto_pairs[s] = t
-            used.add(s)
-            if s != t:
-                renamed[s] = t
+    auto, notes = _auto_entries(names, source, target, excluded) if mapping.auto is not None else ({}, [])
+    auto_pairs = {e.source: t for t, e in auto.items()}
+    planned.update(auto)
+    used |= set(auto_pairs)
+    renamed.update({s: t for s, t in auto_pairs.items() if s != t})
 
-    entries, mismatched = [], []
-    for tname, meta in target.items():
-        if tname in planned:
-            entries.append(planned[tname])
-            continue
-        sname = mapped.get(tname)
-        if sname is None:
-            continue
-        smeta = source[sname]
-        if smeta.shape != meta.shape:
-            mismatched.append({"source": sname, "target": tname,
-                               "source_shape": list(smeta.shape), "target_shape": list(meta.shape)})
-            continue
-        entries.append(LoadEntry((sname,), tname, meta.shape, smeta.dtype, meta.dtype, rule=rule_of.get(tname)))
-
-    if mismatched and on_mismatch == "error":
-        lines = "\n".join(f"  {m['target']}: source {tuple(m['source_shape'])} vs target {tuple(m['target_shape'])}"
-                          for m in mismatched)
-        raise UserError(f"mapping.on_mismatch=error: {len(mismatched)} tensor(s) have another shape in the target:\n"
-                        f"{lines}\nFix: set mapping.on_mismatch=skip to leave them freshly initialised, "
-                        "list them in mapping.exclude, or change the model so the shapes agree.")
-
-    changed = [e for e in entries if dtype_kind(e.source_dtype) != dtype_kind(e.target_dtype)]
-    if changed and not prefixes.allow_lossy_cast:
-        lines = "\n".join(f"  {e.target}: {e.source_dtype} -> {e.target_dtype}" for e in changed[:10])
-        more = f"\n  (+{len(changed) - 10} more)" if len(changed) > 10 else ""
-        raise UserError(f"source.allow_lossy_cast: {len(changed)} tensor(s) would change kind when loaded, which loses or "
-                        f"invents information:\n{lines}{more}\nFix: map them to tensors of their own kind (mapping.rules, "
-                        "mapping.exclude), or set source.allow_lossy_cast=true if the cast is what you want.")
+    entries, mismatched = _entries(source, target, planned, names)
+    _check_shapes(mismatched, mapping.on_mismatch.value)
+    _check_casts(entries, prefixes.allow_lossy_cast)
 
     loaded = {e.target for e in entries}
     tied, kept, warnings = _target_facts(info or TargetInfo(), loaded, excluded, target)
@@ -203,7 +137,7 @@ def plan_load(source: Mapping[str, TensorMeta], target: Mapping[str, TensorMeta]
         excluded=[t for t in target if t in excluded],
         stripped_prefix=prefix.stripped,
         loaded_fraction=(sum(target[t].numel for t in loaded) / total) if total else 0.0,
-        rule_hits=hits,
+        rule_hits=names.hits,
         auto_pairs=auto_pairs,
         notes=notes,
         added_prefix=prefix.add,
@@ -211,6 +145,113 @@ def plan_load(source: Mapping[str, TensorMeta], target: Mapping[str, TensorMeta]
         kept=kept,
         warnings=warnings,
     )
+
+
+@dataclass
+class _NameMatches:
+    """What the pass over the source names found: the plan's steps after it read (and extend) these."""
+
+    hits: list[int]  # source tensors each rule matched
+    writers: dict[str, tuple[tuple[str, ...], int | None]] = field(default_factory=dict)  # target -> (sources, rule)
+    mapped: dict[str, str] = field(default_factory=dict)  # target -> source, by name or by a rename rule
+    rule_of: dict[str, int] = field(default_factory=dict)  # target -> the rename rule that mapped it
+    renamed: dict[str, str] = field(default_factory=dict)  # source -> target, where the names differ
+    claims: dict[int, list[tuple[str, str, int, Match]]] = field(default_factory=dict)  # op rule -> its sources
+    unclaimed: list[str] = field(default_factory=list)  # no rule and no target of that name (for mapping.auto)
+
+
+def _match_names(source: Mapping[str, TensorMeta], target: Mapping[str, TensorMeta], rules: Sequence[Rule],
+                 prefix: PrefixChoice, excluded: set[str]) -> _NameMatches:
+    """Each source name after the prefix step: renamed by the first rule that matches it (or kept), and
+    mapped when the target has that name; names an op rule matched are set aside for `_plan_op_rules`."""
+    found = _NameMatches(hits=[0] * len(rules))
+    for name in source:
+        short = prefix.apply(name)
+        hit = match_rule(short, rules)
+        tname, rule_i = short, None
+        if hit is not None:
+            rule_i, j, m = hit
+            found.hits[rule_i] += 1
+            rule = rules[rule_i]
+            if rule.op != "rename":
+                found.claims.setdefault(rule_i, []).append((name, short, j, m))
+                continue
+            tname = rule.expand(rule.to, m, short)
+        if tname not in target or tname in excluded:
+            if rule_i is None and tname not in target:
+                found.unclaimed.append(name)
+            continue
+        _claim(found.writers, tname, (name,), rule_i)
+        found.mapped[tname] = name
+        if rule_i is not None:
+            found.rule_of[tname] = rule_i
+        if tname != name:
+            found.renamed[name] = tname
+    return found
+
+
+def _check_rules_matched(rules: Sequence[Rule], hits: Sequence[int], source: Mapping[str, TensorMeta],
+                         prefix: PrefixChoice) -> None:
+    """A rule that matches no source tensor is a typo until marked `optional: true`."""
+    for i, (rule, n) in enumerate(zip(rules, hits)):
+        if n == 0 and not rule.optional:
+            pats = rule.patterns or (rule.pattern,)
+            shown = pats[0].pattern if len(pats) == 1 else "[" + ", ".join(f"'{p.pattern}'" for p in pats) + "]"
+            hint = list(dict.fromkeys(h for p in pats for h in close_names(p.pattern, list(source))))[:5]
+            raise UserError(f"mapping.rules[{i}]: 'from: {shown}' matches no source tensor "
+                            f"(after the prefix step: {prefix.describe()}). "
+                            f"Closest source names: {', '.join(hint) or ', '.join(list(source)[:5])}. "
+                            "Mark the rule 'optional: true' if that is expected.")
+
+
+def _auto_entries(names: _NameMatches, source: Mapping[str, TensorMeta], target: Mapping[str, TensorMeta],
+                  excluded: set[str]) -> tuple[dict[str, LoadEntry], list[str]]:
+    """`mapping.auto` (shape_order, the one way; the schema checked the value): entries for the leftover
+    tensors paired by shape (target -> entry, in target order), and the notes on what it refused to pair."""
+    free = [t for t in target if t not in names.writers and t not in excluded]
+    pairs, notes = auto_pair(names.unclaimed, free, source, target)
+    return {t: LoadEntry((s,), t, target[t].shape, source[s].dtype, target[t].dtype) for s, t in pairs}, notes
+
+
+def _entries(source: Mapping[str, TensorMeta], target: Mapping[str, TensorMeta], planned: Mapping[str, LoadEntry],
+             names: _NameMatches) -> tuple[list[LoadEntry], list[dict[str, Any]]]:
+    """(the load entries in target order, the name matches whose shapes differ)."""
+    entries, mismatched = [], []
+    for tname, meta in target.items():
+        if tname in planned:
+            entries.append(planned[tname])
+            continue
+        sname = names.mapped.get(tname)
+        if sname is None:
+            continue
+        smeta = source[sname]
+        if smeta.shape != meta.shape:
+            mismatched.append({"source": sname, "target": tname,
+                               "source_shape": list(smeta.shape), "target_shape": list(meta.shape)})
+            continue
+        entries.append(LoadEntry((sname,), tname, meta.shape, smeta.dtype, meta.dtype, rule=names.rule_of.get(tname)))
+    return entries, mismatched
+
+
+def _check_shapes(mismatched: Sequence[dict[str, Any]], on_mismatch: str) -> None:
+    """`mapping.on_mismatch=error`: a same-named tensor of another shape stops the run (skip: left fresh)."""
+    if mismatched and on_mismatch == "error":
+        lines = "\n".join(f"  {m['target']}: source {tuple(m['source_shape'])} vs target {tuple(m['target_shape'])}"
+                          for m in mismatched)
+        raise UserError(f"mapping.on_mismatch=error: {len(mismatched)} tensor(s) have another shape in the target:\n"
+                        f"{lines}\nFix: set mapping.on_mismatch=skip to leave them freshly initialised, "
+                        "list them in mapping.exclude, or change the model so the shapes agree.")
+
+
+def _check_casts(entries: Sequence[LoadEntry], allow_lossy_cast: bool) -> None:
+    """A load that changes a tensor's kind (float <-> int <-> bool) loses or invents information: only on request."""
+    changed = [e for e in entries if dtype_kind(e.source_dtype) != dtype_kind(e.target_dtype)]
+    if changed and not allow_lossy_cast:
+        lines = "\n".join(f"  {e.target}: {e.source_dtype} -> {e.target_dtype}" for e in changed[:10])
+        more = f"\n  (+{len(changed) - 10} more)" if len(changed) > 10 else ""
+        raise UserError(f"source.allow_lossy_cast: {len(changed)} tensor(s) would change kind when loaded, which loses or "
+                        f"invents information:\n{lines}{more}\nFix: map them to tensors of their own kind (mapping.rules, "
+                        "mapping.exclude), or set source.allow_lossy_cast=true if the cast is what you want.")
 
 
 def _target_facts(info: TargetInfo, loaded: set[str], excluded: set[str],

@@ -149,8 +149,8 @@ def detect(source: Mapping[str, Any], target: Mapping[str, Any],
     return PrefixChoice((best[1],) if best[1] else (), best[2], best[0]) if best else PrefixChoice(hits=base)
 
 
-def choose(source: Mapping[str, Any], target: Mapping[str, Any], strip: Sequence[str] | None = None,
-           add: str | None = None, rename: Callable[[str], str] | None = None) -> PrefixChoice:
+def choose_prefixes(source: Mapping[str, Any], target: Mapping[str, Any], strip: Sequence[str] | None = None,
+                    add: str | None = None, rename: Callable[[str], str] | None = None) -> PrefixChoice:
     """`source.strip_prefixes` / `source.add_prefix` when set (checked), else `detect`."""
     if strip is None and add is None:
         return detect(source, target, rename)

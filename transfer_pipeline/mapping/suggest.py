@@ -241,12 +241,10 @@ def _fill(skeleton: str, parts: list[str], escape: bool) -> str:
 def suggest_rules(source: Mapping[str, TensorMeta], target: Mapping[str, TensorMeta], plan: Any,
                   mapping: MappingConfig, prefixes: SourceConfig, info: Any = None) -> Suggestion:
     """Rules for what `plan` (made with `mapping`) leaves unmatched, checked by planning with them."""
-    from .plan import _renamer, plan_load
-    from .prefixes import choose as choose_prefix
+    from .plan import plan_load, prefix_choice
     from .rules import parse_rules
 
-    prefix = choose_prefix(source, target, prefixes.strip_prefixes, prefixes.add_prefix,
-                           _renamer(parse_rules(mapping.rules)))
+    prefix = prefix_choice(source, target, parse_rules(mapping.rules), prefixes)
     unmatched = list(plan.unexpected) + [m["source"] for m in plan.mismatched]  # a same name of another shape too
     short = {prefix.apply(n): n for n in source if n in set(unmatched)}
     src_meta = {k: source[v] for k, v in short.items()}

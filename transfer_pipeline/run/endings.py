@@ -39,10 +39,10 @@ def evaluated(r: Run) -> None:
                     ", ".join(r.report.missing[:3]), " ..." if len(r.report.missing) > 3 else "")
     split = "test" if r.data.test is not None else "val"
     loader = r.loaders[1]
-    if split == "test":
-        from torch.utils.data import DataLoader
+    if split == "test":  # read as the val split is
+        from ..data.datasets import eval_loader
 
-        loader = DataLoader(r.data.test, batch_size=loader.batch_size, shuffle=False, num_workers=loader.num_workers)
+        loader = eval_loader(r.data.test, loader.batch_size, loader.num_workers, loader.pin_memory)
     result = evaluate(r.model, loader, r.engine, r.task, r.cfg.trainer.limit_val_batches, detail=True)
     confusion = result.pop("confusion", None)
     scalars = {k: v for k, v in result.items() if not isinstance(v, dict) and k != "n"}

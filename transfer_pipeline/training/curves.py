@@ -1,7 +1,8 @@
 """curves.png: loss and the task's metrics (accuracy, F1, MAE / RMSE) per epoch (train and val), every group's LR, and the events.
 
-matplotlib is imported here only (it costs a second), at the end of a run. Without it the run
-says once that no plot was written.
+matplotlib is imported here only (it costs a second), at the end of a run: `pyplot` and
+`save_figure` are the one home of its setup, for confusion.png and sweep_summary.png too. Without
+it the run says once that no plot was written.
 """
 
 from __future__ import annotations
@@ -14,20 +15,41 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 
-def write_curves(path: Path, history: Sequence[dict[str, Any]], events: Sequence[tuple[float, str]] = ()) -> bool:
-    """Plot `history` (metrics.csv rows) to `path`; `events`: (epoch, label) marks. False when not written."""
-    if not history:
-        return False
+def pyplot(what: str) -> Any:
+    """matplotlib's pyplot on the Agg backend (files only, no display needed); None, said in the log,
+    when matplotlib is not installed (it is optional): `what` names the plot that is then not written."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        log.info("matplotlib is not installed: no curves.png written (pip install matplotlib)")
-        return False
+        log.info("matplotlib is not installed: no %s written (pip install matplotlib)", what)
+        return None
+    return plt
+
+
+def save_figure(fig: Any, path: Path) -> None:
+    """`fig` as a PNG at `path`, written whole or not at all (files.atomic_write_bytes), then closed."""
+    import io
+
+    import matplotlib.pyplot as plt
+
     from ..files import atomic_write_bytes
 
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def write_curves(path: Path, history: Sequence[dict[str, Any]], events: Sequence[tuple[float, str]] = ()) -> bool:
+    """Plot `history` (metrics.csv rows) to `path`; `events`: (epoch, label) marks. False when not written."""
+    if not history:
+        return False
+    plt = pyplot("curves.png")
+    if plt is None:
+        return False
     epochs = [int(r["epoch"]) + 1 for r in history]
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6), constrained_layout=True)
     metric_keys = [k for k in history[0] if k.startswith(("train_", "val_", "ema_val_")) and not k.endswith("loss")]
@@ -51,29 +73,15 @@ def write_curves(path: Path, history: Sequence[dict[str, Any]], events: Sequence
             ax.axvline(at + 0.5, color="grey", linestyle="--", linewidth=0.8)
         axes[0].annotate(label, (at + 0.5, 1), xycoords=("data", "axes fraction"), fontsize=7, rotation=90,
                          va="top", ha="right", color="grey")
-    import io
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    save_figure(fig, path)
     return True
 
 
 def write_confusion(path: Path, confusion: dict[str, Any], title: str) -> bool:
     """confusion.png: the confusion matrix (rows: true class, columns: predicted), counts in the cells when few."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        log.info("matplotlib is not installed: no confusion.png written (pip install matplotlib)")
+    plt = pyplot("confusion.png")
+    if plt is None:
         return False
-    import io
-
-    from ..files import atomic_write_bytes
-
     names, matrix = confusion["classes"], confusion["matrix"]
     k = len(names)
     side = min(3 + 0.45 * k, 30)
@@ -91,8 +99,5 @@ def write_confusion(path: Path, confusion: dict[str, Any], title: str) -> bool:
     ax.set_xlabel("predicted class")
     ax.set_ylabel("true class")
     ax.set_title(f"confusion matrix ({title})")
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    save_figure(fig, path)
     return True

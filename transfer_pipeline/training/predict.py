@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from ..errors import UserError
 from ..schema import RunConfig, Task
@@ -144,10 +144,10 @@ def predict(cfg: RunConfig, model: Any, engine: Engine, dataset: Dataset, names:
             progress: Any = None, labelled: bool = False) -> dict[str, Any]:
     """Write predictions.csv for `dataset` (items (input, key) for files, (input, target) or dicts when
     `labelled`); returns the figures for summary.json."""
+    from ..data.datasets import eval_loader
     from ..model_io import split_batch
 
-    loader = DataLoader(dataset, batch_size=cfg.trainer.batch_size * 2, shuffle=False,
-                        num_workers=cfg.data.num_workers)
+    loader = eval_loader(dataset, cfg.trainer.batch_size * 2, cfg.data.num_workers, engine.device.type == "cuda")
     model.eval()
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     n, t0, header = 0, time.perf_counter(), None

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from transfer_pipeline.errors import UserError
 from transfer_pipeline.tensor_meta import TensorMeta
-from transfer_pipeline.mapping.prefixes import PrefixChoice, choose, count_hits, detect, nothing_loaded_error, side_by_side
+from transfer_pipeline.mapping.prefixes import PrefixChoice, choose_prefixes, count_hits, detect, nothing_loaded_error, side_by_side
 
 
 def M(*shape: int) -> TensorMeta:
@@ -136,26 +136,26 @@ def test_large_model_detection_is_fast():
 
 def test_manual_strip_and_add():
     source = under("encoder.", cnn())
-    choice = choose(source, under("backbone.", cnn()), ["encoder."], "backbone.")
+    choice = choose_prefixes(source, under("backbone.", cnn()), ["encoder."], "backbone.")
     assert choice.hits == len(cnn()) and choice.apply("encoder.stem.0.weight") == "backbone.stem.0.weight"
 
 
 def test_manual_add_alone():
-    assert choose(cnn(), under("net.", cnn()), None, "net.").hits == len(cnn())
+    assert choose_prefixes(cnn(), under("net.", cnn()), None, "net.").hits == len(cnn())
 
 
 def test_manual_empty_strip_list_disables_detection():
-    assert choose(under("module.", cnn()), cnn(), [], None).hits == 0
+    assert choose_prefixes(under("module.", cnn()), cnn(), [], None).hits == 0
 
 
 def test_manual_add_prefix_no_target_has_is_error():
     with pytest.raises(UserError, match=r"source\.add_prefix: no target name starts with 'trunk\.'.*stem\.0\.weight"):
-        choose(cnn(), cnn(), None, "trunk.")
+        choose_prefixes(cnn(), cnn(), None, "trunk.")
 
 
 def test_manual_strip_prefix_no_source_has_is_error():
     with pytest.raises(UserError, match=r"source\.strip_prefixes: no source name starts with 'model\.'"):
-        choose(cnn(), cnn(), ["model."], None)
+        choose_prefixes(cnn(), cnn(), ["model."], None)
 
 
 def test_count_hits():
