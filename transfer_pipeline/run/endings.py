@@ -37,6 +37,11 @@ def evaluated(r: Run) -> None:
         log.warning("mode=eval: %d tensor(s) were not loaded (%s%s) and keep their random init; to evaluate trained "
                     "weights give source.path=<run>/model.safetensors with mapping=default", len(r.report.missing),
                     ", ".join(r.report.missing[:3]), " ..." if len(r.report.missing) > 3 else "")
+    else:  # the outputs are the weights' own: their classes must be the data's
+        from ..training.predict import check_same_classes, saved_classes
+
+        check_same_classes(saved_classes(r.weights.extra if r.weights is not None else {}, r.cfg.task),
+                           r.data.class_names, "eval")
     split = "test" if r.data.test is not None else "val"
     loader = r.loaders[1]
     if split == "test":  # read as the val split is
@@ -64,7 +69,7 @@ def evaluated(r: Run) -> None:
 
 def predicted(r: Run) -> None:
     """mode=predict: predictions.csv for predict.input (image files) or the data's test split (else val)."""
-    from ..training.predict import image_inputs, predict, saved_classes
+    from ..training.predict import check_same_classes, image_inputs, predict, saved_classes
     from ..training.progress import bar_factory
 
     cfg = r.cfg
@@ -80,6 +85,7 @@ def predicted(r: Run) -> None:
         from ..data.datasets import build_data
 
         r.data = build_data(cfg.data, cfg.seed, cfg.source.weights)
+        check_same_classes(names, r.data.class_names, "predict")
         names = names or r.data.class_names
         split = "test" if r.data.test is not None else "val"
         dataset, labelled = getattr(r.data, split), True

@@ -69,7 +69,56 @@ def load(path: Path) -> dict[str, Any]:
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise UserError(f"trainer.resume: {path} is not a full-state checkpoint of this pipeline (format "
                         f"{state.get('format') if isinstance(state, dict) else '?'}, expected {FORMAT}).")
+    problem = structure_problem(state)
+    if problem is not None:
+        raise UserError(f"trainer.resume: {path} is not a checkpoint of a run of this pipeline, or it was changed "
+                        f"after it was written: {problem}. Resume from the last.pt a run wrote, or start a fresh run.")
     return state
+
+
+# what a full-state checkpoint holds at its top level, and where the loop was (loop.Position's fields)
+TOP_KEYS = {"format": int, "model": dict, "optimizer": dict, "position": dict, "history": list, "best": dict,
+            "config": dict, "fired": list, "samples": (int, float), "seconds": (int, float)}
+POSITION_COUNTS = ("epoch", "step_in_epoch", "global_step", "n")
+POSITION_KEYS = {*POSITION_COUNTS, "loss_sum", "stats", "seconds", "loader_rng", "rng"}
+
+
+def structure_problem(state: dict[str, Any]) -> str | None:
+    """What makes `state` not a checkpoint this pipeline wrote (a missing or extra key, a value of the wrong
+    kind, a negative position, RNG states of another size), or None. Whether it fits the model and the
+    optimizer is checked when they load it."""
+    for key, kind in TOP_KEYS.items():
+        if key not in state:
+            return f"it has no {key!r}"
+        if not isinstance(state[key], kind) or isinstance(state[key], bool):
+            return f"its {key!r} is a {type(state[key]).__name__}"
+    pos = state["position"]
+    if set(pos) != POSITION_KEYS:
+        extra, missing = sorted(set(pos) - POSITION_KEYS), sorted(POSITION_KEYS - set(pos))
+        return f"its position has {'unknown keys ' + ', '.join(extra) if extra else ''}" \
+               f"{' and ' if extra and missing else ''}{'no ' + ', '.join(missing) if missing else ''}"
+    for key in POSITION_COUNTS:
+        if not isinstance(pos[key], int) or isinstance(pos[key], bool) or pos[key] < 0:
+            return f"its position.{key} is {pos[key]!r}, not a count (0 or more)"
+    if pos["rng"] is not None:
+        return _rng_problem(pos["rng"])
+    return None
+
+
+def _rng_problem(rng: Any) -> str | None:
+    if not isinstance(rng, dict) or not {"python", "numpy", "torch"} <= set(rng):
+        return "its RNG states are incomplete"
+    torch_state = rng["torch"]
+    if not isinstance(torch_state, torch.Tensor) or torch_state.shape != torch.get_rng_state().shape:
+        return f"its torch RNG state has shape {getattr(torch_state, 'shape', '?')}, not {tuple(torch.get_rng_state().shape)}"
+    numpy_state = rng["numpy"]
+    if not isinstance(numpy_state, (list, tuple)) or len(numpy_state) != 5 or \
+            not isinstance(numpy_state[1], torch.Tensor) or numpy_state[1].numel() != 624:
+        return "its numpy RNG state is not one numpy would take"
+    python_state = rng["python"]
+    if not isinstance(python_state, (list, tuple)) or len(python_state) != 3 or len(python_state[1]) != 625:
+        return "its Python RNG state is not one Python would take"
+    return None
 
 
 # config keys that may differ when resuming: they do not change what is computed

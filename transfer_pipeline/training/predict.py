@@ -5,7 +5,8 @@ reads); the class names and the task from that file's metadata (written by every
 else from the data, else 0..C-1. Inputs: `predict.input` (an image file or a folder of images, at
 any depth, preprocessed as data.preset says) or, without it, the data's test split (else val),
 whose targets get a column of their own. Rows are written as they come, to a temporary file that
-is renamed when every input is done: an interrupted prediction leaves no half file.
+is renamed when every input is done (files.atomic_path): an interrupted prediction leaves no half
+file. Text cells that a spreadsheet would run as formulas are written as text.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import csv
 import json
 import logging
 import math
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..errors import UserError
+from ..files import atomic_path
 from ..schema import RunConfig, Task
 from .engine import Engine
 
@@ -83,6 +84,21 @@ def saved_classes(extra: dict[str, Any], task: Task) -> list[str] | None:
     return [str(n) for n in names] if isinstance(names, list) else None
 
 
+def check_same_classes(saved: list[str] | None, data: list[str] | None, mode: str) -> None:
+    """The weights' class names (their metadata) against the data's: the same names in the same order, or
+    the targets would be scored against other classes' outputs without a word."""
+    if saved is None or data is None or list(saved) == list(data):
+        return
+    how = "the same classes in another order" if sorted(saved) == sorted(data) else "other classes"
+    raise UserError(f"mode={mode}: the weights were trained on the classes {_shown(saved)} and the data has "
+                    f"{how}: {_shown(data)}, so output k would be scored as another class. Give the data the weights' "
+                    f"classes in their order (data.classes=[...]), or train on these classes first.")
+
+
+def _shown(names: list[str]) -> str:
+    return "[" + ", ".join(names[:8]) + (f", ... ({len(names)})" if len(names) > 8 else "") + "]"
+
+
 def input_name(dataset: Dataset, i: int) -> str:
     """How row i names its input: the image file (image_folder), the text (datasets with `texts`), else the index."""
     samples, texts = getattr(dataset, "samples", None), getattr(dataset, "texts", None)
@@ -139,6 +155,35 @@ def target_text(y: Any, names: list[str] | None, task: Task) -> list[str]:
     return [" ".join(f"{v:.6g}" for v in r) for r in y.reshape(len(y), -1).tolist()]
 
 
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")  # what a spreadsheet reads as a formula
+
+
+def spreadsheet_safe(cell: Any) -> Any:
+    """A text cell that a spreadsheet would run as a formula (`=HYPERLINK(...)` as a class name or a file
+    name) gets a leading `'`, which shows it as text; numbers, negative ones too, are left as they are."""
+    if not isinstance(cell, str) or not cell.startswith(FORMULA_START):
+        return cell
+    try:
+        float(cell)
+        return cell
+    except ValueError:
+        return "'" + cell
+
+
+class SpreadsheetSafeWriter:
+    """csv.writer whose text cells are `spreadsheet_safe`: class names and inputs come from files."""
+
+    def __init__(self, f: Any) -> None:
+        self._writer = csv.writer(f)
+
+    def writerow(self, row: list[Any]) -> None:
+        self._writer.writerow([spreadsheet_safe(c) for c in row])
+
+    def writerows(self, rows: Any) -> None:
+        for row in rows:
+            self.writerow(row)
+
+
 @torch.no_grad()
 def predict(cfg: RunConfig, model: Any, engine: Engine, dataset: Dataset, names: list[str] | None, out: Path,
             progress: Any = None, labelled: bool = False) -> dict[str, Any]:
@@ -149,12 +194,11 @@ def predict(cfg: RunConfig, model: Any, engine: Engine, dataset: Dataset, names:
 
     loader = eval_loader(dataset, cfg.trainer.batch_size * 2, cfg.data.num_workers, engine.device.type == "cuda")
     model.eval()
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     n, t0, header = 0, time.perf_counter(), None
     bar = progress(0, len(loader)) if progress is not None else None
     try:
-        with open(tmp, "w", newline="") as f:
-            writer = csv.writer(f)
+        with atomic_path(out) as tmp, open(tmp, "w", newline="") as f:
+            writer = SpreadsheetSafeWriter(f)
             for batch in loader:
                 x, y = split_batch(batch, cfg.data.target_key)
                 logits = engine.logits(model, engine.inputs(x))
@@ -174,11 +218,9 @@ def predict(cfg: RunConfig, model: Any, engine: Engine, dataset: Dataset, names:
                 n += len(logits)
                 if bar is not None:
                     bar.update(1)
-        os.replace(tmp, out)
     finally:
         if bar is not None:
             bar.close()
-        tmp.unlink(missing_ok=True)
     seconds = time.perf_counter() - t0
     log.info("Predicted %d input(s) in %.1f s (%.0f/s): %s", n, seconds, n / seconds if seconds else math.nan, out)
     return {"predictions": n, "predict_seconds": seconds}
