@@ -24,6 +24,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 from ..schema import MappingConfig, SourceConfig
@@ -306,14 +307,10 @@ def _checked(made: list[tuple[dict[str, str], list[list[str]]]], pairs: Mapping[
 
 def read_rules_file(path: Any) -> list[dict[str, Any]]:
     """The rules of a YAML file: `mapping: {rules: [...]}` (as suggested_rules.yaml has them) or a plain list."""
-    from omegaconf import OmegaConf
-
     from ..errors import UserError
+    from ..files import read_yaml
 
-    try:
-        node = OmegaConf.to_container(OmegaConf.load(path))
-    except Exception as e:  # noqa: BLE001 - OmegaConf raises several kinds for a bad file
-        raise UserError(f"mapping.rules_file: cannot read {path} as YAML ({type(e).__name__}: {e}).") from None
+    node = read_yaml(Path(path), "mapping.rules_file")  # a FIFO, a huge file, YAML aliases: refused with a message
     if isinstance(node, dict):
         node = (node.get("mapping") or {}).get("rules") if isinstance(node.get("mapping"), dict) else node.get("rules")
     if not isinstance(node, list) or not all(isinstance(r, dict) for r in node):
