@@ -10,13 +10,15 @@ cache, at the cost of the head only.
 
 `cache_plan` decides from names, modes and the data alone (what `mode=plan` prints);
 `head_inputs` then checks on a real batch that the model's output is the head's output, computed
-once from one tensor, before anything is cached.
+once from one tensor, and `changing_inputs` that the frozen part gives the head the same inputs in
+training as in the cache (no randomness, no train/eval branch), before anything is cached.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -111,6 +113,49 @@ def head_inputs(model: nn.Module, head: nn.Module, x: Any, output: Any = None) -
     return None, args[0]
 
 
+def _head_input(model: nn.Module, head: nn.Module, x: Any) -> torch.Tensor:
+    seen: list[torch.Tensor] = []
+    handle = head.register_forward_pre_hook(lambda module, args: seen.append(args[0].detach().clone()))
+    try:
+        from ..model_io import call
+
+        with torch.no_grad():
+            call(model, x)
+    finally:
+        handle.remove()
+    return seen[0]
+
+
+def changing_inputs(model: nn.Module, head: nn.Module, x: Any, bn_modes: Mapping[str, str]) -> str | None:
+    """Why the head's inputs are not the same every time (None when they are): the frozen part run twice as
+    training runs it (train mode, BatchNorm as freeze.bn says) and once as the cache is computed (eval mode).
+    This catches what no module type shows: `F.dropout(x, training=self.training)`, noise added in a forward,
+    a branch on `self.training`."""
+    modules = dict(model.named_modules())
+    was_training = model.training
+    try:
+        model.train()
+        for name, mode in bn_modes.items():
+            if mode != "train" and name in modules:
+                modules[name].eval()
+        first, second = _head_input(model, head, x), _head_input(model, head, x)
+        model.eval()
+        cached = _head_input(model, head, x)
+    finally:
+        model.train(was_training)
+
+    def same(a: torch.Tensor, b: torch.Tensor) -> bool:
+        return a.shape == b.shape and torch.allclose(a.float(), b.float(), rtol=1e-4, atol=1e-6)
+
+    if not same(first, second):
+        return ("the frozen part gives other outputs each time it sees the same input in training (random: a "
+                "functional dropout or added noise in a forward), so cached outputs would not be what training sees")
+    if not same(first, cached):
+        return ("the frozen part computes something else in train mode than in eval mode (it branches on "
+                "self.training), so outputs cached in eval mode would not be what training sees")
+    return None
+
+
 class CachedFeatures(Dataset):
     """(head input, target) pairs; a batch is two index operations, not one per sample."""
 
@@ -185,9 +230,29 @@ def available_memory() -> int | None:
     return None
 
 
+@contextmanager
+def _rng_kept() -> Iterator[None]:
+    """The global RNG states as they were before: what the checks and the caching drew (a forward that draws,
+    a DataLoader's seed) must not change a later dropout mask, or the run would differ from one without cache."""
+    state = torch.get_rng_state()
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+    try:
+        yield
+    finally:
+        torch.set_rng_state(state)
+        if cuda is not None:
+            torch.cuda.set_rng_state_all(cuda)
+
+
 def prepare(model: nn.Module, trainable_in_run: Iterable[str], bn_modes: Mapping[str, str], loaders: tuple,
             engine: Any) -> tuple[str | None, tuple]:
     """The head to train and the loaders to train it on: cached ones when the cache applies, else the given."""
+    with _rng_kept():
+        return _prepare(model, trainable_in_run, bn_modes, loaders, engine)
+
+
+def _prepare(model: nn.Module, trainable_in_run: Iterable[str], bn_modes: Mapping[str, str], loaders: tuple,
+             engine: Any) -> tuple[str | None, tuple]:
     train_loader, val_loader = loaders
     plan = cache_plan(model, trainable_in_run, bn_modes, augmented(train_loader.dataset))
     head = model.get_submodule(plan.head) if plan.head is not None else None
@@ -199,6 +264,8 @@ def prepare(model: nn.Module, trainable_in_run: Iterable[str], bn_modes: Mapping
 
             x, _ = engine.batch(next(iter(val_loader)))
             why, sample = head_inputs(model, head, first_rows(x, 2), engine.output)
+            if why is None:
+                why = changing_inputs(model, head, first_rows(x, 2), bn_modes)
             if why is not None:
                 plan = CachePlan(None, why)
             else:
