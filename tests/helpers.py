@@ -138,3 +138,54 @@ def warning_model(num_classes: int = 5):
             return self.fc(x.flatten(1))
 
     return Warns()
+
+
+def inspect_cli(*args: str, timeout: int = 60) -> subprocess.CompletedProcess:
+    """`python -m transfer_pipeline.inspect ARGS` in a subprocess."""
+    return subprocess.run([sys.executable, "-m", "transfer_pipeline.inspect", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def same_weights(src, sd: dict, prefix: str = "") -> None:
+    """A read source holds exactly `sd` (names under `prefix`): names, values (torch.equal), shapes and dtypes."""
+    import torch
+
+    assert list(src.meta) == [prefix + k for k in sd] or sorted(src.meta) == sorted(prefix + k for k in sd)
+    for k, v in sd.items():
+        got = src.get(prefix + k)
+        assert torch.equal(got, v), k
+        assert src.meta[prefix + k].shape == tuple(v.shape) and src.meta[prefix + k].dtype == str(v.dtype)[6:]
+
+
+def make_images(root: Path, per_class: int = 30) -> Path:
+    """An image folder of two classes, cat (dark) and dog (light): 12x12 grey PNGs, `per_class` each."""
+    import torch
+    from PIL import Image
+
+    g = torch.Generator().manual_seed(0)
+    for cls, colour in (("cat", 40), ("dog", 200)):
+        folder = root / cls
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            pixels = (torch.full((12, 12), colour) + torch.randint(0, 20, (12, 12), generator=g)).to(torch.uint8)
+            Image.fromarray(pixels.numpy()).save(folder / f"{i}.png")
+    return root
+
+
+def bert_config(folder: Path, num_labels: int) -> str:
+    """A tiny BERT's config.json (over the toy text vocabulary) written into `folder`; its path."""
+    from transfer_pipeline.data.toy_text import vocab
+
+    config = {"model_type": "bert", "vocab_size": len(vocab()), "hidden_size": 32, "num_hidden_layers": 2,
+              "num_attention_heads": 2, "intermediate_size": 64, "max_position_embeddings": 16,
+              "num_labels": num_labels, "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
+    path = folder / "config.json"
+    path.write_text(json.dumps(config))
+    return str(path)
+
+
+def index_with(folder: Path, weight_map) -> Path:
+    """A shard index (model.safetensors.index.json) in `folder` with this weight_map, as Hugging Face writes it."""
+    path = folder / "model.safetensors.index.json"
+    path.write_text(json.dumps({"weight_map": weight_map}))
+    return path

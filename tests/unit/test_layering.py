@@ -21,7 +21,7 @@ ALLOWED = {
     "selectors": {"errors", "names", "patterns"},
     "files": {"errors"},
     "model_io": {"errors"},
-    "schema": {"errors"},
+    "schema": {"errors", "files"},  # files: the config reference page is written atomically
     "build": SHARED | {"schema"},
     "models": {"errors"},
     "sources": SHARED | {"schema", "build"},
@@ -32,7 +32,7 @@ ALLOWED = {
     "training": SHARED | {"schema", "build", "sources", "tuning", "data"},
     "api": SHARED | {"schema", "build", "sources", "mapping", "tuning"},
     "run": SHARED | {"schema", "build", "sources", "mapping", "tuning", "data", "training", "api", "models"},
-    "hydra_edge": SHARED | {"schema", "run"},
+    "hydra_edge": SHARED | {"schema", "run", "training"},  # training.curves draws the sweep plot
     "__init__": {"errors", "api", "mapping"},
 }
 HYDRA_ROOMS = {"schema", "hydra_edge"}  # Hydra stays at the edge: run.py, the schema and its callbacks

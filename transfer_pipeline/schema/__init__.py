@@ -6,7 +6,8 @@ Every node is a dataclass registered in Hydra's ConfigStore, so `optim.lrr=0.1` 
 One module per config group; checks.py (value checks), options.py (the Python API's keyword
 arguments -> these dataclasses), resolvers.py (the `${...}` resolvers the configs use).
 
-May import errors only (and Hydra/OmegaConf): every `python run.py` imports it, so no torch.
+May import errors and files only (and Hydra/OmegaConf): every `python run.py` imports it, so no torch.
+reference.py writes docs/config-reference.md from these dataclasses.
 
 Range and consistency checks live here too, next to the fields they check: each node's
 `__post_init__` checks its own values (and its list entries, whose index it knows), and

@@ -4,7 +4,8 @@ What must hold: loaded tensors equal the source (and are the source's memory whe
 device agree); everything not loaded is initialised exactly once by its module's own init, on the
 right device; buffers (BatchNorm statistics, non-persistent ones) keep their constructed values;
 tied weights stay tied; same seed, same weights; and a model whose unloaded parts cannot be
-initialised that way is built normally instead.
+initialised that way is built normally instead. (The same through whole runs:
+tests/e2e/test_mapping_runs.py.)
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from transfer_pipeline.models.digits import PRETRAINED_0TO4
 from transfer_pipeline.mapping.nested import choose_nested
 from transfer_pipeline.sources.read import read_path
 
-from helpers import make_plan, read_json
+from helpers import make_plan
 
 DIGITS = {"_target_": "transfer_pipeline.models.DigitsCNN", "num_classes": 5}
 CPU = torch.device("cpu")
@@ -283,53 +284,6 @@ def test_fast_load_straight_to_cuda():
     assert all(t.device.type == "cuda" for t in [*model.parameters(), *model.buffers()])
     assert torch.equal(model.stem[0].weight.cpu(), load_file(PRETRAINED_0TO4)["stem.0.weight"])
     assert not torch.isnan(model.head.weight).any()
-
-
-# --- through the pipeline ----------------------------------------------------------------------------
-
-def test_pipeline_fast_and_normal_paths_load_the_same_and_fast_is_deterministic(run_pipeline, tmp_path):
-    _, fast = run_pipeline("mode=export", run_dir=tmp_path / "fast")
-    _, again = run_pipeline("mode=export", run_dir=tmp_path / "again")
-    _, normal = run_pipeline("mode=export", "source.meta_init=false", run_dir=tmp_path / "normal")
-    a, b, c = (load_file(d / "model.safetensors") for d in (fast, again, normal))
-    sd = load_file(PRETRAINED_0TO4)
-    for name in read_json(fast / "load_report.json")["loaded"]:
-        assert torch.equal(a[name], sd[name]) and torch.equal(c[name], sd[name]), name
-    assert all(torch.equal(a[k], b[k]) for k in a)  # same seed, same weights
-    assert a["head.weight"].shape == c["head.weight"].shape and not torch.isnan(a["head.weight"]).any()
-
-
-def test_pipeline_trains_after_a_fast_load_and_frozen_stays_bitwise(run_pipeline):
-    summary, run_dir = run_pipeline("trainer.epochs=1", "freeze.schedule=[]", "trainer.limit_train_batches=3")
-    final, sd = load_file(run_dir / "model.safetensors"), load_file(PRETRAINED_0TO4)
-    for name in ("stem.0.weight", "block1.1.running_mean", "block2.0.weight"):
-        assert torch.equal(final[name], sd[name]), name
-    assert torch.equal(load_file(PRETRAINED_0TO4)["stem.0.weight"], sd["stem.0.weight"])  # the file is untouched
-    assert summary["status"] == "completed"
-
-
-def test_pipeline_prefix_swap_end_to_end(run_pipeline, tmp_path):
-    sd = load_file(PRETRAINED_0TO4)
-    path = tmp_path / "encoder.safetensors"
-    save_file({f"encoder.{k}": v for k, v in sd.items() if not k.startswith("head.")}, path)
-    _, run_dir = run_pipeline(f"source.path={path}", "model._target_=test_loading.backbone_digits", "mode=export",
-                              "mapping.exclude=[head]", "mapping.expect.missing=[head]")
-    report = read_json(run_dir / "load_report.json")
-    assert report["stripped_prefix"] == "encoder." and report["added_prefix"] == "backbone."
-    assert len(report["loaded"]) == 18
-    assert torch.equal(load_file(run_dir / "model.safetensors")["backbone.block1.0.weight"], sd["block1.0.weight"])
-
-
-class BackboneDigits(nn.Module):
-    def __init__(self, num_classes: int = 5, in_channels: int = 1) -> None:
-        super().__init__()
-        cnn = DigitsCNN(num_classes, in_channels)
-        self.backbone = nn.ModuleDict({"stem": cnn.stem, "block1": cnn.block1, "block2": cnn.block2})
-        self.head = cnn.head
-
-
-def backbone_digits(num_classes: int = 5, in_channels: int = 1) -> BackboneDigits:
-    return BackboneDigits(num_classes, in_channels)
 
 
 def test_constructor_that_loads_weights_is_built_normally(tmp_path, caplog):

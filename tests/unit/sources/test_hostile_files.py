@@ -1,5 +1,8 @@
 """Hostile and broken files: each gets one clear message (exit 2 from the command line), never a hang,
-a traceback, the file's bytes in a message, or "set trust_pickle" for what is not a pickle."""
+a traceback, the file's bytes in a message, or "set trust_pickle" for what is not a pickle.
+
+The same files through whole runs and `python run.py` (escaped names, shard hashes, TorchScript, relative
+paths): tests/e2e/test_source_runs.py."""
 
 from __future__ import annotations
 
@@ -12,11 +15,10 @@ import threading
 
 import pytest
 import torch
-from helpers import ROOT, read_json, run_cli
+from helpers import index_with, inspect_cli
 from safetensors.torch import load_file, save_file
 
 from transfer_pipeline.errors import UserError
-from transfer_pipeline.models import DigitsCNN
 from transfer_pipeline.models.digits import PRETRAINED_0TO4
 from transfer_pipeline.sources.read import read_path
 
@@ -24,11 +26,6 @@ from transfer_pipeline.sources.read import read_path
 @pytest.fixture
 def sd():
     return load_file(PRETRAINED_0TO4)
-
-
-def inspect_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "transfer_pipeline.inspect", *args], cwd=ROOT, capture_output=True,
-                          text=True, timeout=60)
 
 
 def safetensors_bytes(header: dict, data: bytes = b"") -> bytes:
@@ -61,24 +58,7 @@ def test_bad_safetensors_headers_are_refused_by_run_and_inspect_alike(tmp_path, 
     assert out.stderr.startswith("error: source.path:")
 
 
-def test_control_characters_in_names_and_metadata_are_escaped_when_printed(tmp_path):
-    path = tmp_path / "esc.safetensors"
-    save_file({"evil\x1b[2Jname.weight": torch.zeros(2)}, path, metadata={"note": "\x1b]0;pwned\x07"})
-    out = inspect_cli(str(path), "--depth", "2")
-    assert out.returncode == 0, out.stderr
-    assert "\x1b" not in out.stdout and "\x07" not in out.stdout and "\\x1b" in out.stdout
-    run = run_cli(f"source.path={path}", "mode=plan", "mapping=default", "freeze=none", "mapping.on_mismatch=skip",
-                  f"hydra.run.dir={tmp_path / 'run'}")
-    assert "\x1b" not in run.stdout + run.stderr and "\\x1b" in run.stdout
-
-
 # --- shard indexes -----------------------------------------------------------------------------------------
-
-def index_with(tmp_path, weight_map) -> os.PathLike:
-    path = tmp_path / "model.safetensors.index.json"
-    path.write_text(json.dumps({"weight_map": weight_map}))
-    return path
-
 
 def test_a_shard_outside_the_index_folder_is_refused(tmp_path, sd):
     (tmp_path / "inner").mkdir()
@@ -110,19 +90,7 @@ def test_bad_shard_indexes(tmp_path, weight_map, match):
         read_path(index_with(tmp_path, weight_map))
 
 
-def test_the_recorded_hash_covers_every_shard(run_pipeline, tmp_path, sd):
-    names = list(sd)
-    save_file({k: sd[k] for k in names[:10]}, tmp_path / "a.safetensors")
-    save_file({k: sd[k] for k in names[10:]}, tmp_path / "b.safetensors")
-    index = index_with(tmp_path, {k: "a.safetensors" if i < 10 else "b.safetensors" for i, k in enumerate(names)})
-    first, _ = run_pipeline(f"source.path={index}", "mode=plan", run_dir=tmp_path / "r1")
-    sd[names[-1]] = sd[names[-1]] + 1
-    save_file({k: sd[k] for k in names[10:]}, tmp_path / "b.safetensors")  # only a shard changes
-    second, _ = run_pipeline(f"source.path={index}", "mode=plan", run_dir=tmp_path / "r2")
-    assert first["source_sha256"] != second["source_sha256"]
-
-
-# --- pickles, bytes in messages, TorchScript -------------------------------------------------------------------
+# --- pickles, bytes in messages -------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("content", [b"\x80\x04\x95garbage-that-is-no-pickle\x0e\xff",
                                      b"\x80\x02" + bytes(range(200)), b"\x80\x05\x8c\xff\xff\xff\xff"])
@@ -142,20 +110,6 @@ def test_an_unknown_format_is_named_without_quoting_its_bytes(tmp_path):
     with pytest.raises(UserError) as e:
         read_path(path)
     assert "not a checkpoint format" in str(e.value) and "SECRET" not in str(e.value)
-
-
-def test_torchscript_archives_are_a_source(run_pipeline, tmp_path, sd):
-    model = DigitsCNN(num_classes=5).eval()
-    model.load_state_dict(sd)
-    path = tmp_path / "traced.pt"
-    torch.jit.save(torch.jit.trace(model, torch.randn(2, 1, 8, 8)), path)
-    src = read_path(path)
-    assert src.format == "TorchScript archive" and torch.equal(src.get("block2.0.weight"), sd["block2.0.weight"])
-    out = inspect_cli(str(path))
-    assert out.returncode == 0 and "format: TorchScript archive" in out.stdout and "tensors: 20" in out.stdout
-    summary, run_dir = run_pipeline(f"source.path={path}", "mode=export")
-    assert summary["status"] == "exported"
-    assert torch.equal(load_file(run_dir / "model.safetensors")["block1.0.weight"], sd["block1.0.weight"])
 
 
 # --- what is not a regular file ---------------------------------------------------------------------------------
@@ -195,13 +149,6 @@ def test_a_300_character_name_gets_a_clear_message(tmp_path):
         read_path(tmp_path / ("x" * 300))
 
 
-def test_relative_paths_are_read_from_the_working_directory_and_the_message_says_so(tmp_path):
-    out = run_cli("source.path=some/where.pt", "mode=plan", f"hydra.run.dir={tmp_path}", cwd=tmp_path)
-    assert out.returncode == 2
-    assert f"no such file: {tmp_path}/some/where.pt (relative paths are read from {tmp_path})" in out.stdout
-    assert read_json(tmp_path / "summary.json")["status"] == "failed"
-
-
 # --- patterns that backtrack ----------------------------------------------------------------------------------
 
 SWIN = {f"layers.{i}.blocks.{j}.attn.relative_position_bias_table": (169, 3) for i in range(4) for j in range(2)}
@@ -234,13 +181,6 @@ def test_a_pattern_that_still_backtracks_is_an_error_naming_the_rule_and_the_nam
     else:
         with pytest.raises(UserError, match=rf"mapping\.exclude: the regex '\(a\|a\)\+b' took over .* '{name}'"):
             make_plan(source, target, exclude=["re:(a|a)+b"])
-
-
-def test_mode_plan_with_a_backtracking_selector_ends_with_a_message(tmp_path):
-    out = run_cli("mode=plan", "mapping.exclude=[\"re:(h|h)+(e|e)+(a|a)+(d|d)+z\"]", f"hydra.run.dir={tmp_path}",
-                  timeout=60)
-    assert out.returncode == 2, out.stdout + out.stderr
-    assert "matches no parameter" in out.stdout or "took over" in out.stdout
 
 
 def test_a_tiny_file_claiming_gigabytes_allocates_nothing(tmp_path):
