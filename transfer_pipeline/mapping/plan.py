@@ -16,7 +16,7 @@ from typing import Any
 from ..errors import UserError, close_names
 from .prefixes import PrefixChoice, choose_prefixes, nothing_loaded_error
 from .op_specs import plan_op
-from .rules import Rule, apply_rules, group_outputs, match_rule, parse_rules
+from .rules import Rule, RuleMatcher, group_outputs, parse_rules
 from ..patterns import Match
 from ..schema import MappingConfig, SourceConfig
 from ..selectors import check_selector, select, select_all
@@ -77,15 +77,11 @@ class LoadPlan:
         return PrefixChoice((self.stripped_prefix,) if self.stripped_prefix else (), self.added_prefix)
 
 
-def _renamer(rules: Sequence[Rule]):
-    """Source name (after the prefix step) -> the name the rules give it; None without rules (faster)."""
-    return (lambda name: apply_rules(name, rules)[0]) if rules else None
-
-
 def prefix_choice(source: Mapping[str, TensorMeta], target: Mapping[str, TensorMeta], rules: Sequence[Rule],
-                  prefixes: SourceConfig) -> PrefixChoice:
+                  prefixes: SourceConfig, matcher: RuleMatcher | None = None) -> PrefixChoice:
     """The prefix step: `source.strip_prefixes` / `add_prefix` when set, else detected (rename rules counted)."""
-    return choose_prefixes(source, target, prefixes.strip_prefixes, prefixes.add_prefix, _renamer(rules))
+    rename = (matcher or RuleMatcher(rules)).rename if rules else None
+    return choose_prefixes(source, target, prefixes.strip_prefixes, prefixes.add_prefix, rename)
 
 
 def plan_load(source: Mapping[str, TensorMeta], target: Mapping[str, TensorMeta],
@@ -102,10 +98,11 @@ def plan_load(source: Mapping[str, TensorMeta], target: Mapping[str, TensorMeta]
     mapping = mapping or MappingConfig()
     prefixes = prefixes or SourceConfig()
     rules = parse_rules(mapping.rules)
-    prefix = prefix_choice(source, target, rules, prefixes)
+    matcher = RuleMatcher(rules)
+    prefix = prefix_choice(source, target, rules, prefixes, matcher)
     excluded = set(select_all(mapping.exclude, list(target), "mapping.exclude")) if mapping.exclude else set()
 
-    names = _match_names(source, target, rules, prefix, excluded)
+    names = _match_names(source, target, matcher, prefix, excluded)
     _check_rules_matched(rules, names.hits, source, prefix)
     planned = _plan_op_rules(rules, names.claims, source, target, excluded, names.writers)
     used = set(names.mapped.values()) | {s for e in planned.values() for s in e.sources}
@@ -160,14 +157,15 @@ class _NameMatches:
     unclaimed: list[str] = field(default_factory=list)  # no rule and no target of that name (for mapping.auto)
 
 
-def _match_names(source: Mapping[str, TensorMeta], target: Mapping[str, TensorMeta], rules: Sequence[Rule],
+def _match_names(source: Mapping[str, TensorMeta], target: Mapping[str, TensorMeta], matcher: RuleMatcher,
                  prefix: PrefixChoice, excluded: set[str]) -> _NameMatches:
     """Each source name after the prefix step: renamed by the first rule that matches it (or kept), and
     mapped when the target has that name; names an op rule matched are set aside for `_plan_op_rules`."""
+    rules = matcher.rules
     found = _NameMatches(hits=[0] * len(rules))
     for name in source:
         short = prefix.apply(name)
-        hit = match_rule(short, rules)
+        hit = matcher.match(short)
         tname, rule_i = short, None
         if hit is not None:
             rule_i, j, m = hit

@@ -131,6 +131,82 @@ def match_rule(name: str, rules: Sequence[Rule]) -> tuple[int, int, Match] | Non
     return None
 
 
+METACHARS = set(".^$*+?{}[]|()")
+QUANTIFIERS = set("*?{")  # may repeat the character before them zero times
+
+
+def _literal_parts(pattern: str) -> tuple[str, bool]:
+    """(the literal text a pattern starts with, whether that is the whole pattern). Conservative: a pattern
+    with an alternation or an inline group option anywhere has no literal prefix."""
+    if "|" in pattern or "(?" in pattern:
+        return "", False
+    text, i = [], 0
+    while i < len(pattern):
+        c = pattern[i]
+        if c == "\\":
+            if i + 1 >= len(pattern) or pattern[i + 1].isalnum():  # \d \w \1 ...: a class or a reference
+                return "".join(text), False
+            c, width = pattern[i + 1], 2
+        elif c in METACHARS:
+            return "".join(text), False
+        else:
+            width = 1
+        if i + width < len(pattern) and pattern[i + width] in QUANTIFIERS:
+            return "".join(text), False
+        text.append(c)
+        i += width
+    return "".join(text), True
+
+
+class RuleMatcher:
+    """`match_rule` for many names at once, as fast as a dict where it can be.
+
+    A rule whose `from` is a plain name (most rules a script or `mapping.suggest` writes) is found by
+    lookup; the others are tried only on names that start with their literal prefix (`encoder\.` ...),
+    in rule order, so the first rule that matches still wins. Each name's answer is kept: prefix
+    detection asks for the same names under many candidate prefixes. Planning with R rules and N
+    names costs about N lookups plus the regex rules whose prefix fits, instead of N x R matches.
+    """
+
+    def __init__(self, rules: Sequence[Rule]) -> None:
+        self.rules = list(rules)
+        self._exact: dict[str, list[tuple[int, int]]] = {}
+        self._by_prefix: dict[str, list[tuple[int, int]]] = {}
+        for i, rule in enumerate(self.rules):
+            for j, p in enumerate(rule.patterns or (rule.pattern,)):
+                text, whole = _literal_parts(p.pattern)
+                (self._exact if whole else self._by_prefix).setdefault(text, []).append((i, j))
+        self._lengths = sorted({len(k) for k in self._by_prefix})
+        self._seen: dict[str, tuple[int, int, Match] | None] = {}
+
+    def match(self, name: str) -> tuple[int, int, Match] | None:
+        """(rule index, pattern index, match) of the first rule that matches `name`, as `match_rule`."""
+        if name in self._seen:
+            return self._seen[name]
+        candidates = list(self._exact.get(name, ()))
+        for n in self._lengths:
+            if n > len(name):
+                break
+            candidates += self._by_prefix.get(name[:n], ())
+        found = None
+        for i, j in sorted(candidates):
+            rule = self.rules[i]
+            m = fullmatch((rule.patterns or (rule.pattern,))[j], name, f"{rule.where}.from")
+            if m:
+                found = (i, j, m)
+                break
+        self._seen[name] = found
+        return found
+
+    def rename(self, name: str) -> str:
+        """The target name the first matching rule gives `name` (itself when none matches)."""
+        hit = self.match(name)
+        if hit is None:
+            return name
+        i, _, m = hit
+        return self.rules[i].expand(self.rules[i].to, m, name)
+
+
 def apply_rules(name: str, rules: Sequence[Rule]) -> tuple[str, int | None]:
     """The target name for `name` (first rule that matches wins) and that rule's index."""
     hit = match_rule(name, rules)

@@ -247,9 +247,10 @@ def suggest_rules(source: Mapping[str, TensorMeta], target: Mapping[str, TensorM
 
     prefix = prefix_choice(source, target, parse_rules(mapping.rules), prefixes)
     unmatched = list(plan.unexpected) + [m["source"] for m in plan.mismatched]  # a same name of another shape too
-    short = {prefix.apply(n): n for n in source if n in set(unmatched)}
+    wanted, excluded = set(unmatched), set(plan.excluded)  # sets made once: 100,000 names stay linear
+    short = {prefix.apply(n): n for n in source if n in wanted}
     src_meta = {k: source[v] for k, v in short.items()}
-    free = [t for t in plan.missing if t not in set(plan.excluded)]  # kept buffers too: they can be loaded
+    free = [t for t in plan.missing if t not in excluded]  # kept buffers too: they can be loaded
     src_leaves, tgt_leaves = leaves(list(short), src_meta), leaves(free, target)
     if len(src_leaves) * len(tgt_leaves) > MAX_CELLS:
         return Suggestion([], {}, notes=[f"mapping.suggest: {len(src_leaves)} x {len(tgt_leaves)} unmatched modules "

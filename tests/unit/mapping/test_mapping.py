@@ -11,12 +11,8 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from transfer_pipeline.errors import UserError
-from transfer_pipeline.mapping.plan import (
-        TensorMeta,
-    apply_rules,
-    check_expectations,
-    parse_rules,
-)
+from transfer_pipeline.mapping.plan import TensorMeta, check_expectations
+from transfer_pipeline.mapping.rules import apply_rules, parse_rules
 from transfer_pipeline.mapping.prefixes import detect
 
 
