@@ -107,8 +107,13 @@ def parse_rules(raw: Sequence[Mapping[str, Any]]) -> list[Rule]:
             if not _is_list(tos) or len(tos) < 2 or not all(isinstance(t, str) for t in tos):
                 raise UserError(f"{where}.to: op {op} takes a list of two or more target templates, one per "
                                 f"part in order, got {tos!r}.")
-        elif not isinstance(tos, str):
+        elif _is_list(tos):
             raise UserError(f"{where}.to: op {op} takes one target template; a list of templates is for op split.")
+        elif tos is None:
+            raise UserError(f"{where}.to is empty: give the target name template (with \\1 for groups).")
+        elif not isinstance(tos, str):
+            raise UserError(f"{where}.to: expected a target name template (a string, with \\1 for groups), got "
+                            f"{tos!r} ({type(tos).__name__}); quote it in YAML: to: '{tos}'.")
         froms = list(froms) if _is_list(froms) else [froms]
         tos = list(tos) if _is_list(tos) else [tos]
         patterns = tuple(_compile(p, f"{where}.from" + (f"[{j}]" if spec.many_from else ""))

@@ -67,3 +67,13 @@ def test_a_concat_rule_keeps_pattern_order():
     rules = parse_rules([{"from": [r"q\.(\d+)", r"k\.(\d+)", r"v\.(\d+)"], "to": r"qkv.\1", "op": "concat"}])
     m = RuleMatcher(rules)
     assert [fast(m, n)[:2] for n in ("q.0", "k.0", "v.3")] == [(0, 0), (0, 1), (0, 2)]
+
+
+@pytest.mark.parametrize(("to", "message"), [(456, r"got 456 \(int\); quote it in YAML: to: '456'"),
+                                             (None, r"\.to is empty"),
+                                             (["a", "b"], "a list of templates is for op split")])
+def test_a_to_that_is_not_a_template_says_what_it_is(to, message):
+    from transfer_pipeline.errors import UserError
+
+    with pytest.raises(UserError, match=message):
+        parse_rules([{"from": "a", "to": to}])
