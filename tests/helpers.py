@@ -189,3 +189,22 @@ def index_with(folder: Path, weight_map) -> Path:
     path = folder / "model.safetensors.index.json"
     path.write_text(json.dumps({"weight_map": weight_map}))
     return path
+
+
+def raising_model(num_classes: int = 5, fail: bool = True, **ignored):
+    """A model whose forward has a bug of its own (not a shape problem): its error must be shown as the model's.
+    `fail=False`: the same layers, working."""
+    import torch
+    from torch import nn
+
+    class Buggy(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(64, num_classes)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if fail:
+                raise KeyError("no such layer config: 'proj'")
+            return self.fc(x.flatten(1))
+
+    return Buggy()

@@ -112,3 +112,31 @@ def first_rows(x: Inputs, n: int) -> Inputs:
     if isinstance(x, Mapping):
         return {k: first_rows(v, n) for k, v in x.items()}
     return x[:n] if isinstance(x, torch.Tensor) else x
+
+
+# what torch says when an input does not fit a layer (so blaming the input's shape is right)
+SHAPE_WORDS = ("shape", "size", "channels", "dimension", "mat1 and mat2", "must match", "expected input",
+               "out of range", "Expected 3D", "Expected 4D", "input type", "dtype")
+
+
+def is_shape_error(e: BaseException) -> bool:
+    """Whether a forward's exception says an input did not fit (else it is a fault inside the model)."""
+    return isinstance(e, (RuntimeError, ValueError, IndexError)) and any(w in str(e) for w in SHAPE_WORDS)
+
+
+def raised_at(e: BaseException) -> str:
+    """`file:line (function)` of the innermost frame outside torch: where the model's own code raised."""
+    import traceback
+
+    frames = [f for f in traceback.extract_tb(e.__traceback__) if "/torch/" not in f.filename.replace("\\", "/")]
+    if not frames:
+        return "inside torch"
+    f = frames[-1]
+    return f"{f.filename}:{f.lineno} ({f.name})"
+
+
+def forward_fault(e: BaseException, what: str) -> str:
+    """The message for a forward that raised for another reason than the input's shape: the model's own error."""
+    first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+    return (f"{what}: its forward raised {type(e).__name__}: {first}, at {raised_at(e)}. That is an error in the "
+            "model's code, not in the data's shape: fix the model (or give a model that runs).")

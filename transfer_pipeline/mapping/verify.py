@@ -19,7 +19,7 @@ from torch import nn
 from ..errors import UserError
 from ..schema import SourceConfig, VerifyConfig
 from ..sources.read import SourceWeights
-from ..model_io import call, pick_output, shape_text, to_device
+from ..model_io import call, forward_fault, is_shape_error, pick_output, shape_text, to_device
 from .pairs import EXACT_OPS, paired_modules
 from .plan import LoadPlan
 
@@ -110,6 +110,8 @@ def _run(model: nn.Module, inputs: Any, side: str) -> Any:
     try:
         return call(model, _prepare(inputs, model))
     except Exception as e:  # noqa: BLE001 - whatever a model raises on an input it cannot take
+        if not is_shape_error(e) and not isinstance(e, TypeError):
+            raise UserError(forward_fault(e, f"mapping.verify: the {side} model ({type(model).__name__})")) from None
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
         raise UserError(f"mapping.verify.input_shape: the {side} model ({type(model).__name__}) cannot run on the "
                         f"verify input {shape_text(inputs)}: {type(e).__name__}: {first}. Give "

@@ -11,7 +11,7 @@ from torch import nn
 from ..errors import UserError
 from ..data.batches import ShuffledBatches
 from .engine import Engine
-from ..model_io import finite, first_rows, shape_text, split_batch
+from ..model_io import finite, first_rows, forward_fault, is_shape_error, shape_text, split_batch
 from .task import TaskMetrics, check_fit
 
 
@@ -36,7 +36,9 @@ def check_batch(model: nn.Module, loader, engine: Engine, task: TaskMetrics) -> 
             logits = engine.logits(model, x)
     except UserError:
         raise
-    except (RuntimeError, ValueError, TypeError, IndexError) as e:
+    except Exception as e:  # noqa: BLE001 - a model may raise anything; which it is decides the message
+        if not is_shape_error(e) and not isinstance(e, TypeError):
+            raise UserError(forward_fault(e, f"model ({type(model).__name__})")) from None
         first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
         if isinstance(x, dict):
             raise UserError(f"model: the model cannot take the data's batches: keyword inputs {shape_text(x)} gave "
