@@ -2,7 +2,8 @@
 
 Exit codes: 0 done; 2 a mistake in the config or the inputs (the message says which); 130 / 143
 interrupted by Ctrl-C / SIGTERM; 1 a bug (with its traceback) or a Hydra composition error. In a
-`-m` sweep a failed job does not stop the others; the exit code is 2 if any job failed.
+`-m` sweep a failed job does not stop the others (nor does a bug); the exit code is 2 if any job
+failed, 1 if one of them failed with a bug. A sweep cut short still writes its summary.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from transfer_pipeline.schema import register_configs, to_run_config
 register_configs()
 log = logging.getLogger("transfer_pipeline")
 FAILED_JOBS: list[str] = []  # run folders of the sweep jobs that failed with a UserError
+BUG_JOBS: list[str] = []  # ... and of those that failed with a bug (exit code 1, as a single run's)
 RERUN_CODE_DIRS: list[str] = []  # where the re-run run found the person's own modules (its summary.json)
 
 
@@ -50,19 +52,36 @@ def main(cfg: DictConfig) -> float | None:
             sys.path.append(d)
     origins = ConfigOrigins({g: c for g, c in hydra_cfg.runtime.choices.items() if not g.startswith("hydra/")},
                             overrides, config_dirs, code_dirs)
+    sweeping = hydra_cfg.mode == RunMode.MULTIRUN
     try:
         resume = OmegaConf.select(cfg, "trainer.resume") is not None  # the schema checks the config in run_job
         summary = run_job(lambda: to_run_config(cfg), run_dir, origins, resume=resume)
     except UserError:  # already logged, and recorded in summary.json
-        if hydra_cfg.mode == RunMode.MULTIRUN:
+        if sweeping:
             FAILED_JOBS.append(str(run_dir))
             return None
         sys.exit(2)
-    except Interrupted as e:
-        sys.exit(128 + e.signum)
-    except KeyboardInterrupt:
-        sys.exit(130)
+    except (Interrupted, KeyboardInterrupt) as e:
+        if sweeping:  # the jobs that ran keep their results: the sweep's summary says so before the exit
+            summarize_sweep(Path(hydra_cfg.sweep.dir))
+        sys.exit(128 + e.signum if isinstance(e, Interrupted) else 130)
+    except Exception:  # a bug, its traceback logged and recorded: the other jobs of a sweep still run
+        if not sweeping:
+            raise
+        BUG_JOBS.append(str(run_dir))
+        return None
     return summary.get(f"best_{summary.get('monitor')}", summary.get("val_acc"))  # what a sweeper optimises: the best
+
+
+def summarize_sweep(sweep_dir: Path) -> None:
+    """The sweep summary of the jobs so far (a sweep cut short by Ctrl-C or SIGTERM)."""
+    from transfer_pipeline.hydra_edge.sweep_summary import write
+
+    try:
+        text, _ = write(sweep_dir)
+        print(text, flush=True)
+    except OSError as e:
+        print(f"warning: could not write the sweep summary in {sweep_dir}: {e}", file=sys.stderr)
 
 
 def rank_folder() -> str | None:
@@ -170,6 +189,10 @@ def check_plugins() -> None:
 
     for arg in sys.argv[1:]:
         group, _, choice = arg.partition("=")
+        if group.lstrip("+") == "hydra/sweeper" and choice in ("search", "optuna"):
+            from transfer_pipeline.hydra_edge.search import guard_optuna
+
+            guard_optuna()  # every trial failed: a message and the summary, not a traceback from the plugin
         module = PLUGINS.get(group.lstrip("+"), {}).get(choice)
         if module is not None and (importlib.util.find_spec("hydra_plugins") is None
                                    or importlib.util.find_spec(module) is None):
@@ -204,10 +227,10 @@ if __name__ == "__main__":
         main()
         from transfer_pipeline.hydra_edge.callbacks import INCOMPLETE_JOBS
 
-        failed = list(dict.fromkeys([*FAILED_JOBS, *INCOMPLETE_JOBS]))  # jobs run here, and those a launcher ran elsewhere
+        failed = list(dict.fromkeys([*FAILED_JOBS, *BUG_JOBS, *INCOMPLETE_JOBS]))  # here, and where a launcher ran them
         if failed:
             log.error("%d job(s) failed: %s (each folder's summary.json says why)", len(failed), ", ".join(failed))
-            sys.exit(2)
+            sys.exit(1 if BUG_JOBS else 2)
     finally:
         import gc
 

@@ -208,3 +208,8 @@ def raising_model(num_classes: int = 5, fail: bool = True, **ignored):
             return self.fc(x.flatten(1))
 
     return Buggy()
+
+
+def bug_in_training(num_classes: int = 5, **ignored):
+    """Takes any model arguments; its forward raises a plain RuntimeError after 3 training steps (a bug)."""
+    return failing_after(3, num_classes, "raise")
