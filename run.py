@@ -137,8 +137,18 @@ def rerun_arguments(argv: list[str]) -> list[str]:
     except UserError as e:
         print(f"run.py: {e}", file=sys.stderr)
         sys.exit(2)
-    guard = "+hydra.callbacks.run_folder={_target_: transfer_pipeline.hydra_edge.callbacks.RunFolderGuard}"
-    return [*argv[:i], "--config-path", str(folder / ".hydra"), "--config-name", "config", *extra, *rest, guard]
+    return [*argv[:i], "--config-path", str(folder / ".hydra"), "--config-name", "config", *extra, *rest]
+
+
+# The run-folder guard claims the folder before Hydra writes `.hydra/` and `run.log` into it. conf/config.yaml
+# installs it; a primary config of another origin (`--config-path <run>/.hydra`, a person's own) may not, so
+# every command line gets it too (`++`: added, or set to the same where the config has it).
+GUARD = "++hydra.callbacks.run_folder={_target_: transfer_pipeline.hydra_edge.callbacks.RunFolderGuard}"
+
+
+def with_guard(argv: list[str]) -> list[str]:
+    return argv if any(a in ("--help", "-h", "--hydra-help", "--info") or a.startswith("--info=") for a in argv) \
+        else [*argv, GUARD]
 
 
 def check_rerun(folder: Path, trust: bool, overrides: list[str]) -> list[str]:
@@ -218,7 +228,7 @@ def refuse_sweeps_across_processes() -> None:
 
 
 if __name__ == "__main__":
-    sys.argv = rerun_arguments(sys.argv)
+    sys.argv = with_guard(rerun_arguments(sys.argv))
     check_plugins()
     refuse_sweeps_across_processes()
     if (folder := rank_folder()) is not None:  # before Hydra: it writes .hydra/ and run.log into its folder
