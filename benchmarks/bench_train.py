@@ -97,11 +97,11 @@ class PipelineSide:
         self.loaders = loaders
 
     def epoch(self) -> float:
-        from transfer_pipeline.training.loop import train
+        from transfer_pipeline.training.loop import TrainContext, train
 
         epochs = len(self.state.history) + 1
-        train(self.model, self.optimizer, self.loaders[0], self.loaders[1], epochs=epochs, events=(),
-              bn_policy=self.policy, engine=self.engine, forward_module=self.head, state=self.state)
+        train(TrainContext(self.model, self.optimizer, self.loaders[0], self.loaders[1], self.engine, epochs, events=(),
+                           bn_policy=self.policy, forward_module=self.head), self.state)
         return self.state.history[-1]["samples_per_s"]
 
 

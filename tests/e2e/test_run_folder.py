@@ -153,12 +153,64 @@ def test_run_folder_files_honour_the_umask(tmp_path, umask, mode):
 
 def test_temporary_files_of_a_killed_write_are_cleaned(tmp_path):
     (tmp_path / "checkpoints").mkdir(parents=True)
-    stale = [tmp_path / ".metrics.csv.k2j3.tmp", tmp_path / "checkpoints" / ".last.safetensors.x9.tmp"]
+    (tmp_path / ".transfer_pipeline").write_text("run folder of transfer_pipeline\n")  # a folder this tool made
+    stale = [tmp_path / ".metrics.csv.k2j3ab_9.tmp", tmp_path / "checkpoints" / ".last.safetensors.x9qq0z1m.tmp",
+             tmp_path / ".predictions.csv.4242.tmp"]
     for p in stale:
         p.write_bytes(b"half a file")
     out = run_cli("mode=plan", f"hydra.run.dir={tmp_path}")
     assert out.returncode == 0, out.stdout + out.stderr
     assert not any(p.exists() for p in stale)
+
+
+def test_a_folder_this_tool_did_not_make_is_refused_untouched(tmp_path):
+    """A person's folder (here: the one holding the source checkpoint) is never written into or cleaned."""
+    import shutil
+
+    from transfer_pipeline.models.digits import PRETRAINED_0TO4
+
+    mine = tmp_path / "my_weights"
+    (mine / "deeper").mkdir(parents=True)
+    shutil.copy(PRETRAINED_0TO4, mine / "model.safetensors")
+    (mine / "metrics.csv").write_text("my own numbers\n")
+    (mine / "deeper" / ".notes.txt.abcdefgh.tmp").write_text("another program's temp file")
+    (mine / ".draft.abcdefgh.tmp").write_text("another program's temp file")
+    before = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in mine.rglob("*") if p.is_file()}
+    out = run_cli(f"hydra.run.dir={mine}", f"source.path={mine / 'model.safetensors'}", "trainer.epochs=1",
+                  "freeze.schedule=[]")
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert "is a folder this tool did not make (it holds" in out.stderr and "model.safetensors" in out.stderr
+    assert "Traceback" not in out.stderr
+    assert {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in mine.rglob("*") if p.is_file()} == before
+    assert sorted(p.name for p in mine.iterdir()) == [".draft.abcdefgh.tmp", "deeper", "metrics.csv", "model.safetensors"]
+
+
+def test_a_source_inside_the_run_folder_is_refused(tmp_path):
+    """Even in a folder of this tool's (a run resumed or replaced there): the weights read are never an output."""
+    import shutil
+
+    from transfer_pipeline.models.digits import PRETRAINED_0TO4
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / ".transfer_pipeline").write_text("run folder of transfer_pipeline\n")
+    shutil.copy(PRETRAINED_0TO4, run_dir / "model.safetensors")
+    before = (run_dir / "model.safetensors").read_bytes()
+    out = run_cli(f"hydra.run.dir={run_dir}", f"source.path={run_dir / 'model.safetensors'}")
+    assert out.returncode == 2 and "is inside the run folder" in out.stdout + out.stderr, out.stdout + out.stderr
+    assert (run_dir / "model.safetensors").read_bytes() == before
+
+
+def test_a_sweep_folder_must_be_new_or_a_sweeps(tmp_path):
+    afile = tmp_path / "a_file"
+    afile.write_text("x")
+    out = run_cli("-m", "mode=plan", "seed=0,1", f"hydra.sweep.dir={afile}")
+    assert out.returncode == 2 and "exists and is not a folder" in out.stderr and "Traceback" not in out.stderr
+    assert afile.read_text() == "x"
+    run_dir = tmp_path / "a_run"
+    assert run_cli("mode=plan", f"hydra.run.dir={run_dir}").returncode == 0
+    out = run_cli("-m", "mode=plan", "seed=0,1", f"hydra.sweep.dir={run_dir}")
+    assert out.returncode == 2 and "not a sweep folder" in out.stderr, out.stdout + out.stderr
 
 
 def test_two_runs_started_in_the_same_second_get_their_own_default_folders(tmp_path):

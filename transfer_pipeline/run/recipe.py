@@ -95,12 +95,15 @@ def plan(r: Run) -> None:
     from ..build import build_model
     from ..sources.read import read_source
     from .. import files
+    from .folder import check_source_outside
 
     cfg = r.cfg
     on_meta = cfg.source.meta_init and (cfg.source.path is not None or cfg.source.weights is not None)
     r.model = build_model(cfg.model, meta=on_meta)
     mapping = load_aids.with_rules_file(cfg.mapping)
     source = read_source(cfg.source)
+    if source is not None and source.all_files:
+        check_source_outside(source.all_files, r.main_dir or r.run_dir)
     suggesting = cfg.mapping.suggest or (cfg.mapping.suggest is None and cfg.mode == Mode.plan)
     try:
         r.report, r.weights = plan_report(r.model, source, mapping, cfg.source)
@@ -240,7 +243,7 @@ def resume(r: Run) -> None:
 
 def train(r: Run) -> None:
     """Train every epoch (training/fit.py: checkpoints, best, EMA, early stopping, loggers, curves)."""
-    from ..training.fit import fit
+    from ..training.fit import FitJob, fit
     from ..training.loop import steps_per_epoch
     from ..tuning.lr_schedule import build_schedule, write_lrs
     from ..tuning.param_groups import current_lrs, format_groups, make_optimizer
@@ -261,9 +264,9 @@ def train(r: Run) -> None:
 
     r.signals.graceful = True  # from here a first Ctrl-C / SIGTERM finishes the step and saves
     try:
-        result = fit(cfg, r.run_dir, model, r.optimizer, r.groups, r.freeze, r.loaders, r.engine, r.task, schedule,
-                          r.resume_state, r.signals.requested, on_event, r.report.table(), str(r.summary["source"]),
-                          weights_meta=weights_meta(r))
+        result = fit(FitJob(cfg, r.run_dir, model, r.optimizer, r.freeze, r.loaders, r.engine, r.task, schedule,
+                            stop_requested=r.signals.requested, on_event=on_event, plan_text=r.report.table(),
+                            source=str(r.summary["source"]), resume=r.resume_state, weights_meta=weights_meta(r)))
     finally:
         r.signals.graceful = False
     state, best = result.state, result.best

@@ -5,6 +5,8 @@ checkpoints/last.pt (the full state, training/checkpoint.py), checkpoints/best.s
 new best of `trainer.monitor`, the EMA's weights, early stopping. A stop request (Ctrl-C,
 SIGTERM) finishes the step, writes last.pt with the position inside the epoch, and ends the run
 as interrupted with the command that resumes it. curves.png is drawn however the run ends.
+The loop (loop.py) writes nothing itself: RunKeeper's callbacks do, and `fit` writes the final
+model.safetensors.
 """
 
 from __future__ import annotations
@@ -16,18 +18,48 @@ from typing import Any, Callable
 
 from torch import nn
 
-from ..schema import FinalWeights, RunConfig
+from ..schema import FinalWeights, RunConfig, TrainerConfig
+from ..tuning.freezing import FreezePlan
+from ..tuning.lr_schedule import LRSchedule
 from . import checkpoint
 from .. import files
 from .curves import write_curves
 from .engine import Engine
 from .evaluate import evaluate
 from .loggers import make_loggers
-from .loop import Position, StopTraining, TrainState, steps_per_epoch, train
+from .loop import Position, StopTraining, TrainContext, TrainState, steps_per_epoch, train
 from .monitor import Best, EarlyStop, make_ema, monitor_mode
 from .progress import bar_factory
+from .task import TaskMetrics
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class FitJob:
+    """What `fit` trains and what it needs to keep the run's work.
+
+    `task`: task.TaskMetrics (loss, metrics); `resume`: a loaded checkpoints/last.pt to continue from;
+    `on_event`: gets the freeze plan's events as they fire; `plan_text`: the load table the loggers
+    start with; `source`: where the weights came from (model.safetensors metadata); `weights_meta`:
+    extra metadata of the weights files (class names).
+    """
+
+    cfg: RunConfig
+    run_dir: Path
+    model: nn.Module
+    optimizer: Any
+    freeze: FreezePlan
+    loaders: tuple
+    engine: Engine
+    task: TaskMetrics
+    schedule: LRSchedule | None
+    stop_requested: Callable[[], bool]
+    on_event: Callable
+    plan_text: str
+    source: str
+    resume: dict[str, Any] | None = None
+    weights_meta: dict[str, str] | None = None
 
 
 @dataclass
@@ -39,117 +71,154 @@ class FitResult:
     notes: list[str] = field(default_factory=list)
 
 
-def fit(cfg: RunConfig, run_dir: Path, model: nn.Module, optimizer: Any, groups: list, freeze: Any,
-        loaders: tuple, engine: Engine, task: Any, schedule: Any, resume: dict[str, Any] | None,
-        stop_requested: Callable[[], bool], on_event: Callable, plan_text: str, source: str,
-        weights_meta: dict[str, str] | None = None) -> FitResult:
-    """`task`: task.TaskMetrics (loss, metrics); `weights_meta`: extra metadata of the weights files (class names)."""
-    t = cfg.trainer
-    train_loader, val_loader = loaders
-    ckpt_dir = run_dir / "checkpoints"
-    state = TrainState()
-    scaler = engine.scaler
-    main = engine.is_main  # under torchrun only rank 0 writes files
-    ema = make_ema(model, t.ema.decay) if t.ema.decay is not None else None
-    best = Best(t.monitor, monitor_mode(t.monitor, t.monitor_mode))
-    early = None
-    spe = steps_per_epoch(train_loader, t.limit_train_batches, t.accumulate_grad_batches)
-    if t.early_stopping.patience is not None:
-        last_event = max((int(ev.trigger.epoch_of(spe)) for ev in freeze.events if ev.names), default=0)
-        early = EarlyStop(t.early_stopping.patience, t.early_stopping.min_delta,
-                          last_event + t.early_stopping.patience - 1 if freeze.events else 0)
-    if resume is not None:
-        state = _restore(resume, model, optimizer, scaler, ema, best, early)
-    head_name = None
-    if t.cache_features:
-        from . import feature_cache
+def fit(job: FitJob) -> FitResult:
+    """Train every epoch of `job.cfg.trainer`, keeping checkpoints, best, EMA, early stopping, loggers and curves."""
+    keeper = RunKeeper(job)
+    result = FitResult(keeper.state, keeper.best, cached=keeper.head_name)
+    try:
+        train(keeper.train_context(), keeper.state)
+    except StopTraining:
+        result.interrupted = True
+    finally:
+        keeper.close()
+    if not result.interrupted and keeper.main:
+        write_final_weights(job, keeper.best)
+    return result
 
-        in_run = set(freeze.trainable).union(*(ev.names for ev in freeze.events))
-        head_name, (train_loader, val_loader) = feature_cache.prepare(model, in_run, freeze.bn_modes,
-                                                                      (train_loader, val_loader), engine)
-    head = model.get_submodule(head_name) if head_name is not None else None
-    if head is not None:
-        engine.output = None  # the head alone runs from here: what it returns are the logits (model.output was checked)
-    fingerprint = checkpoint.flatten(cfg)
-    loggers = make_loggers(cfg.logger, run_dir, state.history) if main else []
-    for lg in loggers:
-        lg.start(plan_text)
 
-    def full_state() -> dict[str, Any]:
+class RunKeeper:
+    """The loop's callbacks that keep a run's work: checkpoints, weights, best, EMA, early stopping, loggers."""
+
+    def __init__(self, job: FitJob) -> None:
+        self.job = job
+        t = self.t = job.cfg.trainer
+        model = job.model
+        self.train_loader, self.val_loader = job.loaders
+        self.ckpt_dir = job.run_dir / "checkpoints"
+        self.state = TrainState()
+        self.main = job.engine.is_main  # under torchrun only rank 0 writes files
+        self.ema = make_ema(model, t.ema.decay) if t.ema.decay is not None else None
+        self.best = Best(t.monitor, monitor_mode(t.monitor, t.monitor_mode))
+        self.spe = steps_per_epoch(self.train_loader, t.limit_train_batches, t.accumulate_grad_batches)
+        self.early = early_stop(t, job.freeze, self.spe)
+        if job.resume is not None:
+            self.state = _restore(job.resume, model, job.optimizer, job.engine.scaler, self.ema, self.best, self.early)
+        self.head_name = None
+        if t.cache_features:
+            from . import feature_cache
+
+            in_run = set(job.freeze.trainable).union(*(ev.names for ev in job.freeze.events))
+            self.head_name, (self.train_loader, self.val_loader) = feature_cache.prepare(
+                model, in_run, job.freeze.bn_modes, (self.train_loader, self.val_loader), job.engine)
+        self.head = model.get_submodule(self.head_name) if self.head_name is not None else None
+        if self.head is not None:  # the head alone runs from here: it returns the logits (model.output was checked)
+            job.engine.output = None
+        self.fingerprint = checkpoint.flatten(job.cfg)
+        self.loggers = make_loggers(job.cfg.logger, job.run_dir, self.state.history) if self.main else []
+        for lg in self.loggers:
+            lg.start(job.plan_text)
+
+    def train_context(self) -> TrainContext:
+        """The loop's context: the job's model and plan, the (cached) loaders, these callbacks."""
+        job, t = self.job, self.t
+        return TrainContext(
+            job.model, job.optimizer, self.train_loader, self.val_loader, job.engine, t.epochs, job.freeze.events,
+            job.freeze.bn_modes, task=job.task, schedule=job.schedule, limit_train_batches=t.limit_train_batches,
+            limit_val_batches=t.limit_val_batches, forward_module=self.head, on_event=job.on_event,
+            on_epoch=self.on_epoch, on_step=self.on_step if self.ema is not None else None,
+            on_checkpoint=self.on_checkpoint, checkpoint_every_steps=t.checkpoint_every_steps,
+            stop_requested=job.stop_requested, progress=bar_factory(t.progress and self.main, t.epochs),
+            sync_every=t.sync_every_steps)
+
+    def full_state(self) -> dict[str, Any]:
+        """What checkpoints/last.pt holds (training/checkpoint.py): everything to go on bit for bit."""
+        job, state, ema, early = self.job, self.state, self.ema, self.early
+        scaler = job.engine.scaler
         pos = state.position
         pos.rng = checkpoint.rng_state()
-        return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+        return {"model": job.model.state_dict(), "optimizer": job.optimizer.state_dict(),
                 "scaler": scaler.state_dict() if scaler is not None else None,
                 "ema": ema.state_dict() if ema is not None else None,
                 "position": {k: getattr(pos, k) for k in Position.__dataclass_fields__},
                 "history": state.history, "samples": state.samples, "seconds": state.seconds,
-                "best": best.state(), "early": early.state() if early else None,
-                "fired": [ev.where for ev in freeze.events
+                "best": self.best.state(), "early": early.state() if early else None,
+                "fired": [ev.where for ev in job.freeze.events
                           if ev.trigger.fired_by(pos.epoch, pos.step_in_epoch, pos.global_step)],
-                "config": fingerprint}
+                "config": self.fingerprint}
 
-    def save_last() -> None:
-        if t.save_checkpoints and main:
-            checkpoint.save(ckpt_dir / checkpoint.LAST, full_state())
+    def save_last(self) -> None:
+        if self.t.save_checkpoints and self.main:
+            checkpoint.save(self.ckpt_dir / checkpoint.LAST, self.full_state())
 
-    def on_step(step: int, opt: Any) -> None:
+    def on_checkpoint(self, state: TrainState) -> None:
+        self.save_last()
+
+    def on_step(self, step: int, opt: Any) -> None:
+        self.ema.update_parameters(self.job.model)
+
+    def on_epoch(self, row: dict[str, Any]) -> bool:
+        """The epoch's EMA metrics, logs, best, early stopping and files; whether to stop early."""
+        t, ema = self.t, self.ema
         if ema is not None:
-            ema.update_parameters(model)
-
-    def on_epoch(row: dict[str, Any]) -> bool:
-        if ema is not None:
-            watched = ema.module.get_submodule(head_name) if head_name is not None else ema.module
-            row.update({f"ema_val_{k}": v for k, v in evaluate(watched, val_loader, engine, task,
+            watched = ema.module.get_submodule(self.head_name) if self.head_name is not None else ema.module
+            row.update({f"ema_val_{k}": v for k, v in evaluate(watched, self.val_loader, self.job.engine, self.job.task,
                                                                   t.limit_val_batches).items()})
-        for lg in loggers:
+        for lg in self.loggers:
             lg.epoch(row)
         # every rank keeps the same best and early-stopping counts (the numbers are all-reduced); rank 0 writes
-        new_best = best.update(row)
-        stop = early.should_stop(best, row) if early is not None else False
-        if main:
-            meta = {**(weights_meta or {}), "epoch": str(row["epoch"])}
-            if t.save_checkpoints:
-                files.save_weights(ckpt_dir / "last.safetensors", model.state_dict(), meta)
-            if t.keep_epoch_checkpoints:
-                files.save_weights(ckpt_dir / f"epoch_{row['epoch']}.safetensors", model.state_dict(), meta)
-            if ema is not None:
-                files.save_weights(ckpt_dir / "ema.safetensors", ema.module.state_dict(), meta)
-            if new_best:
-                watched = ema.module if t.monitor.startswith("ema_") else model
-                files.save_weights(ckpt_dir / "best.safetensors", watched.state_dict(),
-                                     {**meta, t.monitor: str(best.value)})
-            save_last()  # after best and early stopping are updated: a resumed run continues their counts
-            _log_epoch(row, cfg.trainer.epochs, best)
+        new_best = self.best.update(row)
+        stop = self.early.should_stop(self.best, row) if self.early is not None else False
+        if self.main:
+            self.write_epoch_weights(row, new_best)
+            self.save_last()  # after best and early stopping are updated: a resumed run continues their counts
+            _log_epoch(row, t.epochs, self.best)
         return stop
 
-    result = FitResult(state, best, cached=head_name)
-    try:
-        train(model, optimizer, train_loader, val_loader, epochs=t.epochs, events=freeze.events,
-              bn_policy=freeze.bn_modes, engine=engine, task=task,
-              limit_train_batches=t.limit_train_batches, limit_val_batches=t.limit_val_batches, schedule=schedule,
-              on_event=on_event, on_epoch=on_epoch, on_step=on_step if ema is not None else None, state=state,
-              on_checkpoint=lambda s: save_last(), checkpoint_every_steps=t.checkpoint_every_steps,
-              stop_requested=stop_requested, progress=bar_factory(t.progress and main, t.epochs),
-              sync_every=t.sync_every_steps, forward_module=head)
-    except StopTraining:
-        result.interrupted = True
-    finally:
-        for lg in loggers:
-            lg.close()
-        if main:
-            marks = [(ev.trigger.epoch_of(spe), ev.action) for ev in freeze.events]
-            write_curves(run_dir / "curves.png", state.history, marks)
-    if not result.interrupted and main:
-        final = ckpt_dir / "best.safetensors"
-        if t.final_weights == FinalWeights.best and final.is_file():
-            from safetensors.torch import load_file
+    def write_epoch_weights(self, row: dict[str, Any], new_best: bool) -> None:
+        """checkpoints/: last, epoch_N (trainer.keep_epoch_checkpoints), ema and best .safetensors."""
+        t, ema, model, ckpt_dir = self.t, self.ema, self.job.model, self.ckpt_dir
+        meta = {**(self.job.weights_meta or {}), "epoch": str(row["epoch"])}
+        if t.save_checkpoints:
+            files.save_weights(ckpt_dir / "last.safetensors", model.state_dict(), meta)
+        if t.keep_epoch_checkpoints:
+            files.save_weights(ckpt_dir / f"epoch_{row['epoch']}.safetensors", model.state_dict(), meta)
+        if ema is not None:
+            files.save_weights(ckpt_dir / "ema.safetensors", ema.module.state_dict(), meta)
+        if new_best:
+            watched = ema.module if t.monitor.startswith("ema_") else model
+            files.save_weights(ckpt_dir / "best.safetensors", watched.state_dict(),
+                               {**meta, t.monitor: str(self.best.value)})
 
-            files.save_weights(run_dir / "model.safetensors", load_file(final),
-                                 {**(weights_meta or {}), "source": source, "weights": f"best epoch {best.epoch}"})
-        else:
-            files.save_weights(run_dir / "model.safetensors", model.state_dict(),
-                                 {**(weights_meta or {}), "source": source, "weights": "last"})
-    return result
+    def close(self) -> None:
+        """However training ended: the loggers closed, curves.png drawn (rank 0)."""
+        for lg in self.loggers:
+            lg.close()
+        if self.main:
+            marks = [(ev.trigger.epoch_of(self.spe), ev.action) for ev in self.job.freeze.events]
+            write_curves(self.job.run_dir / "curves.png", self.state.history, marks)
+
+
+def early_stop(t: TrainerConfig, freeze: FreezePlan, spe: int) -> EarlyStop | None:
+    """trainer.early_stopping, counting only once the freeze plan's last event has had its patience."""
+    if t.early_stopping.patience is None:
+        return None
+    last_event = max((int(ev.trigger.epoch_of(spe)) for ev in freeze.events if ev.names), default=0)
+    return EarlyStop(t.early_stopping.patience, t.early_stopping.min_delta,
+                     last_event + t.early_stopping.patience - 1 if freeze.events else 0)
+
+
+def write_final_weights(job: FitJob, best: Best) -> None:
+    """model.safetensors: the best epoch's weights (trainer.final_weights=best, where kept) or the last."""
+    run_dir, meta = job.run_dir, job.weights_meta or {}
+    final = run_dir / "checkpoints" / "best.safetensors"
+    if job.cfg.trainer.final_weights == FinalWeights.best and final.is_file():
+        from safetensors.torch import load_file
+
+        files.save_weights(run_dir / "model.safetensors", load_file(final),
+                           {**meta, "source": job.source, "weights": f"best epoch {best.epoch}"})
+    else:
+        files.save_weights(run_dir / "model.safetensors", job.model.state_dict(),
+                           {**meta, "source": job.source, "weights": "last"})
 
 
 def _restore(saved: dict[str, Any], model: nn.Module, optimizer: Any, scaler: Any, ema: Any, best: Best,

@@ -1,6 +1,6 @@
 """The freeze/unfreeze schedule in training: what is frozen stays bitwise frozen, what unfreezes trains from
 its event on, weight decay and optimizer state never touch frozen parameters, and every group's LR at every
-step is the closed form of its schedule. Real configs (composed), the real loop (train.train), random data."""
+step is the closed form of its schedule. Real configs (composed), the real loop (training.loop.train), random data."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from transfer_pipeline.tuning.lr_schedule import build_schedule
 from transfer_pipeline.models import DigitsCNN
 from transfer_pipeline.tuning.param_groups import build_groups, make_optimizer, no_decay_names
 from transfer_pipeline.training.engine import Engine
-from transfer_pipeline.training.loop import train
+from transfer_pipeline.training.loop import TrainContext, train
 
 STEM = ("stem.0.weight", "stem.1.weight", "stem.1.bias", "stem.1.running_mean", "stem.1.running_var",
         "stem.1.num_batches_tracked")
@@ -63,9 +63,9 @@ def run_training(compose, *overrides: str, epochs: int = 4, spe: int = 3, every_
         if every_step:
             out.steps.append(clone(model.state_dict()))
 
-    state = train(model, optimizer, batches, batches[:1], epochs=epochs, events=plan.events, bn_policy=plan.bn_modes,
-                  engine=Engine(torch.device("cpu")), schedule=schedule, on_step=on_step,
-                  on_epoch=lambda row: out.epochs.append(clone(model.state_dict())))
+    state = train(TrainContext(model, optimizer, batches, batches[:1], Engine(torch.device("cpu")), epochs,
+                               events=plan.events, bn_policy=plan.bn_modes, schedule=schedule, on_step=on_step,
+                               on_epoch=lambda row: out.epochs.append(clone(model.state_dict()))))
     out.history = state.history
     return out
 
@@ -206,27 +206,3 @@ def test_gradual_warns_when_the_run_ends_before_every_block_is_unfrozen(compose,
     assert [int(r["trainable_params"]) for r in t.history] == [325, 325, 18885, 18885, 23557]
     (msg,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert "freeze.gradual: 1 block(s) stay frozen (stem)" in msg and "trainer.epochs=7" in msg
-
-
-# --- through the whole pipeline ---------------------------------------------------------------------------
-
-def test_two_events_at_one_epoch_get_their_own_lr_columns(run_pipeline):
-    import csv
-
-    summary, run_dir = run_pipeline("freeze.trainable=[head]", "trainer.epochs=2", "trainer.limit_train_batches=2",
-                                    "freeze.schedule=[{epoch: 1, unfreeze: [block2], lr: 0.002}, "
-                                    "{epoch: 1, unfreeze: [block1], lr: 0.0005}]")
-    with open(run_dir / "metrics.csv") as f:
-        rows = list(csv.DictReader(f))
-    for row in rows:
-        assert (float(row["lr/unfreeze@1:block2"]), float(row["lr/unfreeze@1:block1"]), float(row["lr/default"])) == (
-            0.002, 0.0005, 0.01)
-    assert [int(r["trainable_params"]) for r in rows] == [325, 325 + 18560 + 4672]
-    assert [g["group"] for g in summary["param_groups"]] == ["unfreeze@1:block2", "unfreeze@1:block1", "default"]
-
-
-def test_reserved_group_name_stops_the_run_before_training(run_pipeline):
-    from transfer_pipeline.errors import UserError
-
-    with pytest.raises(UserError, match=r"optim\.groups\[0\]: name='default' is reserved for generated groups"):
-        run_pipeline("optim.groups=[{name: default, params: [head], lr: 0.1}]")
