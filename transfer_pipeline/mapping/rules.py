@@ -167,7 +167,7 @@ class RuleMatcher:
     """`match_rule` for many names at once, as fast as a dict where it can be.
 
     A rule whose `from` is a plain name (most rules a script or `mapping.suggest` writes) is found by
-    lookup; the others are tried only on names that start with their literal prefix (`encoder\.` ...),
+    lookup; the others are tried only on names that start with their literal prefix (`encoder.` for `encoder\\.(\\d+)...`),
     in rule order, so the first rule that matches still wins. Each name's answer is kept: prefix
     detection asks for the same names under many candidate prefixes. Planning with R rules and N
     names costs about N lookups plus the regex rules whose prefix fits, instead of N x R matches.
