@@ -141,14 +141,25 @@ def rerun_arguments(argv: list[str]) -> list[str]:
 
 
 # The run-folder guard claims the folder before Hydra writes `.hydra/` and `run.log` into it. conf/config.yaml
-# installs it; a primary config of another origin (`--config-path <run>/.hydra`, a person's own) may not, so
-# every command line gets it too (`++`: added, or set to the same where the config has it).
+# installs it; a primary config of another origin (`--config-path <run>/.hydra`, `--rerun`, a person's own)
+# may not, so such a command line gets it too (`++`: added, or set to the same where the config has it).
 GUARD = "++hydra.callbacks.run_folder={_target_: transfer_pipeline.hydra_edge.callbacks.RunFolderGuard}"
+OTHER_CONFIG = ("--config-path", "-cp", "--config-name", "-cn")
+VALUED = {"--cfg", "-c", "--package", "-p", *OTHER_CONFIG, "--config-dir", "-cd", "--experimental-rerun"}
+INFO_CHOICES = {"all", "config", "defaults", "defaults-tree", "plugins", "searchpath"}
 
 
 def with_guard(argv: list[str]) -> list[str]:
-    return argv if any(a in ("--help", "-h", "--hydra-help", "--info") or a.startswith("--info=") for a in argv) \
-        else [*argv, GUARD]
+    """argv with GUARD among its overrides (Hydra's argparse takes the overrides as one run of positionals,
+    so it goes just before the first of them), where the primary config is not conf/config.yaml."""
+    if not any(a in OTHER_CONFIG or a.startswith(tuple(o + "=" for o in OTHER_CONFIG)) for a in argv[1:]):
+        return argv
+    for i in range(1, len(argv)):
+        a, before = argv[i], argv[i - 1]
+        if a.startswith("-") or before in VALUED or (before in ("--info", "-i") and a in INFO_CHOICES):
+            continue
+        return [*argv[:i], GUARD, *argv[i:]]
+    return [*argv, GUARD]
 
 
 def check_rerun(folder: Path, trust: bool, overrides: list[str]) -> list[str]:

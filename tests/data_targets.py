@@ -125,3 +125,34 @@ def regression_with_a_nan_target(n: int = 400, at: int = 250) -> dict:
     y = y.clone()
     y[at] = float("nan")
     return {"train": TensorDataset(x, y), "val": s["val"]}
+
+
+class Faulty(Dataset):
+    """tuple_splits' train items, with item `at` wrong in one way (past the first batches, so only the loop sees it)."""
+
+    def __init__(self, base: TensorDataset, fault: str, at: int) -> None:
+        self.base, self.fault, self.at = base, fault, at
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i: int):
+        x, y = self.base[i]
+        if i != self.at:
+            return x, y
+        if self.fault == "raises":
+            raise ValueError(f"cannot decode record {i}")
+        if self.fault == "stop":
+            return next(iter([]))  # StopIteration: would end a DataLoader's epoch without a word
+        if self.fault == "label":
+            return x, torch.tensor(7)  # 3 classes
+        if self.fault == "size":
+            return torch.zeros(5), y
+        if self.fault == "dtype":
+            return x, torch.tensor(1.5)
+        raise AssertionError(self.fault)
+
+
+def faulty_splits(fault: str, at: int = 100, n: int = 300) -> dict:
+    s = tuple_splits(n, test=False)
+    return {"train": Faulty(s["train"], fault, at), "val": s["val"], "classes": s["classes"]}

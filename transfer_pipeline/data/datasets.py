@@ -151,8 +151,8 @@ def from_target(cfg: DataConfig, seed: int) -> DataBundle:
         if got.get(name) is None:
             raise UserError(f"data._target_: {target} returned no {name!r} split (keys: {sorted(got)}); return "
                             "{'train': ..., 'val': ..., 'test': ... (optional), 'classes': [...] (optional)}.")
-    splits = {name: _check_split(got[name], name, target, cfg.target_key) for name in ("train", "val", "test")
-              if got.get(name) is not None}
+    splits = {name: YourSplit(_check_split(got[name], name, target, cfg.target_key), name, target)
+              for name in ("train", "val", "test") if got.get(name) is not None}
     classes = got.get("classes")
     if classes is not None:
         if isinstance(classes, (str, bytes)) or not hasattr(classes, "__len__") or not len(classes):
@@ -160,6 +160,40 @@ def from_target(cfg: DataConfig, seed: int) -> DataBundle:
                             "non-empty list (or leave 'classes' out).")
         classes = [str(c) for c in classes]
     return DataBundle(splits["train"], splits["val"], classes, splits.get("test"))
+
+
+class YourSplit(Dataset):
+    """A split of your own data, whose item errors are told as yours: which split, which item, what it raised
+    and where (not "a bug: please report it"). A StopIteration from an item, which would end the DataLoader
+    without a word, is one of them. Everything else is the dataset's own (attributes are passed through)."""
+
+    def __init__(self, dataset: Any, split: str, target: str) -> None:
+        self.dataset, self.split, self.target = dataset, split, target
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> Any:
+        try:
+            return self.dataset[i]
+        except UserError:
+            raise
+        except Exception as e:  # noqa: BLE001 - whatever the person's code raises is reported as theirs
+            from ..model_io import raised_at
+
+            first = (str(e).strip().splitlines() or [""])[0][:300]
+            raise UserError(f"data: item {i} of the {self.split} split ({self.target}) raised {type(e).__name__}"
+                            f"{': ' + first if first else ''}, at {raised_at(e)}. That is your dataset's code: fix "
+                            "the item (or the code that makes it).") from None
+
+    @property
+    def augmented(self) -> bool:
+        return bool(getattr(self.dataset, "augmented", not isinstance(self.dataset, TensorDataset)))
+
+    def __getattr__(self, name: str) -> Any:  # samples, texts, ...: the dataset's own
+        if name.startswith("__") or name == "dataset":
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
 
 
 def _check_split(ds: Any, name: str, target: str, target_key: str) -> Any:

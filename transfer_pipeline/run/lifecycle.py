@@ -52,7 +52,11 @@ def run_job(load_config: Callable[[], RunConfig], run_dir: Path, origins: Config
     from .folder import claim, release, reserve_space
 
     run_dir = Path(run_dir)
-    claim(run_dir, resume)  # before anything is written: a folder in use or holding a run is refused untouched
+    try:
+        claim(run_dir, resume)  # before anything is written: a folder in use or holding a run is refused untouched
+    except UserError as e:  # nothing is written (summary.json, run.log may be another run's): said here only
+        log.error("error: %s", e)
+        raise
     summary: dict[str, Any] = {"status": "running", "mode": None, "pid": os.getpid(), "started_at": _now()}
     started = time.perf_counter()
     signals = StopSignals(origins)

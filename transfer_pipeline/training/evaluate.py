@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..errors import UserError
 from .engine import Engine
 from .task import TaskMetrics
 
@@ -17,6 +18,20 @@ def classification() -> TaskMetrics:
     from ..schema import Task
 
     return TaskMetrics(Task.classification, nn.CrossEntropyLoss())
+
+
+def _check_whole(loader: Any, limit: int | None, n: int) -> None:
+    """Every item of the split was scored, where it should be (no limit, the loader reads it in order):
+    a dataset whose __getitem__ raises StopIteration ends the loop early without a word."""
+    from torch.utils.data import SequentialSampler
+
+    if limit is not None or not isinstance(getattr(loader, "sampler", None), SequentialSampler):
+        return
+    size = len(loader.dataset)
+    if n < size:
+        raise UserError(f"data: evaluation scored {n} of the split's {size} items: its iteration ended early. A "
+                        "dataset's __getitem__ that raises StopIteration ends a DataLoader silently; raise IndexError "
+                        "or another error there, or fix the item that stops it.")
 
 
 @torch.no_grad()
@@ -41,6 +56,7 @@ def evaluate(model: nn.Module, loader, engine: Engine, task: TaskMetrics | None 
         if c is not None:
             counts = c if counts is None else counts + c
         n += len(y)
+    _check_whole(loader, limit, n)
     if not n:
         return {"loss": math.nan, **task.metrics([], 0, "val")}
     out: dict[str, Any] = {"loss": sum(torch.stack(losses).tolist()) / n,

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..errors import UserError
 from ..tuning.batchnorm import apply_bn_policy
 from ..tuning.events import Event
 from ..tuning.freezing import apply_event
@@ -118,6 +119,52 @@ def batches_per_epoch(loader, limit_train_batches: int | None = None) -> int:
     return n if limit_train_batches is None else min(n, limit_train_batches)
 
 
+def bad_targets(task: TaskMetrics, logits: torch.Tensor, y: Any, epoch: int, b: int) -> UserError | None:
+    """Why a batch's targets do not fit the loss (a class out of range, another shape or type), as the first
+    batch's checks would say it, with where; None when the targets look right (then the error is the loss's)."""
+    from .task import check_fit
+
+    try:
+        check_fit(task, logits.detach().float(), task.target(y, logits))
+    except UserError as e:
+        return UserError(f"epoch {epoch + 1}, batch {b} of the train split: {e}")
+    except Exception:  # noqa: BLE001 - the targets cannot even be read as the task's: that is the message
+        return UserError(f"epoch {epoch + 1}, batch {b} of the train split: its targets ({type(y).__name__}"
+                         f"{' ' + str(getattr(y, 'dtype', '')) if hasattr(y, 'dtype') else ''}) are not what "
+                         f"task={task.task.value} takes.")
+    return None
+
+
+def made_batches(batches: Iterator, split: str, first: int = 0) -> Iterator:
+    """The loader's batches; one that cannot be made (items that do not stack, a worker that died) is told
+    as the data's, with its index (an item's own error is already told by data.datasets.YourSplit)."""
+    b = first
+    while True:
+        try:
+            batch = next(batches)
+        except StopIteration:
+            return
+        except UserError:
+            raise
+        except Exception as e:  # noqa: BLE001 - collate and worker errors come in many types
+            first_line = (str(e).strip().splitlines() or [""])[0][:300]
+            raise UserError(f"data: batch {b} of the {split} split could not be made ({type(e).__name__}: "
+                            f"{first_line}). Items must stack into a batch: tensors of one shape per key, numbers "
+                            "as targets.") from None
+        yield batch
+        b += 1
+
+
+def ended_early(split: str, got: int, expected: int, loader: Any, epoch: int) -> UserError:
+    """A loader that stopped before its length: a dataset whose __getitem__ raised StopIteration ends the
+    DataLoader's iteration without a word, and the run would train (or score) on part of the split."""
+    size = len(loader.dataset) if hasattr(loader.dataset, "__len__") else "?"
+    return UserError(f"data: the {split} split gave {got} of its {expected} batches in epoch {epoch + 1} "
+                     f"({size} items): its iteration ended early. A dataset's __getitem__ that raises StopIteration "
+                     "(e.g. next() on an exhausted iterator) ends a DataLoader silently; raise IndexError or "
+                     "another error there, or fix the item that stops it.")
+
+
 def steps_per_epoch(loader, limit_train_batches: int | None = None, accumulate: int = 1) -> int:
     """Optimizer steps per epoch (what schedules and step events count)."""
     return steps_in_epoch(batches_per_epoch(loader, limit_train_batches), accumulate)
@@ -199,10 +246,12 @@ class EpochRunner:
         """Train `epoch` (the rest of it, for a continued run), evaluate, and return its metrics row."""
         batches, skip, nb, bar = self._begin(epoch)
         t0 = time.perf_counter() - self.state.position.seconds
-        for b, batch in enumerate(batches, start=skip):
+        for b, batch in enumerate(made_batches(batches, "train", skip), start=skip):
             if b >= nb:
                 break
             self._batch(epoch, b, batch, nb, bar, t0)
+        if self.state.position.step_in_epoch < nb:
+            raise ended_early("train", self.state.position.step_in_epoch, nb, self.ctx.train_loader, epoch)
         return self._end(epoch, bar, t0)
 
     def _begin(self, epoch: int) -> tuple[Iterator, int, int, Any]:
@@ -266,8 +315,11 @@ class EpochRunner:
                           epoch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         ctx, engine, task = self.ctx, self.ctx.engine, self.task
         logits = engine.forward(self.runner, x)
-        y = task.target(y, logits)
-        loss = task.loss(logits, y)
+        try:
+            y = task.target(y, logits)
+            loss = task.loss(logits, y)
+        except (RuntimeError, IndexError, ValueError, TypeError) as e:  # told as the batch's targets where they are
+            raise bad_targets(task, logits, y, epoch, b) or e
         if self.check_first and not torch.isfinite(loss):
             raise nonfinite_loss_error(loss.item(), epoch, b, self.state.position.global_step, (x, y), ctx.model)
         if first_in_window:  # after the forward: freeing the old gradients before it costs a CPU
