@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+import torch
 from torch import nn
 
 from ..schema import FinalWeights, RunConfig, TrainerConfig
@@ -23,6 +24,7 @@ from ..tuning.freezing import FreezePlan
 from ..tuning.lr_schedule import LRSchedule
 from . import checkpoint
 from .. import files
+from ..errors import UserError
 from .curves import write_curves
 from .engine import Engine
 from .evaluate import evaluate
@@ -103,6 +105,11 @@ class RunKeeper:
         self.early = early_stop(t, job.freeze, self.spe)
         if job.resume is not None:
             self.state = _restore(job.resume, model, job.optimizer, job.engine.scaler, self.ema, self.best, self.early)
+            stale = self.ckpt_dir / "last.safetensors"
+            if not t.save_checkpoints and self.main and stale.is_file():  # it would stay at the epoch resumed from
+                stale.unlink()
+                log.info("trainer.save_checkpoints=false: removed checkpoints/last.safetensors of the run resumed "
+                         "(it would no longer be the last weights)")
         self.head_name = None
         if t.cache_features:
             from . import feature_cache
@@ -221,10 +228,35 @@ def write_final_weights(job: FitJob, best: Best) -> None:
                            {**meta, "source": job.source, "weights": "last"})
 
 
+def _load_states(saved: dict[str, Any], model: nn.Module, optimizer: Any) -> None:
+    """The checkpoint's weights and optimizer state into this run's, or a UserError saying why they do not
+    fit (another model or head size, other parameter groups) or cannot go on (NaN or inf in them)."""
+    try:
+        model.load_state_dict(saved["model"])
+    except (RuntimeError, KeyError, TypeError) as e:
+        first = "; ".join(line.strip() for line in str(e).strip().splitlines()[1:4]) or str(e)[:300]
+        raise UserError(f"trainer.resume: the checkpoint's weights do not fit this model ({first[:400]}); it is not "
+                        "a checkpoint of this run. Resume with the model it was written with, or start a fresh run.") from None
+    try:
+        optimizer.load_state_dict(saved["optimizer"])
+    except (ValueError, KeyError, TypeError, RuntimeError, IndexError) as e:
+        raise UserError(f"trainer.resume: the checkpoint's optimizer state does not fit this run's parameter groups "
+                        f"({str(e)[:300]}); it is not a checkpoint of this run (optim.groups, freeze or the optimizer "
+                        "differ).") from None
+    bad = [name for name, t in saved["model"].items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    bad += [f"optimizer state of parameter {i}" for i, state in optimizer.state_dict()["state"].items()
+            for t in state.values() if isinstance(t, torch.Tensor) and t.is_floating_point()
+            and not bool(torch.isfinite(t).all())]
+    if bad:
+        raise UserError(f"trainer.resume: the checkpoint holds NaN or inf in {len(bad)} tensor(s) ({', '.join(bad[:4])}"
+                        f"{' ...' if len(bad) > 4 else ''}), so training cannot go on from it (that is not the "
+                        "learning rate: the saved state itself is broken). Resume from an earlier checkpoint, or "
+                        "start a fresh run.")
+
+
 def _restore(saved: dict[str, Any], model: nn.Module, optimizer: Any, scaler: Any, ema: Any, best: Best,
              early: EarlyStop | None) -> TrainState:
-    model.load_state_dict(saved["model"])
-    optimizer.load_state_dict(saved["optimizer"])
+    _load_states(saved, model, optimizer)
     if scaler is not None and saved.get("scaler") is not None:
         scaler.load_state_dict(saved["scaler"])
     if ema is not None and saved.get("ema") is not None:
