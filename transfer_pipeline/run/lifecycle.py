@@ -45,11 +45,10 @@ def run_job(load_config: Callable[[], RunConfig], run_dir: Path, origins: Config
     last line. A UserError is re-raised with its message (plus, with `origins`, where a
     digits-specific value came from); other exceptions keep their traceback.
     """
+    from ..files import write_json
+    from .folder import claim, reserve_space
     from .recipe import STEPS
     from .state import Run
-    from .provenance import git_commit, git_state, versions
-    from ..files import write_json
-    from .folder import claim, release, reserve_space
 
     run_dir = Path(run_dir)
     try:
@@ -92,40 +91,53 @@ def run_job(load_config: Callable[[], RunConfig], run_dir: Path, origins: Config
         except BaseException as e:
             signals.closing = True
             if _disk_full(e):  # not a bug: the person's disk; said as plainly as any other UserError
-                message = (f"disk full: {getattr(e, 'strerror', None) or e} while writing "
-                           f"{getattr(e, 'filename', None) or 'a file of the run'}. Free space on the disk that holds "
-                           f"{run_dir.resolve()} (df -h shows it), or give the run a folder on another disk, and run "
-                           "again" + ("; checkpoints/last.pt lets it resume (trainer.resume=auto)."
-                                      if (run_dir / "checkpoints" / "last.pt").is_file() else "."))
-                summary.update(status="failed", error_type="DiskFull", error=message)
-                logging.raiseExceptions = False  # run.log is on that disk: its handler fails quietly, stderr still says it
-                log.error("error: %s", message)
-                raise UserError(message) from None
+                raise _disk_full_error(e, run_dir, summary) from None
             summary.update(status="failed", error_type=type(e).__name__, error=str(e))
             log.exception("The run failed with an unexpected %s (a bug: please report it with this traceback)",
                           type(e).__name__)
             raise
         finally:
             signals.closing = True
-            _record_hash(state, summary, wait=False)  # a run that ended early: if it is already known
-            summary["seconds"] = round(time.perf_counter() - started, 3)
-            summary["ended_at"] = _now()
-            summary["versions"] = versions()
-            summary["git_commit"] = git_commit(Path(__file__).resolve().parents[1])  # this package's
-            if origins is not None and origins.config_dirs:  # the repository the configs came from: the user's
-                summary["config_git"] = [git_state(Path(d)) or {"path": d, "commit": None, "dirty": None}
-                                         for d in origins.config_dirs]
-            try:
-                _write_last(run_dir, summary)
-            finally:
-                release(run_dir)
-                if "torch.distributed" in sys.modules:
-                    from ..training.distributed import leave
-
-                    leave()
-            log.log(logging.INFO if summary["status"] != "failed" else logging.ERROR, "Run %s after %.1f s: %s",
-                    summary["status"], summary["seconds"], run_dir)
+            _close(run_dir, summary, state, origins, time.perf_counter() - started)
     return summary
+
+
+def _disk_full_error(e: BaseException, run_dir: Path, summary: dict[str, Any]) -> UserError:
+    """The ending of a run whose disk filled up: recorded as such, said once, without a traceback."""
+    message = (f"disk full: {getattr(e, 'strerror', None) or e} while writing "
+               f"{getattr(e, 'filename', None) or 'a file of the run'}. Free space on the disk that holds "
+               f"{run_dir.resolve()} (df -h shows it), or give the run a folder on another disk, and run again"
+               + ("; checkpoints/last.pt lets it resume (trainer.resume=auto)."
+                  if (run_dir / "checkpoints" / "last.pt").is_file() else "."))
+    summary.update(status="failed", error_type="DiskFull", error=message)
+    logging.raiseExceptions = False  # run.log is on that disk: its handler fails quietly, stderr still says it
+    log.error("error: %s", message)
+    return UserError(message)
+
+
+def _close(run_dir: Path, summary: dict[str, Any], state: Any, origins: ConfigOrigins | None, seconds: float) -> None:
+    """However the run ended: the last summary.json (hash, times, versions, git state), the folder released."""
+    from .folder import release
+    from .provenance import git_commit, git_state, versions
+
+    _record_hash(state, summary, wait=False)  # a run that ended early: if it is already known
+    summary["seconds"] = round(seconds, 3)
+    summary["ended_at"] = _now()
+    summary["versions"] = versions()
+    summary["git_commit"] = git_commit(Path(__file__).resolve().parents[1])  # this package's
+    if origins is not None and origins.config_dirs:  # the repository the configs came from: the user's
+        summary["config_git"] = [git_state(Path(d)) or {"path": d, "commit": None, "dirty": None}
+                                 for d in origins.config_dirs]
+    try:
+        _write_last(run_dir, summary)
+    finally:
+        release(run_dir)
+        if "torch.distributed" in sys.modules:
+            from ..training.distributed import leave
+
+            leave()
+    log.log(logging.INFO if summary["status"] != "failed" else logging.ERROR, "Run %s after %.1f s: %s",
+            summary["status"], summary["seconds"], run_dir)
 
 
 def _disk_full(e: BaseException) -> bool:
