@@ -75,13 +75,9 @@ def main(cfg: DictConfig) -> float | None:
 
 def summarize_sweep(sweep_dir: Path) -> None:
     """The sweep summary of the jobs so far (a sweep cut short by Ctrl-C or SIGTERM)."""
-    from transfer_pipeline.hydra_edge.sweep_summary import write
+    from transfer_pipeline.hydra_edge.sweep_summary import report
 
-    try:
-        text, _ = write(sweep_dir)
-        print(text, flush=True)
-    except OSError as e:
-        print(f"warning: could not write the sweep summary in {sweep_dir}: {e}", file=sys.stderr)
+    report(sweep_dir)
 
 
 def rank_folder() -> str | None:

@@ -54,15 +54,9 @@ class SweepSummary(Callback):
     """At the end of a `-m` sweep: sweep_summary.csv, the table sorted by trainer.monitor, sweep_summary.png."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        from .sweep_summary import write
+        from .sweep_summary import report
 
-        sweep = Path(config.hydra.sweep.dir)
-        try:
-            text, incomplete = write(sweep)
-            INCOMPLETE_JOBS[:] = incomplete
-            print(text, flush=True)
-        except OSError as e:  # the jobs' own folders hold every result: say it, do not end the sweep in a traceback
-            print(f"warning: could not write the sweep summary in {sweep}: {e}", file=sys.stderr)
+        INCOMPLETE_JOBS[:] = report(Path(config.hydra.sweep.dir))
 
 
 def _or_exit(fn: Any) -> None:

@@ -39,13 +39,9 @@ def guard_optuna() -> None:
 
 
 def every_trial_failed(sweep_dir: Path) -> None:
-    from .sweep_summary import write
+    from .sweep_summary import report
 
-    try:
-        text, _ = write(sweep_dir)
-        print(text, flush=True)
-    except OSError as e:
-        print(f"warning: could not write the sweep summary in {sweep_dir}: {e}", file=sys.stderr)
+    report(sweep_dir)
     print(f"error: hydra/sweeper=search: every trial failed, so there are no best parameters (each job's "
           f"summary.json in {sweep_dir} says why; sweep_summary.csv lists them).", file=sys.stderr)
     sys.exit(2)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -96,6 +97,19 @@ def write(sweep_dir: Path) -> tuple[str, list[str]]:
     if failed:
         text += f"\n{len(failed)} job(s) did not complete: " + ", ".join(f"{r['job']} ({r['status']})" for r in failed)
     return text, [r["run_dir"] for r in failed]
+
+
+def report(sweep_dir: Path) -> list[str]:
+    """`write`, and the table printed: however a sweep ends (its last job, Ctrl-C, every trial failed).
+    Returns the folders of the jobs that did not complete; a summary that cannot be written is a warning
+    (the jobs' own folders hold every result), never a traceback at the end of a sweep."""
+    try:
+        text, incomplete = write(sweep_dir)
+    except OSError as e:
+        print(f"warning: could not write the sweep summary in {sweep_dir}: {e}", file=sys.stderr)
+        return []
+    print(text, flush=True)
+    return incomplete
 
 
 def _plot(path: Path, swept: list[str], rows: list[dict[str, Any]]) -> bool:
