@@ -82,7 +82,7 @@ class PipelineSide:
 
     def __init__(self, model, loaders, optimizer, engine, cache: bool) -> None:
         from transfer_pipeline.training import feature_cache
-        from transfer_pipeline.training.loop import TrainState
+        from transfer_pipeline.training.position import TrainState
         from transfer_pipeline.tuning.batchnorm import bn_modules
 
         self.model, self.optimizer, self.engine = model, optimizer, engine

@@ -29,7 +29,8 @@ from .curves import write_curves
 from .engine import Engine
 from .evaluate import evaluate
 from .loggers import make_loggers
-from .loop import Position, StopTraining, TrainContext, TrainState, steps_per_epoch, train
+from .loop import StopTraining, TrainContext, steps_per_epoch, train
+from .position import Position, TrainState
 from .monitor import Best, EarlyStop, make_ema, monitor_mode
 from .progress import bar_factory
 from .task import TaskMetrics

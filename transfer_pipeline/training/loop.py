@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -28,32 +28,10 @@ from .batch_checks import nonfinite_loss_error
 from .engine import Engine
 from .evaluate import classification, evaluate
 from .task import TaskMetrics
+from .position import Position, TrainState
 from .train_metrics import MetricsReader, epoch_row
 
 log = logging.getLogger(__name__)
-
-@dataclass
-class Position:
-    """Where the loop is: with the model and optimizer, what continues a run bit for bit."""
-
-    epoch: int = 0  # the epoch being trained (epochs before it are done)
-    step_in_epoch: int = 0  # batches of `epoch` already trained
-    global_step: int = 0
-    loss_sum: float = 0.0  # `epoch`'s sums so far (its metrics row needs them)
-    stats: list[float] = field(default_factory=list)  # the task's metric sums (task.TaskMetrics.stats), added up
-    n: int = 0
-    seconds: float = 0.0
-    loader_rng: torch.Tensor | None = None  # the train loader's generator at the start of `epoch`
-    rng: dict[str, Any] | None = None  # every RNG as it was at this position (training.checkpoint.rng_state)
-
-
-@dataclass
-class TrainState:
-    history: list[dict[str, Any]] = field(default_factory=list)
-    samples: int = 0  # over finished epochs (for samples/s)
-    seconds: float = 0.0
-    position: Position = field(default_factory=Position)
-    stopped_early: bool = False
 
 
 class StopTraining(BaseException):

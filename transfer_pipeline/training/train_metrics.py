@@ -20,7 +20,7 @@ from .engine import Engine
 from .task import TaskMetrics
 
 if TYPE_CHECKING:
-    from .loop import Position
+    from .position import Position
 
 
 class MetricsReader:
