@@ -40,8 +40,14 @@ def resolve_path(path: str, where: str = "source.path") -> Path:
         package, _, rel = path[len("pkg://"):].partition("/")
         try:
             return Path(str(resources.files(package).joinpath(rel)))
-        except ModuleNotFoundError:
-            raise UserError(f"{where}: {path!r} names package {package!r}, which is not installed.") from None
+        except ModuleNotFoundError as e:
+            if e.name == package or not e.name:
+                raise UserError(f"{where}: {path!r} names package {package!r}, which is not installed.") from None
+            raise UserError(f"{where}: {path!r} names package {package!r}, which is installed but fails to import: "
+                            f"{e}. Install what it needs (pip install {e.name.split('.')[0]}).") from None
+        except Exception as e:  # noqa: BLE001 - the package's own import error, told as such
+            raise UserError(f"{where}: {path!r} names package {package!r}, which is installed but fails to import "
+                            f"({type(e).__name__}: {str(e)[:200]}).") from None
     p = Path(path).expanduser()
     return p if p.is_absolute() else Path.cwd() / p
 

@@ -150,7 +150,13 @@ def main(argv: list[str] | None = None) -> int:
         hint = " (here: --trust-pickle)" if "source.trust_pickle=true" in str(e) else ""
         print(f"error: {printable_text(str(e))}{hint}", file=sys.stderr)
         return 2
-    print(printable_text(format_summary(summary, max(args.depth, 1), args.max_rows)))  # names and metadata escaped
+    try:
+        print(printable_text(format_summary(summary, max(args.depth, 1), args.max_rows)))  # names and metadata escaped
+        sys.stdout.flush()
+    except BrokenPipeError:  # `inspect ckpt | head`: the reader has what it wanted
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes at exit
     return 0
 
 
