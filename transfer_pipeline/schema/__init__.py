@@ -25,6 +25,7 @@ before every command.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Dict, List
@@ -152,6 +153,28 @@ def register_configs() -> None:
         OmegaConf.register_new_resolver("job_device", job_device)
 
 
+def _added_keys(node: Any, path: str) -> Iterator[tuple[str, list[str]]]:
+    """(dotted key, the node's own keys) for each key that `+key=...` added to a typed node: Hydra lets `+`
+    add any key, and converting to the dataclasses would drop it without a word (`+trainer.epoch=3`)."""
+    import dataclasses
+
+    from omegaconf import ListConfig
+
+    if isinstance(node, ListConfig):
+        for i in range(len(node)):
+            yield from _added_keys(node._get_node(i), f"{path.rstrip('.')}[{i}].")
+        return
+    if not isinstance(node, DictConfig) or node._is_none() or node._is_missing():
+        return
+    kind = OmegaConf.get_type(node)
+    known = [f.name for f in dataclasses.fields(kind)] if dataclasses.is_dataclass(kind) else None
+    for key in node.keys():
+        if known is not None and key not in known:
+            yield f"{path}{key}", known
+        elif known is not None:
+            yield from _added_keys(node._get_node(key), f"{path}{key}.")
+
+
 def to_run_config(cfg: DictConfig) -> RunConfig:
     """Composed DictConfig -> plain dataclasses (the only place OmegaConf objects are converted)."""
     from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, ValidationError
@@ -162,6 +185,12 @@ def to_run_config(cfg: DictConfig) -> RunConfig:
         except (ConfigKeyError, ValidationError) as e:
             raise UserError(f"{getattr(e, 'full_key', '') or 'config'}: {str(e).splitlines()[0]} (the config does "
                             "not fit this version's schema; compose it from conf/ instead).") from None
+    extra = next(_added_keys(cfg, ""), None)
+    if extra is not None:
+        key, known = extra
+        name = key.rsplit(".", 1)[-1]
+        raise UserError(f"{key}: not a key of {key.rsplit('.', 1)[0]} (added with +, which only "
+                        f"free-form nodes take: model, source.model, a data._target_ node, loss).{did_you_mean(name, known)}")
     try:
         obj = OmegaConf.to_object(cfg)
     except MissingMandatoryValue as e:

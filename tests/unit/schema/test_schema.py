@@ -56,3 +56,22 @@ def test_a_negative_epoch_is_not_told_to_be_lowered(compose):
     with pytest.raises(UserError) as e:
         compose("freeze.schedule.0.epoch=-2")
     assert "Lower" not in str(e.value)
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("+trainer.epoch=3", r"trainer.epoch: not a key of trainer .*Closest names: epochs"),
+    ("+optim.lrr=0.1", r"optim.lrr: not a key of optim .*Closest names: lr"),
+    ("+freeze.schedule.0.epochs=3", r"freeze.schedule\[0\].epochs: not a key of freeze.schedule\[0\] .*epoch"),
+])
+def test_a_key_added_with_plus_to_a_typed_node_is_refused(override, message):
+    """`+` lets Hydra add any key; converting to the dataclasses would drop it without a word."""
+    from helpers import compose_config
+
+    with pytest.raises(UserError, match=message):
+        compose_config(override)
+
+
+def test_plus_still_adds_a_models_own_argument():
+    from helpers import compose_config
+
+    assert compose_config("+model.neck=true").model["neck"] is True
