@@ -318,12 +318,13 @@ def sync_batchnorm(model: Any, group: Any, device: Any) -> Any:
     return torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)  # the same Parameter objects: groups still hold
 
 
-# Each mode's steps, in order: a plan reads no tensor data (freezing and groups need names only).
+# Each mode's steps, in order: a plan reads no tensor data (freezing and groups need names only); eval and
+# predict train nothing, so they neither freeze nor build groups (your own model needs no freeze=none there).
 verify = load_aids.verify
 STEPS: dict[Mode, tuple[Callable[[Run], None], ...]] = {
     Mode.plan: (setup, plan, tune, endings.planned),
     Mode.export: (setup, plan, load, verify, endings.exported),
-    Mode.eval: (setup, plan, load, tune, data, verify, endings.evaluated),
+    Mode.eval: (setup, plan, load, data, verify, endings.evaluated),  # trains nothing: no freeze or groups
     Mode.train: (setup, resume, plan, load, tune, data, verify, train),
     Mode.predict: (setup, plan, load, endings.predicted),
 }
