@@ -48,10 +48,14 @@ def call(model: Any, x: Inputs) -> Any:
 
 
 def pick_output(out: Any, spec: int | str | None) -> torch.Tensor:
-    """The logits in what the model returned, by `model.output`; a UserError when they are not there."""
+    """The logits in what the model returned, by `model.output`; a UserError when they are not there.
+    Without `model.output`: a tensor, or the `logits` of a dict or an output object (Hugging Face's)."""
     if spec is None:
         if isinstance(out, torch.Tensor):
             return out
+        logits = out.get("logits") if isinstance(out, Mapping) else getattr(out, "logits", None)
+        if isinstance(logits, torch.Tensor):  # a Hugging Face output, or a dict that names them: nothing to ask
+            return logits
         raise UserError(f"model: returns {describe(out)}, not a tensor of logits. Say where the logits are with "
                         f"model.output={suggest(out)}.")
     try:

@@ -69,9 +69,15 @@ def test_the_target_key_is_configurable(tmp_path):
     assert summary["status"] == "completed"
 
 
-def test_a_model_returning_an_object_without_model_output_names_the_type_and_the_key(tmp_path):
-    with pytest.raises(UserError, match=r"returns a Output \(attributes: logits, hidden\).*model.output=logits"):
-        run_with(tmp_path, {"_target_": "data_targets.dict_splits"}, keyword_net())
+@pytest.mark.parametrize("returns", ["object", "dict"])
+def test_logits_by_name_need_no_model_output(tmp_path, returns):
+    summary, _ = run_with(tmp_path, {"_target_": "data_targets.dict_splits"}, keyword_net(returns=returns))
+    assert summary["status"] == "completed" and summary["val_acc"] > 0.8
+
+
+def test_a_model_returning_something_else_without_model_output_names_the_type_and_the_key(tmp_path):
+    with pytest.raises(UserError, match=r"returns a tuple of 2 \(Tensor, Tensor\).*model.output=0"):
+        run_with(tmp_path, {"_target_": "data_targets.dict_splits"}, keyword_net(returns="tuple"))
     with pytest.raises(UserError, match=r"model.output='scores'.*has no 'scores'.*model.output=logits"):
         run_with(tmp_path, {"_target_": "data_targets.dict_splits"}, keyword_net(output="scores"), name="run2")
     with pytest.raises(UserError, match=r"model.output=True"):
