@@ -11,6 +11,7 @@ import functools
 import importlib
 import inspect
 import logging
+import re
 import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -62,6 +63,7 @@ def _import_failed(where: str, target: str, e: BaseException) -> UserError:
 
 
 RESERVED = ("_target_", "_args_", "_partial_", "_convert_", "_recursive_")
+_UNEXPECTED = re.compile(r"got an unexpected keyword argument '(\w+)'")
 
 
 def instantiate(node: Any, where: str) -> Any:
@@ -98,7 +100,14 @@ def instantiate(node: Any, where: str) -> Any:
                             f"It takes: {', '.join(params) or 'nothing'}.") from None
     if partial:
         return functools.partial(fn, *args, **kwargs)
-    return fn(*args, **kwargs)
+    try:
+        return fn(*args, **kwargs)
+    except TypeError as e:  # a **kwargs builder (torchvision's, timm's) passes them to a class that refuses one
+        refused = _UNEXPECTED.search(str(e))
+        if refused is None or refused.group(1) not in kwargs:
+            raise
+        raise UserError(f"{where}: {node['_target_']} does not take these arguments (got an unexpected keyword "
+                        f"argument '{refused.group(1)}', refused by {str(e).split('(')[0].strip() or 'it'}).") from None
 
 
 def _build(value: Any, where: str) -> Any:

@@ -37,6 +37,7 @@ def did_you_mean(word: str, choices: Iterable[str], n: int = 5) -> str:
 # digits CNN (selectors like `head`, `block2`), and the generic choice that fits any model.
 GENERIC_CHOICES = {"mapping": "default", "freeze": "none"}
 _KEY = re.compile(r"[a-z_]+(?:\.[a-z_]+|\[\d+\])*")
+_REFUSED = re.compile(r"model: \S+ does not take these arguments \(got an unexpected keyword argument '(\w+)'")
 
 
 @dataclass(frozen=True)
@@ -59,7 +60,11 @@ class ConfigOrigins:
         return tuple(o.lstrip("+~").split("=", 1)[0] for o in self.overrides)
 
     def hint(self, message: str) -> str:
-        """For an error about a key that a digits-specific group file set: which file, and the generic switch."""
+        """For an error about a key that a digits-specific group file set: which file, and the generic switch.
+        For a model that refuses an argument its group file gave: which file, and how to drop it."""
+        refused = _REFUSED.match(message)
+        if refused is not None:
+            return self._model_argument_hint(refused.group(1))
         m = _KEY.match(message)
         if m is None:
             return ""
@@ -74,6 +79,15 @@ class ConfigOrigins:
         return (f"\n{key} comes from the config group {group}={choice} (conf/{group}/{choice}.yaml), written for the "
                 f"default experiment's DigitsCNN. For another model switch to the generic groups, e.g. "
                 f"python run.py model=... source.path=... {switch}, or set {key} for your model.")
+
+
+    def _model_argument_hint(self, arg: str) -> str:
+        choice = self.choices.get("model")
+        if choice is None or any(o == f"model.{arg}" for o in self.overridden):
+            return ""  # the person gave it on the command line: the message itself is the help
+        return (f"\nmodel.{arg} comes from the config group model={choice} (conf/model/{choice}.yaml), which stays when "
+                f"model._target_ changes: drop it with '~model.{arg}', or give your model a group file of its own "
+                "(python run.py --config-dir my_conf model=mine).")
 
 
 class Interrupted(BaseException):

@@ -215,3 +215,28 @@ def test_a_package_that_fails_to_import_is_reported_as_that_error(tmp_path, monk
     with pytest.raises(UserError, match=r"'needsdep\.Net': importing it failed with ModuleNotFoundError: No module named "
                                         r"'not_installed_dependency_xyz'"):
         locate("needsdep.Net", "model")
+
+
+def test_a_kwargs_builder_whose_class_refuses_an_argument_is_a_user_error():
+    """torchvision.models.resnet18(**kwargs) passes them on: ResNet's own TypeError is told as the config's."""
+    with pytest.raises(UserError, match=r"model: torchvision.models.resnet18 does not take these arguments \(got an "
+                                        r"unexpected keyword argument 'in_channels', refused by ResNet.__init__\)"):
+        instantiate({"_target_": "torchvision.models.resnet18", "num_classes": 3, "in_channels": 1}, "model")
+
+
+def test_another_type_error_inside_a_constructor_keeps_its_traceback():
+    with pytest.raises(TypeError, match="int\\(\\) argument must be"):  # not about the config's arguments
+        instantiate({"_target_": "builtins.int", "_args_": [[1]]}, "x")
+
+
+def test_the_hint_names_the_group_file_a_refused_argument_came_from():
+    from transfer_pipeline.errors import ConfigOrigins
+
+    message = ("model: torchvision.models.resnet18 does not take these arguments (got an unexpected keyword "
+               "argument 'in_channels', refused by ResNet.__init__).")
+    origins = ConfigOrigins({"model": "digits_cnn"}, ("model._target_=torchvision.models.resnet18",))
+    hint = origins.hint(message)
+    assert "model.in_channels comes from the config group model=digits_cnn (conf/model/digits_cnn.yaml)" in hint
+    assert "'~model.in_channels'" in hint
+    given = ConfigOrigins({"model": "digits_cnn"}, ("model.in_channels=3",))
+    assert given.hint(message) == ""  # the person typed it: the message is the help
