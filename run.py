@@ -1,9 +1,11 @@
 """Entry point: `python run.py [overrides]` (see README.md). Hydra stays in this file and schema.py.
 
 Exit codes: 0 done; 2 a mistake in the config or the inputs (the message says which); 130 / 143
-interrupted by Ctrl-C / SIGTERM; 1 a bug (with its traceback) or a Hydra composition error. In a
-`-m` sweep a failed job does not stop the others (nor does a bug); the exit code is 2 if any job
-failed, 1 if one of them failed with a bug. A sweep cut short still writes its summary.
+interrupted by Ctrl-C / SIGTERM; 124 stopped by trainer.max_minutes (as timeout(1)); 1 a bug (with
+its traceback) or a Hydra composition error. In a `-m` sweep a failed job does not stop the others
+(nor does a bug, a time limit, or a killed process under hydra/launcher=parallel); the exit code is
+2 if any job did not complete, 1 if one of them failed with a bug. A sweep cut short by Ctrl-C still
+writes its summary.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ def main(cfg: DictConfig) -> float | None:
 
     from transfer_pipeline.errors import ConfigOrigins, UserError
     from transfer_pipeline.run.lifecycle import Interrupted, run_job
+    from transfer_pipeline.run.signals import TimeLimit
 
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
@@ -61,6 +64,11 @@ def main(cfg: DictConfig) -> float | None:
             FAILED_JOBS.append(str(run_dir))
             return None
         sys.exit(2)
+    except TimeLimit:  # trainer.max_minutes, recorded: not the person's Ctrl-C, so a sweep goes on to its next job
+        if sweeping:
+            FAILED_JOBS.append(str(run_dir))
+            return None
+        sys.exit(124)  # as timeout(1)
     except (Interrupted, KeyboardInterrupt) as e:
         if sweeping:  # the jobs that ran keep their results: the sweep's summary says so before the exit
             summarize_sweep(Path(hydra_cfg.sweep.dir))
@@ -210,6 +218,10 @@ def check_plugins() -> None:
             from transfer_pipeline.hydra_edge.search import guard_optuna
 
             guard_optuna()  # every trial failed: a message and the summary, not a traceback from the plugin
+        if group.lstrip("+") == "hydra/launcher" and choice in ("parallel", "joblib"):
+            from transfer_pipeline.hydra_edge.parallel import guard_joblib
+
+            guard_joblib(BUG_JOBS)  # a killed job's process ends only that job, not the sweep
         module = PLUGINS.get(group.lstrip("+"), {}).get(choice)
         if module is not None and (importlib.util.find_spec("hydra_plugins") is None
                                    or importlib.util.find_spec(module) is None):

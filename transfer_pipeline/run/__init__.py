@@ -1,6 +1,7 @@
 """A run's life, top to bottom: claim the run folder, check the config, run the mode's steps, record the ending.
 
-lifecycle.py  run_job / run: the summary.json that says `running` first and how it ended last, signals
+lifecycle.py  run_job / run: the summary.json that says `running` first and how it ended last
+signals.py    Ctrl-C, SIGTERM and trainer.max_minutes during a run (StopSignals, TimeLimit)
 recipe.py     the steps of each mode (STEPS): setup, plan, load, tune, data, verify, train
 state.py      `Run`: what the steps share
 load_aids.py  the load's aids: mapping.rules_file, suggested rules, verify

@@ -3,17 +3,16 @@
 `run_job` is what `python run.py` calls (`run` is the same for plain dataclasses). However
 a run ends, summary.json and the last line of run.log say how; Ctrl-C and SIGTERM are
 `StopSignals` (a first one during training finishes the step and saves, a second stops at once);
-warnings are logged once each.
+`trainer.max_minutes` is a first SIGTERM of its own, sent by a timer, and a hard stop 60 s later
+(`TimeLimit`): a job that hangs does not hold up a sweep. Warnings are logged once each.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import shlex
 import signal
 import sys
-import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -23,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigOrigins, Interrupted, UserError
+from .signals import HARD_STOP_AFTER_S, StopSignals, TimeLimit
 from ..names import printable_text
 from ..schema import RunConfig
 
@@ -67,6 +67,7 @@ def run_job(load_config: Callable[[], RunConfig], run_dir: Path, origins: Config
             write_json(run_dir / "summary.json", summary)
             with _warnings_once():
                 cfg = load_config()  # the schema's checks: a bad value ends here, recorded as failed
+                signals.start_limit(cfg.trainer.max_minutes, started)
                 summary["mode"] = cfg.mode.value
                 state = Run(cfg, run_dir, summary, signals=signals)
                 for step in STEPS[cfg.mode]:
@@ -82,8 +83,16 @@ def run_job(load_config: Callable[[], RunConfig], run_dir: Path, origins: Config
             if message != str(e):
                 raise UserError(message) from None
             raise
+        except TimeLimit as e:  # ended hard, or reached outside training (where a first SIGTERM stops at once)
+            signals.closing = True
+            _limit_ending(e, signals, run_dir, summary)
+            raise
         except (KeyboardInterrupt, Interrupted) as e:
             signals.closing = True
+            if signals.limit_reached and getattr(e, "signum", None) == signal.SIGALRM:  # the loop stopped for the limit
+                limit = TimeLimit(signals.limit or 0.0, hard=False)
+                _limit_ending(limit, signals, run_dir, summary)
+                raise limit from None
             summary.update(status="interrupted", error=f"interrupted by {e if isinstance(e, Interrupted) else 'SIGINT'}")
             log.warning("Interrupted (%s)%s", e if isinstance(e, Interrupted) else "SIGINT",
                         f"; resume with: {summary['resume_command']}" if "resume_command" in summary else "")
@@ -100,6 +109,23 @@ def run_job(load_config: Callable[[], RunConfig], run_dir: Path, origins: Config
             signals.closing = True
             _close(run_dir, summary, state, origins, time.perf_counter() - started)
     return summary
+
+
+def _limit_ending(e: TimeLimit, signals: StopSignals, run_dir: Path, summary: dict[str, Any]) -> None:
+    """How a run ended by trainer.max_minutes is recorded: `interrupted` (stopped as a first SIGTERM stops it,
+    resumable) or `failed` (it did not stop by itself and was ended hard); both with the resume command."""
+    command = summary.get("resume_command")
+    if command is None and (run_dir / "checkpoints" / "last.pt").is_file():
+        command = summary["resume_command"] = signals.resume_command(run_dir)
+    if e.hard:
+        message = (f"{e}, and the run did not stop by itself within {HARD_STOP_AFTER_S} s (stuck inside a step or a "
+                   "data loader?): it was ended hard")
+    else:
+        message = f"{e}, so the run stopped (as on SIGTERM)"
+    message += (f". checkpoints/last.pt holds its last saved state; resume with: {command}" if command else
+                ". There is no checkpoint to resume from.")
+    summary.update(status="failed" if e.hard else "interrupted", error_type="TimeLimit", error=message)
+    log.log(logging.ERROR if e.hard else logging.WARNING, "%s", message)
 
 
 def _disk_full_error(e: BaseException, run_dir: Path, summary: dict[str, Any]) -> UserError:
@@ -244,50 +270,3 @@ def _warnings_once() -> Iterator[None]:
             yield
     finally:
         logger.removeFilter(once)
-
-
-class StopSignals:
-    """Ctrl-C and SIGTERM during a run. While the loop trains (`graceful`), the first one asks it to
-    finish the step and save (the loop polls `requested`); a second one, or one at any other time,
-    raises Interrupted at once (files are written atomically, so none is left half-written)."""
-
-    def __init__(self, origins: ConfigOrigins | None = None) -> None:
-        self.graceful = False
-        self.closing = False  # the run is writing its ending: further signals wait for it
-        self.signum: int | None = None
-        self.origins = origins
-
-    def requested(self) -> bool:
-        return self.signum is not None
-
-    def handle(self, signum: int, frame: Any) -> None:
-        if self.closing:
-            return
-        if self.graceful and self.signum is None:
-            self.signum = signum
-            log.warning("%s: finishing this step and saving checkpoints/last.pt (press Ctrl-C again to stop at once)",
-                        signal.Signals(signum).name)
-            return
-        raise Interrupted(signum)
-
-    def resume_command(self, run_dir: Path) -> str:
-        keep = [o for o in (self.origins.overrides if self.origins else ())
-                if not o.lstrip("+~").startswith(("trainer.resume", "hydra.run.dir"))]
-        shown = " ".join(shlex.quote(o) for o in keep) if self.origins else "<the same overrides>"
-        from ..training.distributed import launched, launcher_command
-
-        where = launched()  # multi-node jobs add their --nnodes / --rdzv-* options as before
-        launcher = launcher_command(where[1]) if where is not None else "python run.py"
-        return f"{launcher} {shown} trainer.resume=auto hydra.run.dir={shlex.quote(str(run_dir))}".replace("  ", " ")
-
-    @contextmanager
-    def installed(self) -> Iterator[None]:
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-        previous = {s: signal.signal(s, self.handle) for s in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            yield
-        finally:
-            for s, handler in previous.items():
-                signal.signal(s, handler)

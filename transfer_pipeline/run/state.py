@@ -22,7 +22,7 @@ if TYPE_CHECKING:  # types only: a step imports the heavy modules itself, when i
     from ..training.task import TaskMetrics
     from ..tuning.freezing import FreezePlan
     from ..tuning.param_groups import GroupSpec
-    from .lifecycle import StopSignals
+    from .signals import StopSignals
     from .provenance import BackgroundHash
 
 

@@ -44,7 +44,7 @@ TYPED_AS = {"data": DataConfig}
 FREE_FORM = {
     "model": "takes a `_target_` (the dotted path of the model's class or function) and its arguments; "
              "`model.output` is ours: where the logits are in what the model returns (a tuple index or a "
-             "dict key / attribute name; null when it returns a tensor).",
+             "dict key / attribute name; null when it returns a tensor, or `logits` in a dict or an object).",
     "source.model": "takes a `_target_` and its arguments: a source model built in memory, whose weights "
                     "are the source.",
     "mapping.verify.source_model": "takes a `_target_` and its arguments: the checkpoint's own architecture.",

@@ -69,6 +69,9 @@ class TrainerConfig:
     sync_every_steps: int = 50  # read losses/accuracy from the device (and check for NaN) every N optimizer steps
     sync_batchnorm: bool = False  # under torchrun: BatchNorm statistics over the global batch (CUDA only)
     cache_features: bool = False  # frozen backbone: compute its outputs once, train the head on them
+    max_minutes: Optional[float] = None  # wall-clock limit of the run, in minutes: then it stops as on SIGTERM
+    # (the step finishes, last.pt, `interrupted`, exit 124), or is ended hard (`failed`) if still going 60 s later;
+    # null = no limit
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
@@ -91,5 +94,8 @@ class TrainerConfig:
                     want="a whole number of steps >= 1 (1: read the loss every step)")
         if self.monitor_mode not in (None, "max", "min"):
             raise UserError(f"trainer.monitor_mode={self.monitor_mode!r}: choose max, min or null (by the metric).")
+        if self.max_minutes is not None:
+            check_number("trainer.max_minutes", self.max_minutes, 0, low_open=True,
+                         want="a finite number of minutes > 0, e.g. 90 or 0.5 (null: no limit)")
         if self.resume is not None and not self.resume.strip():
             raise UserError("trainer.resume: empty; give auto (the run in hydra.run.dir) or a path to a last.pt.")

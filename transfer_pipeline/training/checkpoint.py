@@ -123,7 +123,7 @@ def _rng_problem(rng: Any) -> str | None:
 
 # config keys that may differ when resuming: they do not change what is computed
 RESUME_FREE = ("trainer.resume", "trainer.progress", "trainer.checkpoint_every_steps", "device", "logger",
-               "trainer.save_checkpoints", "trainer.keep_epoch_checkpoints", "data.num_workers")
+               "trainer.save_checkpoints", "trainer.keep_epoch_checkpoints", "data.num_workers", "trainer.max_minutes")
 
 
 def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
