@@ -71,21 +71,18 @@ def main(cfg: DictConfig) -> float | None:
         sys.exit(124)  # as timeout(1)
     except (Interrupted, KeyboardInterrupt) as e:
         if sweeping:  # the jobs that ran keep their results: the sweep's summary says so before the exit
-            summarize_sweep(Path(hydra_cfg.sweep.dir))
+            from transfer_pipeline.hydra_edge.sweep_summary import report
+
+            report(Path(hydra_cfg.sweep.dir))
         sys.exit(128 + e.signum if isinstance(e, Interrupted) else 130)
     except Exception:  # a bug, its traceback logged and recorded: the other jobs of a sweep still run
         if not sweeping:
             raise
         BUG_JOBS.append(str(run_dir))
         return None
-    return summary.get(f"best_{summary.get('monitor')}", summary.get("val_acc"))  # what a sweeper optimises: the best
+    from transfer_pipeline.hydra_edge.sweep_summary import objective
 
-
-def summarize_sweep(sweep_dir: Path) -> None:
-    """The sweep summary of the jobs so far (a sweep cut short by Ctrl-C or SIGTERM)."""
-    from transfer_pipeline.hydra_edge.sweep_summary import report
-
-    report(sweep_dir)
+    return objective(summary)  # what a sweeper optimises
 
 
 def rank_folder() -> str | None:

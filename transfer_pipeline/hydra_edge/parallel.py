@@ -180,10 +180,9 @@ def _ended(overrides: list[str], folder: Path, summary: dict[str, Any]) -> Any:
     """The JobReturn of a job whose own came back with the broken pool: what run.py's main would have returned."""
     from hydra.core.utils import JobReturn, JobStatus
 
-    from .sweep_summary import DONE
+    from .sweep_summary import DONE, objective
 
-    value = (summary.get(f"best_{summary.get('monitor')}", summary.get("val_acc"))
-             if summary.get("status") in DONE else None)
+    value = objective(summary) if summary.get("status") in DONE else None
     return JobReturn(overrides=overrides, working_dir=str(folder), status=JobStatus.COMPLETED, _return_value=value)
 
 

@@ -99,6 +99,11 @@ def write(sweep_dir: Path) -> tuple[str, list[str]]:
     return text, [r["run_dir"] for r in failed]
 
 
+def objective(summary: dict[str, Any]) -> float | None:
+    """What a sweeper optimises for a job: the best value of its trainer.monitor, else its val_acc."""
+    return summary.get(f"best_{summary.get('monitor')}", summary.get("val_acc"))
+
+
 def report(sweep_dir: Path) -> list[str]:
     """`write`, and the table printed: however a sweep ends (its last job, Ctrl-C, every trial failed).
     Returns the folders of the jobs that did not complete; a summary that cannot be written is a warning
