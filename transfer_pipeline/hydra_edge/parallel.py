@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import shlex
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -167,9 +166,9 @@ def _record_failed(folder: Path, summary: dict[str, Any], overrides: list[str], 
     summary = {**summary, "status": "failed", "error_type": KILLED, "error": why,
                "ended_at": datetime.now(timezone.utc).astimezone().isoformat(timespec="seconds")}
     if (folder / "checkpoints" / "last.pt").is_file():
-        kept = [o for o in overrides if not o.lstrip("+~").startswith("trainer.resume=")]
-        summary["resume_command"] = " ".join(["python run.py", *map(shlex.quote, kept), "trainer.resume=auto",
-                                              f"hydra.run.dir={shlex.quote(str(folder))}"])
+        from ..run.signals import resume_command
+
+        summary["resume_command"] = resume_command(overrides, folder)
         summary["error"] += f". checkpoints/last.pt lets it continue: {summary['resume_command']}"
     write_json(folder / "summary.json", summary)
     log.error("Job %s (%s) failed: %s", folder.name, folder, summary["error"])

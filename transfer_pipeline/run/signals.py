@@ -103,14 +103,11 @@ class StopSignals:
         raise Interrupted(signum)
 
     def resume_command(self, run_dir: Path) -> str:
-        keep = [o for o in (self.origins.overrides if self.origins else ())
-                if not o.lstrip("+~").startswith(("trainer.resume", "hydra.run.dir"))]
-        shown = " ".join(shlex.quote(o) for o in keep) if self.origins else "<the same overrides>"
         from ..training.distributed import launched, launcher_command
 
         where = launched()  # multi-node jobs add their --nnodes / --rdzv-* options as before
         launcher = launcher_command(where[1]) if where is not None else "python run.py"
-        return f"{launcher} {shown} trainer.resume=auto hydra.run.dir={shlex.quote(str(run_dir))}".replace("  ", " ")
+        return resume_command(self.origins.overrides if self.origins else None, run_dir, launcher)
 
     @contextmanager
     def installed(self) -> Iterator[None]:
@@ -126,3 +123,11 @@ class StopSignals:
                 previous[signal.SIGALRM] = self.timer
             for s, handler in previous.items():
                 signal.signal(s, handler)
+
+
+def resume_command(overrides: list[str] | tuple[str, ...] | None, run_dir: Path, launcher: str = "python run.py") -> str:
+    """The command that continues the run in `run_dir` from its checkpoints/last.pt: the same overrides
+    (None: not known), trainer.resume=auto and the same folder."""
+    keep = [o for o in overrides or () if not o.lstrip("+~").startswith(("trainer.resume", "hydra.run.dir"))]
+    shown = " ".join(shlex.quote(o) for o in keep) if overrides is not None else "<the same overrides>"
+    return f"{launcher} {shown} trainer.resume=auto hydra.run.dir={shlex.quote(str(run_dir))}".replace("  ", " ")
