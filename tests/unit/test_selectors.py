@@ -8,7 +8,7 @@ import pytest
 
 from transfer_pipeline.errors import UserError
 from transfer_pipeline.names import module_prefixes
-from transfer_pipeline.selectors import check_selector, matches, select, select_all
+from transfer_pipeline.selectors import check_selector, matches, parse_part, select, select_all
 
 NAMES = [
     "stem.0.weight",
@@ -144,3 +144,32 @@ def test_check_selector_accepts_glob_and_good_regex():
 
 def test_module_prefixes_lists_every_module_path_once():
     assert module_prefixes(["a.b.c.weight", "a.b.d.bias", "e.weight", "top"]) == ["a", "a.b", "a.b.c", "a.b.d", "e"]
+
+
+# --- model parts: @head, @blocks, @blocks.N (expanded by model_parts.py; parsed here) --------------------
+
+@pytest.mark.parametrize(("selector", "parsed"), [
+    ("@head", ("head", None)), ("@blocks", ("blocks", None)), ("@blocks.0", ("blocks", 0)),
+    ("@blocks.-1", ("blocks", -1)), ("@blocks.12", ("blocks", 12)),
+])
+def test_parse_part(selector, parsed):
+    assert parse_part(selector, "freeze.trainable") == parsed
+
+
+@pytest.mark.parametrize(("selector", "match"), [
+    ("@heads", r"freeze\.trainable: '@heads' is not a model part\. Did you mean @head\?"),
+    ("@block.1", r"'@block\.1' is not a model part\. Did you mean @blocks\?"),
+    ("@blocks.last", r"only @blocks takes an index, a whole number"),
+    ("@head.0", r"only @blocks takes an index"),
+    ("@blocks.1.0", r"only @blocks takes an index"),
+])
+def test_parse_part_errors(selector, match):
+    with pytest.raises(UserError, match=match):
+        parse_part(selector, "freeze.trainable")
+
+
+def test_an_unexpanded_part_is_refused_where_names_are_matched():
+    with pytest.raises(UserError, match=r"freeze\.trainable: '@head' names a part of the model"):
+        select_all(["@head"], NAMES, "freeze.trainable")
+    with pytest.raises(UserError, match="is not a model part"):  # a typo still gets its did-you-mean
+        check_selector("@haed", "mapping.exclude")

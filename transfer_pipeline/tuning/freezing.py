@@ -5,8 +5,11 @@ every parameter from the start) neither updates nor decays it and keeps no state
 Which BatchNorm layers keep their statistics fixed is batchnorm.py's job; its `frozen` mode
 also keeps the layer's parameters out of every unfreeze here.
 
-Blocks (`freeze.blocks`, by default the top-level modules in module order) are what
-`freeze.gradual` unfreezes one at a time and what `optim.layer_decay` gives decaying LRs.
+Blocks (`freeze.blocks`) are what `freeze.gradual` unfreezes one at a time and what
+`optim.layer_decay` gives decaying LRs. Unset, they are the model's recognised stages and its head
+(`@blocks` + `@head`, filled in by the recipe from model_parts.py: a ResNet's conv1+bn1,
+layer1..layer4, fc), else the top-level modules in module order. Selectors reach this module with
+`@head` / `@blocks` already expanded into module names.
 """
 
 from __future__ import annotations

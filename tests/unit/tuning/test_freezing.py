@@ -526,9 +526,13 @@ def test_unknown_gradual_keys_and_values_fail_at_composition(compose, override, 
 
 
 def test_gradual_is_switched_on_from_the_command_line_by_its_every(compose, names):
+    from transfer_pipeline.model_parts import expand_freeze, model_parts
+    from transfer_pipeline.models import DigitsCNN
+
     cfg = compose("freeze.gradual.every=2", "freeze.schedule=[]")
     assert cfg.freeze.gradual.enabled and cfg.freeze.gradual.order == GradualOrder.head_first
-    events = schedule(names, cfg.freeze, start(names, cfg.freeze), epochs=6)
+    c = expand_freeze(cfg.freeze, model_parts(DigitsCNN()))  # "@head" in the group file, as the recipe expands it
+    events = schedule(names, c, start(names, c), epochs=6)
     assert [(e.trigger.epoch, e.selectors) for e in events] == [(2, ("block2",)), (4, ("block1",))]
     assert not compose().freeze.gradual.enabled
 

@@ -14,6 +14,7 @@ import torch
 from transfer_pipeline.tuning.freezing import plan_freezing, set_requires_grad
 from transfer_pipeline.tuning.lr_schedule import build_schedule
 from transfer_pipeline.models import DigitsCNN
+from transfer_pipeline.model_parts import expand_freeze, model_parts
 from transfer_pipeline.tuning.param_groups import build_groups, make_optimizer, no_decay_names
 from transfer_pipeline.training.engine import Engine
 from transfer_pipeline.training.loop import TrainContext, train
@@ -49,6 +50,7 @@ def run_training(compose, *overrides: str, epochs: int = 4, spe: int = 3, every_
     cfg = compose("freeze=none", f"trainer.epochs={epochs}", *overrides)
     torch.manual_seed(0)
     model = DigitsCNN(num_classes=5)
+    cfg.freeze = expand_freeze(cfg.freeze, model_parts(model))  # "@head" in conf/freeze/*.yaml, as the recipe does
     g = torch.Generator().manual_seed(1)
     batches = [(torch.randn(16, 1, 8, 8, generator=g), torch.randint(0, 5, (16,), generator=g)) for _ in range(spe)]
     plan = plan_freezing(model, cfg.freeze, epochs)
