@@ -11,38 +11,57 @@ import json
 import os
 import platform
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from ..files import atomic_write_bytes
 
 
-def sha256_files(paths: Sequence[Path]) -> str:
-    """One file: its SHA-256. Several (a shard index and its shards): the SHA-256 of their names and hashes."""
+def sha256_files(paths: Sequence[Path], each: Callable[[Path, str], None] | None = None) -> str:
+    """One file: its SHA-256. Several (a shard index and its shards): the SHA-256 of their names and hashes.
+    `each(path, sha256)` is told every file's own hash as it is known."""
+    hashes = []
+    for p in paths:
+        hashes.append(sha256_file(p))
+        if each is not None:
+            each(p, hashes[-1])
     if len(paths) == 1:
-        return sha256_file(paths[0])
-    lines = "".join(f"{sha256_file(p)}  {p.name}\n" for p in paths)
+        return hashes[0]
+    lines = "".join(f"{h}  {p.name}\n" for h, p in zip(hashes, paths))
     return hashlib.sha256(lines.encode()).hexdigest()
 
 
 class BackgroundHash:
     """`sha256_files` in a thread of its own: hashing a multi-GB checkpoint (hashlib lets go of the GIL)
-    overlaps with loading, checking and writing it instead of adding to them."""
+    overlaps with loading, checking and writing it instead of adding to them.
 
-    def __init__(self, paths: Sequence[Path]) -> None:
+    `hub`: a hub source's record (sources/hub.py, summary.json's `hub_source`): each of its `files`
+    ({name in the repo: None}) gets its SHA-256 as that file is hashed (only values change, never the keys,
+    so the summary can be written meanwhile)."""
+
+    def __init__(self, paths: Sequence[Path], hub: dict[str, Any] | None = None) -> None:
         import threading
 
         self._value: str | None = None
         self._error: BaseException | None = None
+        self._hub = hub
         self._thread = threading.Thread(target=self._run, args=(list(paths),), name="sha256", daemon=True)
         self._thread.start()
 
     def _run(self, paths: list[Path]) -> None:
         try:
-            self._value = sha256_files(paths)
+            self._value = sha256_files(paths, self._fill_hub if self._hub else None)
         except BaseException as e:  # handed to whoever asks for the result
             self._error = e
+
+    def _fill_hub(self, path: Path, digest: str) -> None:
+        assert self._hub is not None
+        files, snapshot = self._hub.get("files"), Path(self._hub.get("snapshot", ""))
+        real = Path(path).resolve()
+        for name in files or {}:
+            if (snapshot / name).resolve() == real:
+                files[name] = digest
 
     def done(self) -> bool:
         return not self._thread.is_alive()

@@ -21,7 +21,9 @@ class AutoAlign(Enum):
 
 @dataclass
 class SourceConfig:
-    path: Optional[str] = None  # checkpoint file; null = no weights (architecture only)
+    # checkpoint file or folder, pkg://package/file, hf://org/name[@revision][/file or folder] or timm://name.tag
+    # (read from the Hugging Face hub cache: docs/sources.md); null = no weights (architecture only)
+    path: Optional[str] = None
     key: str = "auto"  # nested dict key holding the weights ('state_dict', 'model', 'ema' ...)
     trust_pickle: bool = False  # allow full pickled nn.Module files (runs code from the file)
     model: Any = None  # a `_target_` node: the source is this model, built in memory (typed Any: settable on the CLI)

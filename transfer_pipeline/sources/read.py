@@ -26,6 +26,7 @@ from typing import Any
 from ..errors import UserError
 from ..names import printable
 from ..files import check_path, resolve_path
+from .hub import is_hub_path, resolve as resolve_hub
 from .safe_load import torch_load
 from ..schema import SourceConfig
 from ..tensor_meta import TensorMeta, meta_of
@@ -55,6 +56,7 @@ class SourceWeights:
     candidates: dict[str, SourceWeights] = field(default_factory=dict)
     files: list[Path] = field(default_factory=list)  # every file read (a shard index and its shards); [] = [path]
     module: Any = None  # the nn.Module (or TorchScript module) read, where there is one: mapping.verify runs it
+    hub: dict[str, Any] | None = None  # an hf:// or timm:// source: repo, commit, files (summary.json's hub_source)
 
     @property
     def all_files(self) -> list[Path]:
@@ -231,6 +233,7 @@ def _read_sharded(index: Path, trust_pickle: bool) -> SourceWeights:
         raise UserError(f"source.path: {index}: 'weight_map' must map tensor names to shard files; it is "
                         f"{'empty' if isinstance(weight_map, dict) else 'a ' + type(weight_map).__name__}.")
     folder = index.parent.resolve()
+    real_folder = index.resolve().parent  # a hub cache's snapshot links index and shards to files in blobs/
     shards: dict[str, SourceWeights] = {}
     for name, shard in weight_map.items():
         if not isinstance(shard, str) or not shard:
@@ -239,7 +242,7 @@ def _read_sharded(index: Path, trust_pickle: bool) -> SourceWeights:
         if shard in shards:
             continue
         p = (index.parent / shard).resolve()
-        if Path(shard).is_absolute() or not p.is_relative_to(folder):
+        if Path(shard).is_absolute() or not (p.is_relative_to(folder) or p.is_relative_to(real_folder)):
             raise UserError(f"source.path: {index} names shard {printable(shard)!r}, which lies outside the index's "
                             f"folder {folder}; shards must sit next to their index.")
         if p == index.resolve():
@@ -307,6 +310,22 @@ def _read_file(path: Path, key: str, trust_pickle: bool, sharded: bool = True) -
     what = ("is empty" if kind == "empty" else "is not a checkpoint format this pipeline reads (it starts with "
             "neither a safetensors header, a zip archive nor a pickle)")
     raise UserError(f"source.path: {path} {what}. Expected {FORMATS}.")
+
+
+def local_path(given: str) -> Path:
+    """`source.path` as a local file or folder: a plain path, `pkg://...`, or a hub path's file in the hub cache."""
+    return resolve_hub(given).path if is_hub_path(given) else resolve_path(given)
+
+
+def _read_hub(cfg: SourceConfig) -> SourceWeights:
+    """`hf://org/name[@rev][/file]` or `timm://name`: the cached file(s) read as any checkpoint, the hub record kept."""
+    found = resolve_hub(cfg.path)
+    src = read_path(found.path, cfg.key, cfg.trust_pickle)
+    rec = found.record
+    label = f"{cfg.path} (commit {rec['commit'][:12]}: {', '.join(rec['files'])})"
+    for s in (src, *src.candidates.values()):
+        s.description, s.hub = label, rec
+    return src
 
 
 def read_path(path: Path, key: str = "auto", trust_pickle: bool = False, given: str | None = None) -> SourceWeights:
@@ -379,4 +398,6 @@ def read_source(cfg: SourceConfig) -> SourceWeights | None:
         return _read_model(cfg.model)
     if cfg.weights is not None:
         return _read_torchvision_weights(cfg.weights)
+    if is_hub_path(cfg.path):
+        return _read_hub(cfg)
     return read_path(resolve_path(cfg.path), cfg.key, cfg.trust_pickle, cfg.path)
