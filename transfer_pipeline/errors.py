@@ -33,8 +33,36 @@ def did_you_mean(word: str, choices: Iterable[str], n: int = 5) -> str:
     return f" Closest names: {', '.join(close)}." if close else ""
 
 
-# Config groups whose shipped choice in conf/config.yaml is written for the default experiment's
-# digits CNN (selectors like `head`, `block2`), and the generic choice that fits any model.
+def _listing(names: list[str], most: int = 12) -> str:
+    return ", ".join(names[:most]) + (f" (+{len(names) - most} more)" if len(names) > most else "")
+
+
+def not_a_key(key: str, known: Iterable[str], why: str = "", value: str | None = None) -> str:
+    """The one wording for a config key its node does not have: a typo on the command line (Hydra's
+    "Could not override", run.py) and a `+key=` added to a typed node (schema) read alike.
+    `value`: the value the person gave, for the corrected override (`did you mean trainer.epochs=3?`)."""
+    parent, _, name = key.rpartition(".")
+    known = list(dict.fromkeys(known))
+    close = close_names(name, known)
+    text = f"{key}: not a key of {parent or 'the config'}{why}."
+    if not close:
+        return text + f" Its keys: {_listing(known)}."
+    fix = f"{parent + '.' if parent else ''}{close[0]}" + (f"={value}" if value is not None else "")
+    return text + f" Closest names: {', '.join(close)}; did you mean {fix}?"
+
+
+def not_an_option(group: str, choice: str, options: Iterable[str], where: str = "") -> str:
+    """A config group choice that has no file (`model=resnet`): the group's options, close ones first."""
+    options = list(options)
+    close = close_names(choice, options)
+    text = f"{group}={choice}: the config group {group} has no option {choice!r}{where}."
+    if close:
+        text += f" Closest names: {', '.join(close)}; did you mean {group}={close[0]}?"
+    return text + (f" Options: {_listing(options, 20)}." if options else "")
+
+
+# Config groups whose shipped choice in conf/config.yaml assumes a model with a head and blocks that
+# model_parts.py finds (`@head`, `@blocks.-1`), and the choice that names no layer at all.
 GENERIC_CHOICES = {"mapping": "default", "freeze": "none"}
 _KEY = re.compile(r"[a-z_]+(?:\.[a-z_]+|\[\d+\])*")
 _REFUSED = re.compile(r"model: \S+ does not take these arguments \(got an unexpected keyword argument '(\w+)'")
@@ -60,7 +88,7 @@ class ConfigOrigins:
         return tuple(o.lstrip("+~").split("=", 1)[0] for o in self.overrides)
 
     def hint(self, message: str) -> str:
-        """For an error about a key that a digits-specific group file set: which file, and the generic switch.
+        """For an error about a key that a shipped group file set (`@head` not found ...): which file, and the switch.
         For a model that refuses an argument its group file gave: which file, and how to drop it."""
         refused = _REFUSED.match(message)
         if refused is not None:
@@ -76,9 +104,10 @@ class ConfigOrigins:
         if any(key == o or key.startswith((o + ".", o + "[")) for o in self.overridden):
             return ""  # the person set it: the message itself is the help
         switch = " ".join(f"{g}={c}" for g, c in GENERIC_CHOICES.items() if self.choices.get(g) not in (None, c))
-        return (f"\n{key} comes from the config group {group}={choice} (conf/{group}/{choice}.yaml), written for the "
-                f"default experiment's DigitsCNN. For another model switch to the generic groups, e.g. "
-                f"python run.py model=... source.path=... {switch}, or set {key} for your model.")
+        return (f"\n{key} comes from the config group {group}={choice} (conf/{group}/{choice}.yaml), which names the "
+                f"model's @head and @blocks. Set {key} for your model (with the layer names the plan prints), or use "
+                f"the groups that name no layer (load what matches, train everything): python run.py model=... "
+                f"source.path=... {switch}")
 
 
     def _model_argument_hint(self, arg: str) -> str:

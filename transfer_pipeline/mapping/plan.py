@@ -16,7 +16,7 @@ from typing import Any
 from ..errors import UserError, close_names
 from .prefixes import PrefixChoice, choose_prefixes, nothing_loaded_error
 from .op_specs import plan_op
-from .rules import Rule, RuleMatcher, group_outputs, parse_rules
+from .rules import Rule, RuleMatcher, group_outputs, parse_rules, prefix_hint
 from ..patterns import Match
 from ..schema import MappingConfig, SourceConfig
 from ..selectors import check_selector, select, select_all
@@ -195,11 +195,12 @@ def _check_rules_matched(rules: Sequence[Rule], hits: Sequence[int], source: Map
         if n == 0 and not rule.optional:
             pats = rule.patterns or (rule.pattern,)
             shown = pats[0].pattern if len(pats) == 1 else "[" + ", ".join(f"'{p.pattern}'" for p in pats) + "]"
-            hint = list(dict.fromkeys(h for p in pats for h in close_names(p.pattern, list(source))))[:5]
+            seen = [prefix.apply(n) for n in source]  # the names as the rule saw them
+            hint = list(dict.fromkeys(h for p in pats for h in close_names(p.pattern, seen)))[:5]
             raise UserError(f"mapping.rules[{i}]: 'from: {shown}' matches no source tensor "
                             f"(after the prefix step: {prefix.describe()}). "
-                            f"Closest source names: {', '.join(hint) or ', '.join(list(source)[:5])}. "
-                            "Mark the rule 'optional: true' if that is expected.")
+                            f"Closest source names: {', '.join(hint) or ', '.join(seen[:5])}."
+                            f"{prefix_hint(rule, source, prefix)} Mark the rule 'optional: true' if that is expected.")
 
 
 def _auto_entries(names: _NameMatches, source: Mapping[str, TensorMeta], target: Mapping[str, TensorMeta],

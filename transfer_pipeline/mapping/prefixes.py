@@ -49,6 +49,15 @@ class PrefixChoice:
             return f"added prefix {self.add!r} (in front of every source name)"
         return f"stripped prefix {self.stripped!r}" if self.stripped else "no prefix"
 
+    def rule_view(self) -> str:
+        """How source names read to `mapping.rules` after this step (they match the names it made), for the load
+        table and messages; '' when the step changes no name."""
+        if self.stripped and self.add:
+            return f"after the prefix swap {self.stripped!r} -> {self.add!r}"
+        if self.add:
+            return f"with the added prefix {self.add!r}"
+        return f"without the stripped prefix {self.stripped!r}" if self.stripped else ""
+
 
 def _heads(name: str, most: int) -> list[tuple[str, str]]:
     """(prefix, rest) for the first 1..most dotted components of `name` (rest never empty)."""

@@ -135,12 +135,22 @@ def format_plan(plan: LoadPlan, target: Mapping[str, TensorMeta], source_descrip
     lines += _capped([f"  mismatch {m['target']}: source {tuple(m['source_shape'])} vs target {tuple(m['target_shape'])}"
                       for m in plan.mismatched], "mismatches")
     if plan.unexpected:
-        more = f" (+{len(plan.unexpected) - 6} more)" if len(plan.unexpected) > 6 else ""
-        lines.append(f"  unused source tensors {len(plan.unexpected)}: {', '.join(plan.unexpected[:6])}{more}")
+        lines.append(_unused_line(plan))
     n_loaded, n_all = len(plan.loaded), len(target)
     lines.append(f"  loaded {n_loaded}/{n_all} tensors ({n_loaded / max(n_all, 1):.1%}), "
                  f"{plan.loaded_fraction:.2%} of target elements")
     return "\n".join(lines)
+
+
+def _unused_line(plan: LoadPlan) -> str:
+    """The unused source tensors, named as `mapping.rules` see them (after the prefix step), so that a name copied
+    from here into a rule's `from` matches; the prefix is said once. load_report.json's `unexpected` keeps the
+    names as stored (as `renamed` and `mismatched` do), with `stripped_prefix` beside them."""
+    shown = [plan.prefix.apply(n) for n in plan.unexpected]
+    view = plan.prefix.rule_view() if shown != plan.unexpected else ""
+    how = f" (named as mapping.rules see them, {view})" if view else ""
+    more = f" (+{len(shown) - 6} more)" if len(shown) > 6 else ""
+    return f"  unused source tensors {len(shown)}{how}: {', '.join(shown[:6])}{more}"
 
 
 MAX_LINES = 20  # per list in the terminal; load_report.json keeps every one

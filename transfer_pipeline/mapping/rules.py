@@ -9,13 +9,17 @@ errors name the rule (`mapping.rules[2].sizes`).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import re
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import UserError
 from ..patterns import Match, Pattern, PatternError, compile_pattern, expand, fullmatch
 from .op_specs import OPS, OpSpec, _is_list
+
+if TYPE_CHECKING:
+    from .prefixes import PrefixChoice
 
 RULE_KEYS = {"from", "to", "op", "optional"} | {k for spec in OPS.values() for k in spec.keys}
 
@@ -210,6 +214,39 @@ class RuleMatcher:
             return name
         i, _, m = hit
         return self.rules[i].expand(self.rules[i].to, m, name)
+
+
+def prefix_hint(rule: Rule, source: Iterable[str], prefix: PrefixChoice) -> str:
+    """For a rule whose `from` matched no source name: when it matches a name as stored, with the prefix that the
+    prefix step strips still on (copied from the checkpoint), say that the step runs before the rules and how
+    `from` reads without the prefix. '' when that is not why."""
+    view = prefix.rule_view()
+    if not view:
+        return ""
+    for p in rule.patterns or (rule.pattern,):
+        for name in source:
+            short = prefix.apply(name)
+            if short == name or not fullmatch(p, name, f"{rule.where}.from"):
+                continue
+            fixed = _without_prefix(p.pattern, prefix, short)
+            write = f"from: '{fixed}'" if fixed is not None else f"'from' as rules see the names ({short!r})"
+            return (f" The prefix step runs before the rules ({prefix.describe()}): 'from' matches {name!r} only "
+                    f"as stored, and rules see it {view}, as {short!r}; write {write}.")
+    return ""
+
+
+def _without_prefix(pattern: str, prefix: PrefixChoice, short: str) -> str | None:
+    """`pattern` with the stored prefix at its start replaced as the prefix step replaces it, if it then matches."""
+    for written in dict.fromkeys((re.escape(prefix.stripped), prefix.stripped, prefix.stripped.replace(".", r"\."))):
+        for start in ("^", ""):
+            if written and pattern.startswith(start + written):
+                fixed = start + re.escape(prefix.add) + pattern[len(start + written):]
+                try:
+                    if fullmatch(compile_pattern(fixed), short, "mapping.rules"):
+                        return fixed
+                except (PatternError, UserError):
+                    return None
+    return None
 
 
 def apply_rules(name: str, rules: Sequence[Rule]) -> tuple[str, int | None]:

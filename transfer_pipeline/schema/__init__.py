@@ -33,7 +33,7 @@ from typing import Any, Dict, List
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from .checks import check_count
-from ..errors import UserError, did_you_mean
+from ..errors import UserError, did_you_mean, not_a_key
 from .data import (  # noqa: F401
     DATA_TARGET_KEYS,
     MAX_IMAGE_SIZE,
@@ -187,10 +187,9 @@ def to_run_config(cfg: DictConfig) -> RunConfig:
                             "not fit this version's schema; compose it from conf/ instead).") from None
     extra = next(_added_keys(cfg, ""), None)
     if extra is not None:
-        key, known = extra
-        name = key.rsplit(".", 1)[-1]
-        raise UserError(f"{key}: not a key of {key.rsplit('.', 1)[0]} (added with +, which only "
-                        f"free-form nodes take: model, source.model, a data._target_ node, loss).{did_you_mean(name, known)}")
+        key, known = extra  # worded as run.py words Hydra's "Could not override" (errors.not_a_key)
+        raise UserError(not_a_key(key, known, " (added with +, which only free-form nodes take: model, source.model, "
+                                              "a data._target_ node, loss)"))
     try:
         obj = OmegaConf.to_object(cfg)
     except MissingMandatoryValue as e:

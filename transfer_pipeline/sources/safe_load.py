@@ -29,6 +29,7 @@ class Opaque:
     """
 
     qualname = "?"
+    needs_trust = False  # a class only `inert` loading stands in for (a run refuses it without trust_pickle)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self.args, self.kwargs = args, kwargs
@@ -58,14 +59,16 @@ SAFE_OPAQUE = ("omegaconf.", "typing.", "argparse.Namespace", "pathlib.", "numpy
 _GLOBAL_RE = re.compile(r"GLOBAL ([\w.]+)")
 
 
-def _safe_global(name: str) -> Any:
-    """The object to register for a global the weights-only unpickler refused, or None if unsafe."""
+def _safe_global(name: str, inert: bool = False) -> Any:
+    """The object to register for a global the weights-only unpickler refused, or None if unsafe
+    (`inert`: an inert stand-in that says it needs trust, for any other class)."""
     if name in SAFE_REAL:
         return SAFE_REAL[name]
     if name in SAFE_DICTS:
         return PlainDict
-    if name.startswith(SAFE_OPAQUE):
-        return type(name.rsplit(".", 1)[-1], (Opaque,), {"qualname": name})
+    if name.startswith(SAFE_OPAQUE) or inert:
+        attrs = {"qualname": name, "needs_trust": not name.startswith(SAFE_OPAQUE)}
+        return type(name.rsplit(".", 1)[-1], (Opaque,), attrs)
     return None
 
 
@@ -82,19 +85,21 @@ def _unreadable(path: Path, e: BaseException, zipped: bool) -> UserError:
                      "Is the file truncated or corrupt? Re-download or re-save it.")
 
 
-def torch_load(path: Path, trust_pickle: bool, zipped: bool = True) -> tuple[Any, list[str]]:
+def torch_load(path: Path, trust_pickle: bool, zipped: bool = True, inert: bool = False) -> tuple[Any, list[str]]:
     """`torch.load(weights_only=True, mmap=True)` plus inert stand-ins for known metadata classes.
 
     Returns the loaded object and notes for the plan. Anything pickled that is not a tensor,
     a plain container or known metadata is refused unless `trust_pickle`. `zipped`: the file
     starts with the zip signature (torch.save's zip format, `source.sniff` says 'torch').
+    `inert` (inspect only, to show what a file holds): every other class gets an inert stand-in too
+    (`Opaque` with `needs_trust`), so nothing of it runs and the rest of the file still reads.
     """
     import torch
 
     # a zip checkpoint lists its pickled globals without unpickling: register the safe ones up
     # front and load once; the loop below finds the rest (legacy files) one refusal at a time
     known = _checkpoint_globals(path, zipped)
-    registered: list[tuple[Any, str]] = [(safe, n) for n in known if (safe := _safe_global(n)) is not None]
+    registered: list[tuple[Any, str]] = [(safe, n) for n in known if (safe := _safe_global(n, inert)) is not None]
     notes: list[str] = []
     if any(safe not in SAFE_REAL.values() for safe, _ in registered):
         notes.append("metadata objects (e.g. hyper-parameters) read as inert placeholders, not unpickled")
@@ -115,7 +120,7 @@ def torch_load(path: Path, trust_pickle: bool, zipped: bool = True) -> tuple[Any
                 raise _unreadable(path, e, zipped) from None
             if name is not None and "." not in name:
                 name = f"builtins.{name}"  # torch prints builtins without their module
-            safe = _safe_global(name) if name else None
+            safe = _safe_global(name, inert) if name else None
             if safe is None:
                 break
             registered.append((safe, name))
@@ -135,13 +140,67 @@ def torch_load(path: Path, trust_pickle: bool, zipped: bool = True) -> tuple[Any
                         "refused (torch.load weights_only=True). If you trust this file, set "
                         "source.trust_pickle=true; better, re-save it as a state dict or safetensors.")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=False, mmap=mmap)
+        obj = torch.load(path, map_location="cpu", weights_only=False, mmap=mmap, pickle_module=_code_only_pickle())
+    except NotCode as e:
+        raise UserError(f"source.path: {path} is a pickled object of class {e.module}.{e.name}, and no module "
+                        f"{e.module!r} is on Python's path here: {e.module!r} is only the folder "
+                        f"{', '.join(e.locations)}, which holds no Python code (a config group folder, when it lies "
+                        f"beside your configs). {_WHERE_CODE}") from None
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as e:
         raise _unreadable(path, e, zipped) from None
     except (AttributeError, ModuleNotFoundError, ImportError) as e:
         raise UserError(f"source.path: {path} is a pickled object whose code is not importable here ({e}). "
-                        "Install the package that defines it, or re-save the file as a state dict.") from None
+                        f"{_WHERE_CODE}") from None
     return obj, notes + ["loaded with source.trust_pickle=true (full unpickling)"]
+
+
+_WHERE_CODE = ("Install the package that defines it, or run from the folder that holds its module (the folder "
+               "run.py starts in is on Python's path), or add that folder to PYTHONPATH; better, re-save the file "
+               "as a state dict.")
+
+
+class NotCode(ImportError):
+    """A pickled class whose module is only a folder without code (a namespace package)."""
+
+    def __init__(self, module: str, name: str, locations: list[str]) -> None:
+        super().__init__(f"module {module!r} of {module}.{name} is only the folder {', '.join(locations)}")
+        self.module, self.name, self.locations = module, name, locations
+
+
+def _namespace_folders(module: str) -> list[str] | None:
+    """The folders of `module` when Python would import it as a namespace package (no code), else None."""
+    import importlib.util
+    import sys
+
+    loaded = sys.modules.get(module)
+    try:
+        spec = loaded.__spec__ if loaded is not None else importlib.util.find_spec(module)
+    except (ImportError, ValueError, AttributeError):
+        return None  # unpickling reports it as Python would
+    if spec is None or spec.origin not in (None, "namespace") or spec.submodule_search_locations is None:
+        return None
+    return [str(p) for p in spec.submodule_search_locations]
+
+
+def _code_only_pickle() -> Any:
+    """`pickle` for trusted loading, with one refusal: a pickled class's module must be code. A folder without
+    `__init__.py` on sys.path imports as an empty namespace package of its name, and run.py puts a --config-dir on
+    sys.path (for code beside the configs), so its group folders `model/`, `data/` ... would stand in for a
+    person's own `model` module wherever that one is not on the path, and the load would fail with "Can't get
+    attribute 'Net' on <module 'model' (namespace)>". Such a folder never satisfies a pickled class here."""
+    import types
+
+    class Unpickler(pickle.Unpickler):
+        def find_class(self, module: str, name: str) -> Any:
+            folders = _namespace_folders(module)
+            if folders is not None:
+                raise NotCode(module, name, folders)
+            return super().find_class(module, name)
+
+    code_only = types.ModuleType("pickle")
+    code_only.__dict__.update(vars(pickle))
+    code_only.Unpickler = Unpickler
+    return code_only
 
 
 def _checkpoint_globals(path: Path, zipped: bool) -> list[str]:

@@ -30,8 +30,10 @@ def test_safetensors_summary(capsys):
     assert "tensors: 20   parameters (elements): 23,960" in out
     assert "dtypes: float32 17 tensors, 23,957 elements; int64 3 tensors, 3 elements" in out
     assert "prefix: none shared by all names" in out
-    rows = [line.split() for line in out.splitlines() if line.startswith("    ") and not line.strip().startswith(("-", "module"))]
+    tree, _, metadata = out.partition("\n  __metadata__:\n")  # the tree, then what the file stores besides tensors
+    rows = [line.split() for line in tree.splitlines() if line.startswith("    ") and not line.strip().startswith(("-", "module"))]
     assert [r[0] for r in rows] == ["block1", "block2", "head", "stem"] and rows[2][1:3] == ["2", "325"]
+    assert metadata.strip() == "source: None"
 
 
 def test_wrapped_torch_checkpoint_shows_nested_key_and_prefix(capsys):
