@@ -1,11 +1,11 @@
 """Entry point: `python run.py [overrides]` (see README.md). Hydra stays in this file and schema.py.
 
-Exit codes: 0 done; 2 a mistake in the config or the inputs (the message says which); 130 / 143
-interrupted by Ctrl-C / SIGTERM; 124 stopped by trainer.max_minutes (as timeout(1)); 1 a bug (with
-its traceback) or a Hydra composition error. In a `-m` sweep a failed job does not stop the others
-(nor does a bug, a time limit, or a killed process under hydra/launcher=parallel); the exit code is
-2 if any job did not complete, 1 if one of them failed with a bug. A sweep cut short by Ctrl-C still
-writes its summary.
+Exit codes: 0 done; 2 a mistake in the config or the inputs (the message says which; a key or group
+that Hydra cannot compose too); 130 / 143 interrupted by Ctrl-C / SIGTERM; 124 stopped by
+trainer.max_minutes (as timeout(1)); 1 a bug (with its traceback). In a `-m` sweep a failed job does
+not stop the others (nor does a bug, a time limit, or a killed process under hydra/launcher=parallel);
+the exit code is 2 if any job did not complete, 1 if one of them failed with a bug. A sweep cut short
+by Ctrl-C still writes its summary.
 """
 
 from __future__ import annotations
@@ -46,9 +46,10 @@ def main(cfg: DictConfig) -> float | None:
     config_dirs = tuple(src.path for src in hydra_cfg.runtime.config_sources
                         if src.schema == "file" and src.provider in ("main", "command-line"))
     # your own code next to your configs (`_target_: my_data.splits` from a --config-dir), or in the directory
-    # the run starts in, as `python -m` would find it; a --rerun adds the folders its run recorded (RERUN_CODE_DIRS)
+    # the run starts in (runtime.cwd: hydra.job.chdir=true has left it by now), as `python -m` would find it; a
+    # --rerun adds the folders its run recorded (RERUN_CODE_DIRS)
     shipped = str(Path(__file__).resolve().parent / "conf")
-    code_dirs = tuple(dict.fromkeys(d for d in (*RERUN_CODE_DIRS, *config_dirs, os.getcwd())
+    code_dirs = tuple(dict.fromkeys(d for d in (*RERUN_CODE_DIRS, *config_dirs, hydra_cfg.runtime.cwd)
                                     if d != shipped and Path(d).name != ".hydra"))
     for d in code_dirs:
         if d not in sys.path:
@@ -167,7 +168,8 @@ def check_rerun(folder: Path, trust: bool, overrides: list[str]) -> list[str]:
     """Before a folder's config runs again. A Hydra config is code (`_target_: os.system` runs), so a config
     this user did not make (another owner, or not the one its run recorded in summary.json) needs
     --trust-config. The file is read with limits (size, no YAML aliases). Returns the overrides the re-run
-    needs: a resumed run's `trainer.resume` is dropped (the re-run starts afresh in a new folder)."""
+    needs: a resumed run's `trainer.resume` is dropped (the re-run starts afresh in a new folder), and a hub
+    source (`hf://org/name`) is pinned to the commit summary.json recorded (`hf://org/name@<commit>`)."""
     import hashlib
     import json
 
@@ -198,10 +200,15 @@ def check_rerun(folder: Path, trust: bool, overrides: list[str]) -> list[str]:
     dirs = summary.get("code_dirs")
     if isinstance(dirs, list):
         RERUN_CODE_DIRS[:] = [d for d in dirs if isinstance(d, str)]
+    from transfer_pipeline.sources.hub import rerun_pin
+
+    pin = rerun_pin(loaded, summary, overrides)  # a hub source resolves to the commit the run used
+    if pin:
+        print(f"run.py: --rerun: {pin[0]} (the commit the run used)", file=sys.stderr)
     resumed = isinstance(loaded.get("trainer"), dict) and loaded["trainer"].get("resume") is not None
     if resumed and not any(o.lstrip("+~").startswith("trainer.resume=") for o in overrides):
-        return ["trainer.resume=null"]
-    return []
+        return ["trainer.resume=null", *pin]
+    return pin
 
 
 def check_plugins() -> None:
@@ -227,6 +234,101 @@ def check_plugins() -> None:
             sys.exit(2)
 
 
+def explain_config_mistakes() -> None:
+    """Hydra's own errors about the command line (a misspelt key or group, a choice with no file, an override it
+    cannot parse) are the person's mistakes: one message with the close names and exit 2, where Hydra prints its
+    text without them and exits 1. Hydra runs each step of a command through `run_and_report`, which prints what
+    it raises; the step is wrapped so that these errors are told here first. HYDRA_FULL_ERROR=1 keeps Hydra's
+    full traceback. A Hydra without that function keeps its own messages."""
+    import hydra._internal.utils as hydra_utils
+    from hydra.errors import ConfigCompositionException, OverrideParseException, SearchPathException
+
+    report = getattr(hydra_utils, "run_and_report", None)
+    if report is None or getattr(report, "explains", False):
+        return
+
+    def run_and_report(func):  # noqa: ANN001, ANN202 - Hydra's signature
+        def step():  # noqa: ANN202
+            try:
+                return func()
+            except (ConfigCompositionException, OverrideParseException, SearchPathException) as e:
+                if os.environ.get("HYDRA_FULL_ERROR") == "1":
+                    raise
+                print(f"run.py: {config_mistake(e)}", file=sys.stderr)
+                sys.exit(2)
+        return report(step)
+
+    run_and_report.explains = True
+    hydra_utils.run_and_report = run_and_report
+
+
+def config_mistake(e: Exception) -> str:
+    """The message for one of Hydra's composition errors: the key or group, and the close names."""
+    import dataclasses
+    import re
+
+    from hydra.errors import MissingConfigException, OverrideParseException
+    from omegaconf import DictConfig
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError
+
+    from transfer_pipeline.errors import close_names, not_a_key, not_an_option
+
+    text = str(e).strip()
+    cause = e.__cause__
+    if isinstance(e, OverrideParseException):
+        return f"cannot read the override {e.override!r}: {e.message.strip()}"
+    if isinstance(e, MissingConfigException) and "/" in (e.missing_cfg_file or ""):
+        group, _, choice = e.missing_cfg_file.rpartition("/")
+        inside = re.match(r"In '([^']+)': ", text)
+        where = f" (in the defaults list of {inside.group(1)})" if inside and typed_value(group) is None else ""
+        if e.options:
+            return not_an_option(group, choice, e.options, where)
+        groups = config_groups()
+        close = close_names(group, groups)
+        return (f"{group}={choice}: there is no config group {group!r}{where}." +
+                (f" Closest names: {', '.join(close)}; did you mean {close[0]}={choice}?" if close else
+                 f" Groups: {', '.join(groups)}."))
+    added = text.partition("\nTo append to your config use +")[2].strip()  # the override as typed
+    if isinstance(cause, (ConfigKeyError, ConfigAttributeError)) and cause.full_key and isinstance(cause.parent_node, DictConfig):
+        known = [str(k) for k in cause.parent_node.keys()]
+        parent = cause.full_key.rpartition(".")[0]
+        if not parent:
+            known += config_groups()
+        message = not_a_key(cause.full_key, known, value=typed_value(cause.full_key))
+        if not dataclasses.is_dataclass(cause.object_type):  # a free-form node (model ...): `+` adds the key
+            message += f" To add it to {parent}, which takes any key: +{added}" if added else ""
+        return message
+    first = text.splitlines()[0] if text else type(e).__name__
+    why = str(cause).strip().splitlines()[0] if cause is not None and str(cause).strip() else ""
+    merging = re.match(r"Error merging override (.*)", first)
+    message = f"{merging.group(1)}: {why}" if merging and why else " ".join([*text.splitlines()[:3], why]).strip()
+    choices = re.match(r"Invalid value '(.*)', expected one of \[(.*)\]", why)
+    if merging and choices:
+        close = close_names(choices.group(1), [c.strip() for c in choices.group(2).split(",")])
+        key = merging.group(1).partition("=")[0]
+        message += f"; did you mean {key}={close[0]}?" if close else ""
+    return message
+
+
+def typed_value(key: str) -> str | None:
+    """The value of `key` as the command line gave it (`1,2` of a sweep's `trainer.epochs=1,2`), if it did."""
+    for arg in sys.argv[1:]:
+        k, eq, value = arg.lstrip("+~").partition("=")
+        if eq and k == key:
+            return value
+    return None
+
+
+def config_groups() -> list[str]:
+    """The config groups on Hydra's search path (conf/, a --config-dir), for close names."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    try:
+        return sorted(g for g in GlobalHydra.instance().config_loader().list_groups("") if g != "hydra")
+    except Exception:  # noqa: BLE001 - only for hints: no Hydra set up, no hints
+        return []
+
+
 def refuse_sweeps_across_processes() -> None:
     from transfer_pipeline.errors import UserError
     from transfer_pipeline.training.distributed import launched
@@ -245,6 +347,7 @@ def refuse_sweeps_across_processes() -> None:
 
 if __name__ == "__main__":
     sys.argv = with_guard(rerun_arguments(sys.argv))
+    explain_config_mistakes()
     check_plugins()
     refuse_sweeps_across_processes()
     if (folder := rank_folder()) is not None:  # before Hydra: it writes .hydra/ and run.log into its folder

@@ -10,10 +10,13 @@ The keyword arguments are the YAML keys with the YAML's defaults and checks: `ma
 `source.*` for the loader, `freeze.*` for `freeze`, `optim.*` for `param_groups`; a bad value
 raises the same `UserError`. The pipeline's load step runs `plan_report` too, so a load from
 Python and one from `python run.py` are the same sequence: read -> choose nested key -> plan.
+Selectors may name the model's parts: `exclude=["@head"]`, `trainable=["@head", "@blocks.-1"]`
+(model_parts.py finds them in the model you pass).
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from os import PathLike
 from typing import Any
 
@@ -33,10 +36,12 @@ from .mapping.apply import (
 from .mapping.nested import choose_nested
 from .mapping.plan import plan_load
 from .mapping.report import LoadReport
+from .model_parts import expand_freeze, expand_mapping, expand_optim, model_parts, uses_parts
 from .schema.options import build_node, load_options
 from .files import resolve_path
 from .schema import FreezeConfig, MappingConfig, OptimConfig, SourceConfig
-from .sources.read import SourceWeights, read_object, read_path
+from .sources.hub import is_hub_path
+from .sources.read import SourceWeights, read_object, read_path, read_source
 from .tuning.batchnorm import hold_bn_modes
 from .tuning.freezing import FreezePlan, model_blocks, plan_freezing, set_requires_grad
 from .tuning.param_groups import build_groups, no_decay_names, torch_param_groups
@@ -46,6 +51,8 @@ def open_source(source: Any, options: SourceConfig) -> SourceWeights:
     """A path (file, folder, shard index, `pkg://...`), a state dict, an nn.Module, or SourceWeights."""
     if isinstance(source, SourceWeights):
         return source
+    if isinstance(source, str) and is_hub_path(source):  # hf://org/name, timm://name.tag: from the hub cache
+        return read_source(replace(options, path=source))
     if isinstance(source, (str, PathLike)):
         return read_path(resolve_path(str(source)), options.key, options.trust_pickle, str(source))
     if isinstance(source, (dict, nn.Module)) or hasattr(source, "items"):
@@ -72,6 +79,7 @@ def plan_report(model: nn.Module, weights: SourceWeights | None, mapping: Mappin
 def plan_weights(model: nn.Module, source: Any, **options: Any) -> LoadReport:
     """What `load_weights` would do, reading no tensor data. `options`: mapping.* and source.* keys."""
     mapping, prefixes = load_options(**options)
+    mapping = expand_mapping(mapping, model_parts(model)) if uses_parts(mapping) else mapping
     report, _ = plan_report(model, open_source(source, prefixes), mapping, prefixes)
     report.check(mapping.expect)
     return report
@@ -84,6 +92,7 @@ def load_weights(model: nn.Module, source: Any, **options: Any) -> LoadReport:
     else initialised by its modules' `reset_parameters()` on the CPU.
     """
     mapping, prefixes = load_options(**options)
+    mapping = expand_mapping(mapping, model_parts(model)) if uses_parts(mapping) else mapping
     report, weights = plan_report(model, open_source(source, prefixes), mapping, prefixes)
     report.check(mapping.expect)
     check_values(report.plan, weights, target_dtypes(model), prefixes.allow_nonfinite, prefixes.allow_lossy_cast)
@@ -112,6 +121,7 @@ def freeze(model: nn.Module, **options: Any) -> FreezePlan:
         raise UserError(f"freeze({not_here[0]}=...): schedules need the pipeline's training loop; in your own loop "
                         "call freeze() again when you unfreeze (the optimizer already holds every parameter).")
     cfg = build_node(FreezeConfig, options, "freeze.")
+    cfg = expand_freeze(cfg, model_parts(model)) if uses_parts(cfg) else cfg
     plan = plan_freezing(model, cfg, epochs=1)
     set_requires_grad(model, plan.trainable)
     hold_bn_modes(model, plan.bn_modes)
@@ -122,9 +132,13 @@ def param_groups(model: nn.Module, **options: Any) -> list[dict[str, Any]]:
     """Optimizer parameter groups from `optim.*` keys (lr, weight_decay, groups, layer_decay, no_decay, name).
 
     Every parameter is in exactly one group, frozen ones included (they get no update while
-    frozen); pass the list to any torch optimizer. Blocks for `layer_decay`: the top-level modules.
+    frozen); pass the list to any torch optimizer. Blocks for `layer_decay` are `python run.py`'s
+    default `freeze.blocks`: the model's stages and then its head where model_parts.py recognises
+    them (a ResNet: conv1+bn1, layer1..layer4, fc), else the top-level modules.
     """
     cfg = build_node(OptimConfig, options, "optim.")
+    parts = model_parts(model)
+    cfg = expand_optim(cfg, parts)
     names = [n for n, _ in model.named_parameters()]
-    groups = build_groups(names, cfg, (), model_blocks(names), no_decay_names(model, cfg))
+    groups = build_groups(names, cfg, (), model_blocks(names, parts.default_blocks()), no_decay_names(model, cfg))
     return torch_param_groups(model, groups, cfg)

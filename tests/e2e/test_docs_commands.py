@@ -38,9 +38,33 @@ def test_readme_has_runnable_blocks():
     assert BLOCKS.get("README.md"), "README.md has no ```bash run block (or the collector is broken)"
 
 
-def run_block(block: Block, folder: Path) -> tuple[int | None, str]:
+@pytest.fixture(scope="session")
+def docs_hub_cache(tmp_path_factory) -> dict[str, str]:
+    """The environment of a machine whose Hugging Face cache holds the hub models the docs name (as
+    `hf download <id>` leaves it), offline: the docs' hf:// and timm:// commands read it, nothing downloads.
+    The models are random, of the real repos' architectures and file names."""
+    from transformers import BertConfig, BertForPreTraining
+
+    from cache_models import hub_env, timm_hub_cache, write_hub_cache
+
+    cache = tmp_path_factory.mktemp("hub") / "hub"
+    timm_hub_cache(cache, "resnet18.a1_in1k")
+    config = dict(model_type="bert", vocab_size=30522, hidden_size=128, num_hidden_layers=2, num_attention_heads=2,
+                  intermediate_size=512, max_position_embeddings=512, architectures=["BertForPreTraining"])
+    import io
+
+    import torch
+
+    torch.manual_seed(0)
+    buffer = io.BytesIO()
+    torch.save(BertForPreTraining(BertConfig(**config)).state_dict(), buffer)  # the repo has pytorch_model.bin
+    write_hub_cache(cache, "prajjwal1/bert-tiny", {"config.json": config, "pytorch_model.bin": buffer.getvalue()})
+    return hub_env(cache)
+
+
+def run_block(block: Block, folder: Path, extra_env: dict[str, str] | None = None) -> tuple[int | None, str]:
     """(exit code or None on timeout, stdout + stderr) of one block run by bash in `folder`."""
-    env = dict(os.environ)
+    env = {**os.environ, **(extra_env or {})}
     env.pop("HYDRA_FULL_ERROR", None)  # what a user sees: Hydra's short errors
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])  # `python`: this one
     proc = subprocess.Popen(["bash", "-c", "set -euo pipefail\n" + block.text], cwd=folder, env=env,
@@ -56,12 +80,12 @@ def run_block(block: Block, folder: Path) -> tuple[int | None, str]:
 
 
 @pytest.mark.parametrize("page", sorted(RUNNABLE))
-def test_page_commands_run(page, tmp_path):
+def test_page_commands_run(page, tmp_path, docs_hub_cache):
     folder = tmp_path.resolve()  # resolved, as run.py resolves its own path
     shutil.copy2(ROOT / "run.py", folder / "run.py")
     (folder / "conf").symlink_to(ROOT / "conf", target_is_directory=True)
     for block in RUNNABLE[page]:
-        code, out = run_block(block, folder)
+        code, out = run_block(block, folder, docs_hub_cache)
         if code != 0:
             what = f"ran past {TIMEOUT_S} s" if code is None else f"exited with {code}"
             pytest.fail(f"{page}:{block.line}: this `bash run` block {what} (run in {folder}):\n"

@@ -23,15 +23,17 @@ ALLOWED = {
     "model_io": {"errors"},
     "schema": {"errors", "files"},  # files: the config reference page is written atomically
     "build": SHARED | {"schema"},
-    "models": {"errors"},
+    "model_parts": {"errors", "names", "patterns", "selectors", "schema"},  # @head / @blocks: structure only
+    "models": {"errors", "sources"},  # sources.hub: a hub id's config.json for model=hf
     "sources": SHARED | {"schema", "build"},
     "inspect": {"sources"},
     "mapping": SHARED | {"schema", "build", "sources"},
     "tuning": SHARED | {"schema"},
     "data": SHARED | {"schema", "build", "sources"},
     "training": SHARED | {"schema", "build", "sources", "tuning", "data"},
-    "api": SHARED | {"schema", "build", "sources", "mapping", "tuning"},
-    "run": SHARED | {"schema", "build", "sources", "mapping", "tuning", "data", "training", "api", "models"},
+    "api": SHARED | {"schema", "build", "sources", "mapping", "tuning", "model_parts"},
+    "run": SHARED | {"schema", "build", "sources", "mapping", "tuning", "data", "training", "api", "models",
+                     "model_parts"},
     "hydra_edge": SHARED | {"schema", "run", "training"},  # training.curves draws the sweep plot
     "__init__": {"errors", "api", "mapping"},
 }

@@ -58,7 +58,38 @@ def _single_size(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
 
 
+def preset_source(source: Any) -> str | None:
+    """What names the preprocessing under data.preset=auto: source.weights (a torchvision enum), else a
+    `timm://name.tag` source.path (its pretrained_cfg); None: nothing does."""
+    path = getattr(source, "path", None)
+    return source.weights or (path if isinstance(path, str) and path.startswith("timm://") else None)
+
+
+def _from_timm(path: str) -> tuple[int, int, str, tuple[float, ...], tuple[float, ...], str]:
+    """timm's pretrained_cfg of `timm://name.tag`: input size, crop_pct (resize = crop / crop_pct), interpolation."""
+    import math
+
+    from ..sources.hub import parse
+
+    name = parse(path).name
+    try:
+        import timm
+
+        cfg = timm.models.get_pretrained_cfg(name)
+    except (ImportError, RuntimeError, ValueError, KeyError):
+        cfg = None
+    if cfg is None or not cfg.input_size:
+        raise UserError(f"source.path={path}: timm has no pretrained_cfg for {name!r} to copy the preprocessing from "
+                        "(data.preset=auto). Set data.preset (resize, imagenet, inception or clip) and data.image_size.")
+    crop = int(cfg.input_size[-1])
+    resize = math.floor(crop / (cfg.crop_pct or 1.0)) if cfg.crop_mode in (None, "center") else crop
+    return (resize, crop, cfg.interpolation or "bicubic", tuple(map(float, cfg.mean)), tuple(map(float, cfg.std)),
+            f"timm pretrained_cfg of {name}")
+
+
 def _from_weights(name: str) -> tuple[int, int, str, tuple[float, ...], tuple[float, ...], str]:
+    if name.startswith("timm://"):
+        return _from_timm(name)
     from torchvision.transforms._presets import ImageClassification
 
     from ..sources.read import weights_enum

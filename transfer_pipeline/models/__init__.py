@@ -1,6 +1,7 @@
 """Small models that ship with the project: the default experiment's CNN and the scenario models.
 
-make_assets.py remakes the shipped checkpoints in assets/. May import errors only.
+make_assets.py remakes the shipped checkpoints in assets/; families.py builds models by name (model=torchvision|
+timm|hf). May import errors, and sources (families.py reads a hub id's config.json as hf:// sources are read).
 """
 
 from .digits import DigitsCNN, pretrained_digits_cnn

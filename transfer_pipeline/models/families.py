@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import inspect
 import json
-import os
 import typing
 from pathlib import Path
 from typing import Any
@@ -97,8 +96,8 @@ def hf(name: str, num_classes: int | None = None, head: str = "auto", revision: 
 
 
 def hf_config(name: str, revision: str | None = None) -> dict[str, Any]:
-    """config.json of a folder, or of a hub id from the local Hugging Face cache (downloaded only when the hub
-    is reachable and HF_HUB_OFFLINE is not set, as huggingface_hub itself does)."""
+    """config.json of a folder, or of a hub id read as `hf://` sources are (the cache; downloaded only when the
+    hub is reachable and HF_HUB_OFFLINE is not set)."""
     folder = Path(name).expanduser()
     if folder.is_dir() or name.startswith((".", "/", "~")) or name.count("/") > 1:
         path = folder / "config.json"
@@ -117,19 +116,9 @@ def hf_config(name: str, revision: str | None = None) -> dict[str, Any]:
 
 
 def _hub_config(repo: str, revision: str | None) -> Path:
-    try:
-        from huggingface_hub import constants, hf_hub_download
-    except ImportError:
-        raise UserError(f"model.name={repo!r}: a hub id needs huggingface_hub: pip install "
-                        "\"transfer_pipeline[huggingface]\" (or give a local folder with a config.json).") from None
-    offline = constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
-    try:
-        return Path(hf_hub_download(repo, "config.json", revision=revision, local_files_only=offline))
-    except Exception as e:  # noqa: BLE001 - not cached, unknown repo, no network: each is the person's to fix
-        fill = f"hf download {repo}" + (f" --revision {revision}" if revision else "")
-        raise UserError(f"model.name={repo!r}: its config.json is not in the Hugging Face cache ({constants.HF_HUB_CACHE})"
-                        f" and cannot be fetched ({type(e).__name__}). Fill the cache where there is a network: {fill} "
-                        "(then copy the cache folder here), or give a local folder.") from None
+    from ..sources.hub import config_file  # the cache, offline rules and messages of hf:// sources
+
+    return config_file(repo, revision, "model.name")
 
 
 def _returned_class(builder: Any) -> type | None:

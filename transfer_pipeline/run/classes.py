@@ -36,8 +36,9 @@ def with_class_count(r: Run, source: Any = None) -> dict[str, Any]:
         return node
     if r.cfg.mode in READS_DATA:
         from ..data.datasets import build_data
+        from ..data.preprocess import preset_source
 
-        r.data = build_data(r.cfg.data, r.cfg.seed, r.cfg.source.weights)
+        r.data = build_data(r.cfg.data, r.cfg.seed, preset_source(r.cfg.source))
         if r.data.class_names is None:
             raise UserError("model.num_classes: null means 'the data's class count', and your data does not name its "
                             "classes (data._target_ returned no class_names). Set model.num_classes=N.")

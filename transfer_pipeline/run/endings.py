@@ -83,8 +83,9 @@ def predicted(r: Run) -> None:
         dataset, labelled = image_inputs(cfg), False
     else:
         from ..data.datasets import build_data
+        from ..data.preprocess import preset_source
 
-        r.data = build_data(cfg.data, cfg.seed, cfg.source.weights)
+        r.data = build_data(cfg.data, cfg.seed, preset_source(cfg.source))
         check_same_classes(names, r.data.class_names, "predict")
         names = names or r.data.class_names
         split = "test" if r.data.test is not None else "val"

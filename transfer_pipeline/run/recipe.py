@@ -18,7 +18,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from . import endings, load_aids, provenance
+from . import classes, endings, load_aids, provenance
 from ..errors import Interrupted, UserError
 from ..names import printable_text
 from .state import Run
@@ -96,12 +96,15 @@ def plan(r: Run) -> None:
     from ..sources.read import read_source
     from .. import files
     from .folder import check_source_outside
+    from ..model_parts import expand_mapping
 
     cfg = r.cfg
     on_meta = cfg.source.meta_init and (cfg.source.path is not None or cfg.source.weights is not None)
-    r.model = build_model(cfg.model, meta=on_meta)
-    mapping = load_aids.with_rules_file(cfg.mapping)
-    source = read_source(cfg.source)
+    early = read_source(cfg.source) if classes.wants_source(r) else None  # its metadata names the classes
+    r.model_node = classes.with_class_count(r, early)
+    r.model = build_model(r.model_node, meta=on_meta)
+    mapping = expand_mapping(load_aids.with_rules_file(cfg.mapping), find_parts(r))
+    source = early if early is not None else read_source(cfg.source)
     if source is not None and source.all_files:
         check_source_outside(source.all_files, r.main_dir or r.run_dir)
     suggesting = cfg.mapping.suggest or (cfg.mapping.suggest is None and cfg.mode == Mode.plan)
@@ -118,10 +121,23 @@ def plan(r: Run) -> None:
         load_aids.suggest(r, r.report, r.weights, mapping)
     r.summary.update(source=r.report.source, loaded_fraction=r.report.loaded_fraction,
                      loaded_tensors=len(r.report.loaded), missing_tensors=len(r.report.missing))
+    if source is not None and source.hub is not None:
+        r.summary["hub_source"] = source.hub  # repo, commit, files (their SHA-256 filled in by the hash below)
     if r.weights is not None and r.weights.all_files:
-        r.source_hash = provenance.BackgroundHash(r.weights.all_files)  # every shard counts; lifecycle records it
-    r.report.check(cfg.mapping.expect)  # after the plan is shown and written: the person sees why
+        # every shard counts; lifecycle records it
+        r.source_hash = provenance.BackgroundHash(r.weights.all_files, r.weights.hub)
+    r.report.check(mapping.expect)  # after the plan is shown and written: the person sees why
     describe_preprocessing(r)
+
+
+def find_parts(r: Run) -> Any:
+    """`@head` / `@blocks` of the built target: shown, recorded, then expanded in every selector that names them."""
+    from ..model_parts import model_parts
+
+    r.parts = model_parts(r.model)
+    log.info(r.parts.describe())
+    r.summary["model_parts"] = r.parts.to_dict()
+    return r.parts
 
 
 def describe_preprocessing(r: Run) -> None:
@@ -131,9 +147,9 @@ def describe_preprocessing(r: Run) -> None:
                                                                                            Mode.plan, Mode.predict)
     if not (images or (cfg.mode == Mode.predict and cfg.predict.input is not None)):
         return
-    from ..data.preprocess import describe_augment, resolve_preprocessing
+    from ..data.preprocess import describe_augment, preset_source, resolve_preprocessing
 
-    pre = resolve_preprocessing(cfg.data, cfg.source.weights)
+    pre = resolve_preprocessing(cfg.data, preset_source(cfg.source))
     augment = describe_augment(cfg.data.augment, cfg.data.mixup, cfg.data.cutmix) if cfg.mode in (Mode.train,
                                                                                                   Mode.plan) else ""
     r.summary["preprocessing"] = pre.describe()
@@ -147,7 +163,7 @@ def load(r: Run) -> None:
 
     def build_normally():  # load_model's fallback: full random init, seeded as a first build would be
         seed_everything(r.cfg.seed)
-        return build_model(r.cfg.model)
+        return build_model(r.model_node if r.model_node is not None else r.cfg.model)
 
     r.model = load_model(r.model, r.report.plan, r.weights, r.device, build_normally,
                          r.cfg.source.allow_nonfinite, r.cfg.source.allow_lossy_cast)
@@ -155,15 +171,17 @@ def load(r: Run) -> None:
 
 def tune(r: Run) -> None:
     """Freezing (requires_grad, BN policy, events) and the parameter groups with their first LRs."""
+    from ..model_parts import expand_freeze, expand_optim
     from ..tuning.batchnorm import apply_bn_policy, format_bn_plan
     from ..tuning.freezing import plan_freezing, set_requires_grad
     from ..tuning.lr_schedule import initial_lrs
     from ..tuning.param_groups import build_groups, format_groups, group_rows, no_decay_names
 
     cfg, model = r.cfg, r.model
-    r.freeze = plan_freezing(model, cfg.freeze, max(cfg.trainer.epochs, 1))
+    freeze, optim = expand_freeze(cfg.freeze, r.parts), expand_optim(cfg.optim, r.parts)  # @head, @blocks -> names
+    r.freeze = plan_freezing(model, freeze, max(cfg.trainer.epochs, 1))
     set_requires_grad(model, r.freeze.trainable)
-    r.groups = build_groups(r.freeze.names, cfg.optim, r.freeze.events, r.freeze.blocks, no_decay_names(model, cfg.optim))
+    r.groups = build_groups(r.freeze.names, optim, r.freeze.events, r.freeze.blocks, no_decay_names(model, optim))
     lrs = initial_lrs(r.groups, r.freeze.trainable, r.freeze.events, cfg.optim.scheduler)
     params = dict(model.named_parameters())
     r.summary.update(trainable_params=sum(params[n].numel() for n in r.freeze.trainable),
@@ -186,11 +204,13 @@ def tune(r: Run) -> None:
 def data(r: Run) -> None:
     """The splits and loaders, the task's loss, and one forward pass that checks model and data fit together."""
     from ..data.datasets import build_data, loaders
+    from ..data.preprocess import preset_source
     from ..training.batch_checks import check_batch
     from ..training.task import task_metrics
 
     cfg = r.cfg
-    r.data = build_data(cfg.data, cfg.seed, cfg.source.weights)
+    if r.data is None:  # else read already for model.num_classes (classes.py)
+        r.data = build_data(cfg.data, cfg.seed, preset_source(cfg.source))
     r.task = task_metrics(cfg.task, cfg.loss, r.data.class_names)
     rank, world = (r.group.rank, r.group.world) if r.group is not None else (0, 1)
 

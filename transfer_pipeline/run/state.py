@@ -16,6 +16,7 @@ if TYPE_CHECKING:  # types only: a step imports the heavy modules itself, when i
 
     from ..data.datasets import DataBundle
     from ..mapping.report import LoadReport
+    from ..model_parts import ModelParts
     from ..sources.read import SourceWeights
     from ..training.distributed import Group
     from ..training.engine import Engine
@@ -35,6 +36,8 @@ class Run:
     summary: dict[str, Any]
     device: torch.device | None = None
     model: nn.Module | None = None  # the target
+    model_node: dict[str, Any] | None = None  # the target's config node as built (model.num_classes filled in)
+    parts: ModelParts | None = None  # @head / @blocks of the target (model_parts.py), found by plan
     report: LoadReport | None = None
     weights: SourceWeights | None = None  # None: architecture only
     freeze: FreezePlan | None = None

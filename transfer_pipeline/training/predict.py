@@ -55,7 +55,7 @@ def image_inputs(cfg: RunConfig) -> ImagePaths:
     """The image files of predict.input, checked (decodable) and preprocessed as data.preset says."""
     from ..files import resolve_path
     from ..data.image_files import EXTENSIONS, _walk, check_images
-    from ..data.preprocess import eval_transform, resolve_preprocessing
+    from ..data.preprocess import eval_transform, preset_source, resolve_preprocessing
 
     root = resolve_path(cfg.predict.input, "predict.input")
     if root.is_dir():
@@ -67,7 +67,7 @@ def image_inputs(cfg: RunConfig) -> ImagePaths:
     else:
         raise UserError(f"predict.input: {cfg.predict.input} is not a file or folder (looked at {root}).")
     checked = check_images([(p, 0) for p in paths], cfg.data.skip_bad_images, "predict.input")
-    pre = resolve_preprocessing(cfg.data, cfg.source.weights)
+    pre = resolve_preprocessing(cfg.data, preset_source(cfg.source))
     return ImagePaths([p for p, _ in checked], eval_transform(pre), "L" if cfg.data.channels == 1 else "RGB")
 
 

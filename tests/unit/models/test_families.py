@@ -86,13 +86,27 @@ def test_hf_errors_name_the_key(tmp_path):
 
 
 def test_hf_hub_id_not_cached_offline_names_the_cache_and_the_fill_command(tmp_path, monkeypatch):
-    from huggingface_hub import constants
-
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(UserError) as e:
         families.hf("some-org/not-cached", num_classes=2)
-    assert str(tmp_path / "hub") in str(e.value) and "hf download some-org/not-cached" in str(e.value)
+    msg = str(e.value)
+    assert msg.startswith("model.name='some-org/not-cached'") and str(tmp_path / "hub") in msg
+    assert msg.endswith("download some-org/not-cached")  # the whole repo: its weights come next (hf://)
+
+
+def test_hf_hub_id_from_the_cache(tmp_path, monkeypatch):
+    from cache_models import write_hub_cache
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    write_hub_cache(tmp_path / "hub", "acme/tiny-bert", {"config.json": BERT})
+    model = families.hf("acme/tiny-bert", num_classes=2)
+    assert type(model).__name__ == "BertForSequenceClassification" and model.config.hidden_size == 16
+    with pytest.raises(UserError, match=r"revision 'v2' of acme/tiny-bert is not in the hub cache"):
+        families.hf("acme/tiny-bert", revision="v2")
+    with pytest.raises(UserError, match=r"model.name='acme/../x'"):
+        families.hf("acme/../x")
 
 
 def _run(*overrides: str) -> Run:

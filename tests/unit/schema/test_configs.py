@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
 
 from helpers import CONF, compose_config
+from transfer_pipeline.errors import UserError
 from transfer_pipeline.schema import RunConfig
 
 GROUPS = sorted((p.parent.name, p.stem) for p in CONF.glob("*/*.yaml") if p.parent.name not in ("experiment", "hydra"))
@@ -27,7 +30,20 @@ def test_every_experiment_composes(experiment):
 def test_every_group_choice_composes(group, choice):
     # digits-specific group files need the digits model; the generic ones fit any model
     extra = ("model=digits_cnn",) if group != "model" else ("mapping=default", "freeze=none", "source=none")
+    extra += tuple(NAMED.get(choice, ())) if group == "model" else ()
     assert isinstance(compose_config(f"{group}={choice}", *extra), RunConfig)
+
+
+# The model families by name leave the name to the person ('???'): composing without it names the key.
+NAMED = {"torchvision": ["model.name=resnet18"], "timm": ["model.name=resnet18"], "hf": ["model.name=org/name"],
+         "custom": ["model._target_=torch.nn.Flatten"]}
+
+
+@pytest.mark.parametrize("family", sorted(NAMED))
+def test_a_model_family_without_its_name_says_which_key(family):
+    key = NAMED[family][0].split("=")[0]
+    with pytest.raises(UserError, match=rf"^{re.escape(key)}: has no value.*python run.py {re.escape(key)}="):
+        compose_config(f"model={family}")
 
 
 @pytest.mark.parametrize("group, choice", HYDRA, ids=[f"{g}={c}" for g, c in HYDRA])
