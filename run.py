@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -256,6 +257,15 @@ def explain_config_mistakes() -> None:
                     raise
                 print(f"run.py: {config_mistake(e)}", file=sys.stderr)
                 sys.exit(2)
+            except ValueError as e:  # `data=null`: Hydra's defaults list refuses it with a bare ValueError
+                nulled = [a.split("=", 1)[0] for a in sys.argv[1:] if re.fullmatch(r"[\w/]+=null", a)]
+                if not str(e).startswith("Config group override must be") or os.environ.get("HYDRA_FULL_ERROR") == "1":
+                    raise
+                group = nulled[0] if nulled else "<group>"
+                print(f"run.py: {group}=null: a config group takes one of its files (conf/{group}/*.yaml) and cannot be "
+                      f"null; leave the group out with '~{group}', or set its keys ({group}._target_=... for your own "
+                      "code).", file=sys.stderr)
+                sys.exit(2)
         return report(step)
 
     run_and_report.explains = True
@@ -265,7 +275,6 @@ def explain_config_mistakes() -> None:
 def config_mistake(e: Exception) -> str:
     """The message for one of Hydra's composition errors: the key or group, and the close names."""
     import dataclasses
-    import re
 
     from hydra.errors import MissingConfigException, OverrideParseException
     from omegaconf import DictConfig

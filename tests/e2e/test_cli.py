@@ -125,6 +125,7 @@ def test_group_hints_name_only_groups_that_are_not_generic():
     ("freze=none", "did you mean freeze=none?"),  # not a group: Hydra takes it for a key of the root
     ("model=resnet", "did you mean model=resnet18?"),  # a group choice with no file
     ("mode=trian", "did you mean mode=train?"),
+    ("data=null", "leave the group out with '~data'"),  # Hydra's bare ValueError
 ])
 def test_a_misspelt_key_or_group_gets_did_you_mean_and_exit_2(tmp_path, override, fix):
     out = run_cli(override, "mode=plan" if not override.startswith("mode=") else "seed=0", f"hydra.run.dir={tmp_path}")
