@@ -183,6 +183,10 @@ def _find_stages(model: Any, modules: dict[str, Any], params: Sequence[str], hea
     layers = keep([f"layer{i}" for i in range(1, 5)])
     if len(layers) == 4:
         return layers, "ResNet layer1..layer4"
+    if type(model).__module__.startswith("torchvision.") and "features" in modules:  # mobilenet, efficientnet,
+        found = keep([join_name("features", c) for c, _ in modules["features"].named_children()])  # convnext, vgg
+        if len(found) >= 2:
+            return found, "torchvision features.N"
     repeated = _repeated_layers(modules, params, head)
     if repeated is not None:
         name, why = repeated

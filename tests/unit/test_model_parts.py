@@ -63,8 +63,10 @@ def hf_bert():
 CASES = {  # model -> (@head, @blocks, recognised)
     "digits_cnn": (lambda: DigitsCNN(num_classes=5), ["head"], [["stem"], ["block1"], ["block2"]], False),
     "torchvision_resnet18": (tv_resnet18, ["fc"], RESNET_BLOCKS, True),
-    "torchvision_mobilenet_v2": (tv_mobilenet_v2, ["classifier.1"], [["features"]], False),
-    "torchvision_vgg11": (tv_vgg11, ["classifier.6"], [["features"], ["classifier.0", "classifier.3"]], False),
+    "torchvision_mobilenet_v2": (tv_mobilenet_v2, ["classifier.1"], [[f"features.{i}"] for i in range(19)], True),
+    "torchvision_vgg11": (tv_vgg11, ["classifier.6"],  # its convolutions; the hidden classifier layers join the last
+                          [[f"features.{i}"] for i in (0, 3, 6, 8, 11, 13, 16)]
+                          + [["features.18", "classifier.0", "classifier.3"]], True),
     "torchvision_vit": (tv_vit, ["heads.head"],
                         [["class_token", "conv_proj", "encoder.pos_embedding"], ["encoder.layers.encoder_layer_0"],
                          ["encoder.layers.encoder_layer_1"], ["encoder.layers.encoder_layer_2", "encoder.ln"]], True),
