@@ -92,7 +92,7 @@ def _from_weights(name: str) -> tuple[int, int, str, tuple[float, ...], tuple[fl
         return _from_timm(name)
     from torchvision.transforms._presets import ImageClassification
 
-    from ..sources.read import weights_enum
+    from ..sources.torchvision_weights import weights_enum
 
     weights = weights_enum(name)
     label = f"{type(weights).__name__}.{weights.name}"

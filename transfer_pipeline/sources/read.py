@@ -339,36 +339,6 @@ def read_path(path: Path, key: str = "auto", trust_pickle: bool = False, given: 
     return _read_file(path, key, trust_pickle)
 
 
-def weights_enum(name: str) -> Any:
-    """The torchvision weights enum member `source.weights` names (`ResNet18_Weights.IMAGENET1K_V1`, with or
-    without `torchvision.models.`); its file is not fetched (the preprocessing reads its transforms too)."""
-    from torchvision.models import get_weight
-
-    try:
-        return get_weight(name.removeprefix("torchvision.models."))
-    except (ValueError, KeyError, AttributeError) as e:
-        raise UserError(f"source.weights: {name!r} is not a torchvision weights enum ({e}). "
-                        "Write it like ResNet18_Weights.IMAGENET1K_V1.") from None
-
-
-def _read_torchvision_weights(name: str) -> SourceWeights:
-    import torch
-
-    short = name.removeprefix("torchvision.models.")
-    weights = weights_enum(name)
-    cache = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
-    if not cache.is_file():
-        try:
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            torch.hub.download_url_to_file(weights.url, str(cache), progress=False)
-        except OSError as e:  # URLError is an OSError: no internet
-            raise UserError(f"source.weights: cannot download {weights.url} ({e}). Without internet, put the file "
-                            f"at {cache} (the torch hub cache; TORCH_HOME moves it).") from None
-    src = preferred(_read_file(cache, "auto", False))
-    src.description = f"torchvision weights {short}"
-    return src
-
-
 def _read_model(node: Mapping[str, Any]) -> SourceWeights:
     """`source.model`: any `_target_` that returns an nn.Module or a state dict."""
     import torch
@@ -397,7 +367,9 @@ def read_source(cfg: SourceConfig) -> SourceWeights | None:
     if cfg.model is not None:
         return _read_model(cfg.model)
     if cfg.weights is not None:
-        return _read_torchvision_weights(cfg.weights)
+        from .torchvision_weights import read_torchvision_weights
+
+        return read_torchvision_weights(cfg.weights)
     if is_hub_path(cfg.path):
         return _read_hub(cfg)
     return read_path(resolve_path(cfg.path), cfg.key, cfg.trust_pickle, cfg.path)
