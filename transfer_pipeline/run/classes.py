@@ -3,7 +3,6 @@ from the weights' own metadata), so `model=torchvision model.name=resnet50` need
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any
 
@@ -44,8 +43,10 @@ def with_class_count(r: Run, source: Any = None) -> dict[str, Any]:
                             "classes (data._target_ returned no class_names). Set model.num_classes=N.")
         count, origin = len(r.data.class_names), "the data's classes"
     else:
-        names = _saved_classes(source)
-        if names is None:
+        from ..training.predict import class_names  # the metadata a training run writes with its weights
+
+        names = class_names(getattr(source, "extra", None) or {})
+        if not names:
             log.info("model.num_classes: null, mode=%s reads no data and the weights name no classes: the model's "
                      "own default is used (set model.num_classes=N to match your checkpoint's head)", r.cfg.mode.value)
             node.pop(KEY)
@@ -55,15 +56,6 @@ def with_class_count(r: Run, source: Any = None) -> dict[str, Any]:
     r.summary["num_classes_from"] = origin
     node[KEY] = count
     return node
-
-
-def _saved_classes(source: Any) -> list | None:
-    extra = getattr(source, "extra", None) or {}
-    try:
-        names = json.loads(extra["classes"]) if "classes" in extra else None
-    except (TypeError, ValueError):
-        return None
-    return names if isinstance(names, list) and names else None
 
 
 def _takes_count(node: dict[str, Any]) -> bool:

@@ -163,7 +163,7 @@ def load(r: Run) -> None:
 
     def build_normally():  # load_model's fallback: full random init, seeded as a first build would be
         seed_everything(r.cfg.seed)
-        return build_model(r.model_node if r.model_node is not None else r.cfg.model)
+        return build_model(r.model_node)  # as plan built it (model.num_classes filled in)
 
     r.model = load_model(r.model, r.report.plan, r.weights, r.device, build_normally,
                          r.cfg.source.allow_nonfinite, r.cfg.source.allow_lossy_cast)

@@ -77,6 +77,11 @@ def saved_classes(extra: dict[str, Any], task: Task) -> list[str] | None:
     if saved_task is not None and saved_task != task.value:
         raise UserError(f"task={task.value}: the weights were trained with task={saved_task} (their metadata says so); "
                         f"set task={saved_task}.")
+    return class_names(extra)
+
+
+def class_names(extra: dict[str, Any]) -> list[str] | None:
+    """The class names a training run wrote into the weights' metadata; None where there are none (or unreadable)."""
     try:
         names = json.loads(extra["classes"]) if "classes" in extra else None
     except (TypeError, ValueError):
