@@ -56,6 +56,24 @@ def suggest(r: Run, report: Any, weights: Any, mapping: Any) -> None:
     log.info("%s\n(written to %s)", printable_text(got.describe()), r.run_dir / "suggested_rules.yaml")
 
 
+def suggestion_first(r: Run, error: UserError) -> UserError:
+    """A load that took nothing by name, after suggested_rules.yaml was written: the file and the command
+    that uses it come first, ahead of the generic fixes (which never knew of the file)."""
+    import shlex
+
+    path = r.run_dir / "suggested_rules.yaml"
+    if not r.summary.get("suggested_rules") or not path.is_file() or "loaded nothing" not in str(error):
+        return error
+    origins = r.signals.origins if r.signals is not None else None
+    overrides = origins.overrides if origins is not None else None
+    keep = [o for o in overrides or () if not o.lstrip("+~").startswith(("mapping.rules_file", "hydra.run.dir"))]
+    shown = " ".join(shlex.quote(o) for o in keep) if overrides is not None else "<the same overrides>"
+    command = f"python run.py {shown} mapping.rules_file={shlex.quote(str(path))}".replace("  ", " ")
+    return UserError(f"The source loaded nothing by name; the {r.summary['suggested_rules']} suggested rule(s) "
+                     f"above load {r.summary.get('suggested_loads', 0)} tensor(s) and are written to {path}. Use them "
+                     f"(add mapping.verify.enabled=true to prove the load):\n  {command}\n\n{error}")
+
+
 def verify(r: Run) -> None:
     """`mapping.verify`: prove the load before anything is written with it (mapping/verify.py).
 
@@ -75,11 +93,7 @@ def verify(r: Run) -> None:
     plan = r.report.plan
     src = source_module(r.cfg.source, v, r.weights, plan.stripped_prefix)
     if src is not None:
-        sample = None
-        if v.input_shape is None and r.loaders:
-            from ..model_io import split_batch
-
-            sample = split_batch(next(iter(r.loaders[1])), r.cfg.data.target_key)[0]
+        sample = _data_sample(r) if v.input_shape is None else None
         result = verify_outputs(src.to(r.device), r.model, plan, verify_inputs(v, sample), v.atol, v.rtol,
                                 source_output=v.source_output, target_output=r.cfg.model.get(MODEL_OUTPUT_KEY))
     else:
@@ -91,3 +105,21 @@ def verify(r: Run) -> None:
                         "fix mapping.rules (mode=plan shows the pairs), or loosen mapping.verify.atol / rtol if the "
                         "difference is rounding.")
     log.info("%s", result.describe())
+
+
+def _data_sample(r: Run) -> Any:
+    """The inputs of the first validation batch: the run's own loader, else (mode=export reads no data
+    otherwise) the configured data read here, so a source model is checked on real inputs, as in training."""
+    from ..model_io import split_batch
+
+    loader = r.loaders[1] if r.loaders else None
+    if loader is None:
+        from ..data.datasets import build_data, eval_loader
+        from ..data.preprocess import preset_source
+
+        if r.data is None:
+            r.data = build_data(r.cfg.data, r.cfg.seed, preset_source(r.cfg.source))
+        loader = eval_loader(r.data.val, r.cfg.trainer.batch_size)
+        log.info("mapping.verify: no input_shape given, so the check runs on the first validation batch of the "
+                 "configured data (data: %s)", r.cfg.data.name)
+    return split_batch(next(iter(loader)), r.cfg.data.target_key)[0]

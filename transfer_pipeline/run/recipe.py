@@ -126,7 +126,10 @@ def plan(r: Run) -> None:
     if r.weights is not None and r.weights.all_files:
         # every shard counts; lifecycle records it
         r.source_hash = provenance.BackgroundHash(r.weights.all_files, r.weights.hub)
-    r.report.check(mapping.expect)  # after the plan is shown and written: the person sees why
+    try:
+        r.report.check(mapping.expect)  # after the plan is shown and written: the person sees why
+    except UserError as e:
+        raise load_aids.suggestion_first(r, e) from None
     describe_preprocessing(r)
 
 
