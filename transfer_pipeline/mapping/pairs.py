@@ -68,5 +68,8 @@ def paired_modules(plan: LoadPlan, source_modules: Iterable[str],
         ts.sort(key=lambda lt: -lt[1].count("."))
         leaves, containers = [t for leaf, t in ts if leaf], [t for leaf, t in ts if not leaf]
         pairs.update(zip(leaves, [s]))  # a target leaf (at most one, the innermost) with the deepest source module
-        pairs.update(zip(containers, up if leaves or s_leaf else [s, *up]))  # a container never with a source leaf
+        # a container pairs with a wrapper of a source leaf, or with the leaf itself where there is no wrapper and
+        # no target leaf: the leaf is split across the container (an nn.LSTM into per-layer cells; verify says
+        # "not comparable" when the two compute otherwise)
+        pairs.update(zip(containers, up if leaves or (s_leaf and up) else [s, *up]))
     return [(pairs[t], t) for t in tmods if t in pairs]

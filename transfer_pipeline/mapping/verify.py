@@ -2,12 +2,15 @@
 
 With a source model: run source and target on the same seeded input and compare the outputs of
 the modules the plan pairs (pairs.py, hooks here), then the final outputs; the report names the
-first target module, in the order the target computed them, whose output differs. Without one:
-verify_tensors.py checks every loaded tensor against its source tensor after the op, bit for bit.
+first target module, in the order the target computed them, whose output differs. Pairs whose
+computations cannot correspond (a fused norm+activation, a skip on one side, a cell stepped per
+time step: verify_compare.py) are reported as not comparable, not as differences. Without a source
+model: verify_tensors.py checks every loaded tensor against its source tensor after the op, bit for bit.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
@@ -22,9 +25,22 @@ from ..sources.read import SourceWeights
 from ..model_io import call, forward_fault, is_shape_error, pick_output, shape_text, to_device
 from .pairs import EXACT_OPS, paired_modules
 from .plan import LoadPlan
+from .verify_compare import AGREE, FAULTY, NOT_COMPARABLE, Seen, compare, judge, observe, tensors
+
+log = logging.getLogger(__name__)
+
 
 def _num(x: float) -> float | str:
     return x if math.isfinite(x) else str(x)  # json has no inf / nan
+
+
+def _listed(names: list[str], limit: int = 10) -> str:
+    return ", ".join(names[:limit]) + (f" +{len(names) - limit} more" if len(names) > limit else "")
+
+
+# how describe() counts each kind of not comparable pair (verify_compare.judge's reasons)
+_KINDS = {"fused": "fused", "skip": "with a skip on one side", "call count": "called another number of times",
+          "different shapes": "with other output shapes", "different kinds": "of different kinds"}
 
 
 @dataclass
@@ -32,7 +48,7 @@ class VerifyResult:
     """What `verify_outputs` found; `describe()` is the log's text, `to_dict()` the json file's."""
 
     ok: bool
-    compared: int  # paired modules whose outputs were compared
+    compared: int  # paired modules whose outputs were compared (not counting the not comparable ones)
     # the first target module (in the order the target computed them) whose output differs while its
     # input agrees: the difference starts inside it (else simply the first that differs, with a note)
     first_difference: str | None = None
@@ -40,7 +56,10 @@ class VerifyResult:
     max_abs_diff: dict[str, float] = field(default_factory=dict)  # per compared target module
     final: str = ""  # what happened to the final outputs
     final_diff: float | None = None  # None: final outputs not compared
-    differing: list[str] = field(default_factory=list)  # every target module that differs, in order
+    differing: list[str] = field(default_factory=list)  # every compared target module that differs, in order
+    # target module -> why its outputs cannot correspond to its source module's (`kind: short; why`): a fused
+    # module, a skip on one side, another call count or shape; reported, never counted as a difference
+    not_comparable: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     atol: float = 0.0
     rtol: float = 0.0
@@ -61,39 +80,23 @@ class VerifyResult:
                     else "FAILED: nothing compared:")
         sep = " " if not self.ok and first is None else "; "
         final = "" if self.ok and self.final_diff is not None else sep + self.final
-        return "\n".join([f"mapping.verify: {head}{final}", *(f"  {n}" for n in self.notes)])
+        return "\n".join([f"mapping.verify: {head}{final}{self._not_comparable()}",
+                          *(f"  {n}" for n in self.notes)])
+
+    def _not_comparable(self) -> str:
+        """'; 45 pair(s) not comparable: 45 fused (e.g. bn1: BatchNormAct2d vs BatchNorm2d)'."""
+        kinds: dict[str, list[str]] = {}
+        for t, why in self.not_comparable.items():
+            kinds.setdefault(why.split(": ", 1)[0], []).append(t)
+        short = {t: why.split(": ", 1)[-1].split("; ")[0] for t, why in self.not_comparable.items()}
+        parts = [f"{len(ts)} {_KINDS.get(k, k)} (e.g. {ts[0]}: {short[ts[0]]})" for k, ts in kinds.items()]
+        return f"; {len(self.not_comparable)} pair(s) not comparable: {', '.join(parts)}" if parts else ""
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["max_abs_diff"] = {k: _num(v) for k, v in self.max_abs_diff.items()}
         out["final_diff"] = None if self.final_diff is None else _num(self.final_diff)
         return out
-
-
-def _tensors(out: Any) -> list[torch.Tensor | None]:
-    """A module's output as positions (tensors; tuples/lists/dict values element-wise; None: not a tensor)."""
-    if isinstance(out, Mapping):
-        out = list(out.values())
-    if isinstance(out, (tuple, list)):
-        return [o.detach().clone() if isinstance(o, torch.Tensor) else None for o in out]
-    return [out.detach().clone()] if isinstance(out, torch.Tensor) else []
-
-
-def _compare(got: list, want: list, atol: float, rtol: float) -> tuple[bool, float] | None:
-    """(agree, max |diff|) over the positions both sides hold tensors; None when there are none."""
-    pairs = [(a, b) for a, b in zip(got, want) if a is not None and b is not None]
-    if not pairs:
-        return None
-    ok, worst = True, 0.0
-    for a, b in pairs:
-        if a.shape != b.shape:
-            return False, math.inf
-        wide = torch.float64 if torch.float64 in (a.dtype, b.dtype) else torch.float32
-        a, b = a.to(b.device, wide), b.to(wide)  # b, the source's, is the reference
-        diff = (a - b).abs()
-        ok = ok and bool((diff <= atol + rtol * b.abs()).all())
-        worst = max(worst, float(diff.max()) if diff.numel() else 0.0)
-    return ok, worst
 
 
 def _prepare(inputs: Any, model: nn.Module) -> Any:
@@ -131,13 +134,19 @@ def _hook_all(model: nn.Module, names: Iterable[str], on_first: Any, calls: dict
     return handles
 
 
-def _final_blocker(plan: LoadPlan) -> str | None:
+def _final_blocker(plan: LoadPlan, source_names: set[str]) -> str | None:
     """Why the whole models need not agree even when the load is right; None when they must."""
     fresh = [m for m in plan.missing if not m.endswith("num_batches_tracked")]
     if fresh:
         return f"{len(fresh)} target tensor(s) not loaded ({', '.join(fresh[:3])}{' ...' if len(fresh) > 3 else ''})"
     changed = [e for e in plan.entries if e.op not in EXACT_OPS]
-    return f"op {changed[0].op} changes the function ({changed[0].target})" if changed else None
+    if changed:
+        return f"op {changed[0].op} changes the function ({changed[0].target})"
+    cut = len(plan.stripped_prefix)  # a source model that holds part of the file: what the rest loaded differs
+    foreign = [e.target for e in plan.entries if source_names and not all(
+        n in source_names or (cut and n[cut:] in source_names) for n in e.sources)]
+    return (f"{len(foreign)} target tensor(s) load from tensors the source model does not hold "
+            f"({', '.join(foreign[:3])}{' ...' if len(foreign) > 3 else ''})" if foreign else None)
 
 
 def _pick(out: Any, spec: int | str | None, side: str) -> tuple[torch.Tensor | None, str]:
@@ -153,34 +162,30 @@ def verify_outputs(source_model: nn.Module, target_model: nn.Module, plan: LoadP
                    target_output: int | str | None = None) -> VerifyResult:
     """Run both models (eval, no grad) on `inputs` (a tensor or a dict of keyword inputs) and compare.
 
-    Paired modules (`paired_modules`) compare their first call's outputs; the final outputs
-    (`pick_output` with each side's `model.output`) compare when their shapes agree and the plan
-    loads the whole target by exact ops. Every module's training flag is restored afterwards.
+    Paired modules (`paired_modules`) compare their first call's outputs; a pair whose computations
+    cannot correspond (verify_compare.judge: fused, a skip on one side, another call count or shape)
+    is reported as not comparable, not as a difference. The final outputs (`pick_output` with each
+    side's `model.output`) compare when their shapes agree and the plan loads the whole target by
+    exact ops; when they agree, only a real difference (agreeing inputs, differing outputs of
+    corresponding modules) fails. Every module's training flag is restored afterwards.
     """
-    pairs = paired_modules(plan, [n for n, _ in source_model.named_modules()],
-                           [n for n, _ in target_model.named_modules()])
+    s_mods, t_mods = dict(source_model.named_modules()), dict(target_model.named_modules())
+    pairs = _called(paired_modules(plan, list(s_mods), list(t_mods)), s_mods, t_mods)
     src_of = {t: s for s, t in pairs}
     res = VerifyResult(ok=True, compared=0, atol=atol, rtol=rtol)
     seen: dict[str, tuple[list, list]] = {}  # source module -> its first call's (inputs, outputs)
     s_calls: dict[str, int] = {}
     t_calls: dict[str, int] = {}
-    faulty: list[str] = []  # modules whose inputs agree and outputs differ: the difference starts inside them
+    observed: list[Seen] = []  # target pairs' first calls, in the order the target computed them
 
     def on_source(name: str, args: Any, out: Any) -> None:
-        seen[name] = (_tensors(args), _tensors(out))
+        seen[name] = (tensors(args), tensors(out))
 
     def on_target(name: str, args: Any, out: Any) -> None:  # compared at once: only the source's are kept
-        if src_of[name] not in seen:
-            return
-        want_in, want_out = seen[src_of[name]]
-        got = _compare(_tensors(out), want_out, atol, rtol)
-        if got is not None:
-            res.compared += 1
-            res.max_abs_diff[name] = got[1]
-            if not got[0]:
-                res.differing.append(name)
-                if (_compare(_tensors(args), want_in, atol, rtol) or (True, 0.0))[0]:
-                    faulty.append(name)
+        if src_of[name] in seen:
+            p = observe(name, src_of[name], s_mods.get(src_of[name]), t_mods[name], args, out, seen[src_of[name]],
+                        atol, rtol)
+            observed.extend([p] if p is not None else [])
 
     modes = {m: m.training for model in (source_model, target_model) for m in model.modules()}
     handles: list = []
@@ -198,34 +203,123 @@ def verify_outputs(source_model: nn.Module, target_model: nn.Module, plan: LoadP
             h.remove()
         for m, mode in modes.items():
             m.training = mode
+    final = _final(res, plan, set(source_model.state_dict()), _pick(out_s, source_output, "source"),
+                   _pick(out_t, target_output, "target"))
+    faulty, downstream, whys = _judge_all(res, observed, s_mods, t_mods, s_calls, t_calls, final)
     _notes(res, pairs, seen, t_calls, s_calls)
-    if res.differing:  # the first module that goes wrong on agreeing inputs is where to look
-        res.first_difference = (faulty or res.differing)[0]
+    # a difference on inputs that already differ is excused only by final outputs that agree; a proof needs
+    # something compared: nothing paired and no final output is not a pass
+    res.ok = (not faulty and final is not False and (not downstream or final is True)
+              and (res.compared > 0 or final is not None))
+    if not res.ok and (faulty or downstream):  # the first module that goes wrong on agreeing inputs is where to look
+        res.first_difference = faulty[0] if faulty else next(iter(downstream))
         res.first_source = src_of[res.first_difference]
-        if not faulty:
-            res.notes.append(f"the input of `{res.first_difference}` already differs: the difference starts in "
-                             "code outside the paired modules, before it")
-    final = _final(res, plan, _pick(out_s, source_output, "source"), _pick(out_t, target_output, "target"))
-    # a proof needs something compared: nothing paired and no final output is not a pass
-    res.ok = not res.differing and final is not False and (res.compared > 0 or final is not None)
+    _explain(res, faulty, downstream, whys.get(res.first_difference or ""), observed, final)
     return res
 
 
+def _called(pairs: list[tuple[str, str]], s_mods: dict, t_mods: dict) -> list[tuple[str, str]]:
+    """A ModuleList / ModuleDict is never called (its owner loops over it): its side of a pair moves up to the
+    module around it that holds the same tensors (a streaming wrapper stepping its `cells`), not the root."""
+    def tensors_of(m: nn.Module) -> set[int]:
+        return {id(t) for t in m.state_dict(keep_vars=True).values()}
+
+    def up(name: str, mods: dict, taken: set[str]) -> str:
+        while isinstance(mods[name], (nn.ModuleList, nn.ModuleDict)) and "." in name:
+            parent = name.rpartition(".")[0]
+            if parent in taken or tensors_of(mods[parent]) != tensors_of(mods[name]):
+                break
+            name = parent
+        return name
+
+    s_taken, t_taken = {s for s, _ in pairs}, {t for _, t in pairs}
+    return [(up(s, s_mods, s_taken), up(t, t_mods, t_taken)) for s, t in pairs]
+
+
+def _judge_all(res: VerifyResult, observed: list[Seen], s_mods: dict, t_mods: dict, s_calls: dict,
+               t_calls: dict, final: bool | None) -> tuple[list[str], dict[str, str | None], dict[str, str]]:
+    """Sort the observed pairs into `res` (compared, not comparable); (faulty, downstream: target -> the not
+    comparable pair that ran last before it or None, what more there is to say about a difference)."""
+    faulty: list[str] = []
+    whys: dict[str, str] = {}
+    downstream: dict[str, str | None] = {}
+    last_apart: str | None = None  # the latest not comparable pair, in the order the target computed them
+    for p in observed:
+        verdict, why = judge(p, type(s_mods[p.source]), type(t_mods[p.target]), s_calls.get(p.source, 0),
+                             t_calls.get(p.target, 0), final is True)
+        if verdict == NOT_COMPARABLE:
+            res.not_comparable[p.target] = why
+            last_apart = p.target
+            continue
+        res.compared += 1
+        res.max_abs_diff[p.target] = p.part_diff[1] if verdict == FAULTY and p.part_diff else p.diff
+        if verdict == AGREE:
+            continue
+        res.differing.append(p.target)
+        if verdict == FAULTY:
+            faulty.append(p.target)
+        else:
+            downstream[p.target] = last_apart
+        if why:  # a fused pair's shared part, outputs of other sizes
+            whys[p.target] = why
+    return faulty, downstream, whys
+
+
+def _explain(res: VerifyResult, faulty: list[str], downstream: dict[str, str | None], why: str | None,
+             observed: list[Seen], final: bool | None) -> None:
+    """Notes on differences that are not where a load went wrong: inputs that already differ, and not
+    comparable pairs that nothing after them checks."""
+    def short(t: str) -> str:
+        return res.not_comparable[t].split("; ")[0]
+
+    first = res.first_difference
+    if why:
+        res.notes.append(f"`{first}`: {why}")
+    elif first is not None and first not in faulty:
+        apart = downstream[first]
+        res.notes.append(f"the input of `{first}` already differs: " + (
+            f"downstream of not comparable `{apart}` ({short(apart)}); the difference starts there or in code "
+            "outside the paired modules, before it" if apart else
+            "the difference starts in code outside the paired modules, before it"))
+    elif res.ok and downstream:
+        by: dict[str | None, list[str]] = {}
+        for t, apart in downstream.items():
+            by.setdefault(apart, []).append(t)
+        for apart, ts in by.items():
+            res.notes.append(f"{len(ts)} module(s) differ " + (f"downstream of not comparable `{apart}`" if apart else
+                                                               f"on inputs that already differ (e.g. {ts[0]})")
+                             + "; their inputs already differ, and the final output agrees")
+    elif not res.ok and first is None and final is False and res.not_comparable:
+        res.notes.append("no compared module differs: the difference starts in a not comparable pair ("
+                         f"{_listed(list(res.not_comparable), 3)}) or in code outside the paired modules")
+    if final is None:  # nothing after them was compared: their load is not proven
+        last = max((i for i, p in enumerate(observed) if p.target not in res.not_comparable), default=-1)
+        unchecked = [p.target for p in observed[last + 1:]]
+        if unchecked:
+            res.notes.append(f"nothing compared after not comparable {_listed(unchecked, 3)}: "
+                             "their load is not proven by this check")
+    for kind in dict.fromkeys(why.split(": ", 1)[0] for why in res.not_comparable.values()):
+        t = next(t for t, why in res.not_comparable.items() if why.startswith(kind + ":"))
+        res.notes.append(f"not comparable, e.g. `{t}`: {res.not_comparable[t].split('; ', 1)[-1]}")
+
+
 def _notes(res: VerifyResult, pairs: list[tuple[str, str]], seen: dict, t_calls: dict, s_calls: dict) -> None:
-    idle = [t for s, t in pairs if t not in res.max_abs_diff]
+    idle = [t for s, t in pairs if t not in res.max_abs_diff and t not in res.not_comparable]
     if idle and seen:
         res.notes.append(f"{len(idle)} paired module(s) not compared: not run on both sides, or no tensor output "
                          f"(e.g. {', '.join(idle[:3])}; a parent may use their weights without calling them)")
-    twice = sorted({t for t, c in t_calls.items() if c > 1} | {s for s, c in s_calls.items() if c > 1})
+    apart = set(res.not_comparable) | {s for s, t in pairs if t in res.not_comparable}  # their counts are said there
+    twice = sorted({t for t, c in t_calls.items() if c > 1 and t not in apart}
+                   | {s for s, c in s_calls.items() if c > 1 and s not in apart})
     if twice:
         res.notes.append(f"{len(twice)} module(s) ran more than once (e.g. {', '.join(twice[:3])}): their first "
                          "calls were compared")
 
 
-def _final(res: VerifyResult, plan: LoadPlan, source: tuple, target: tuple) -> bool | None:
+def _final(res: VerifyResult, plan: LoadPlan, source_names: set[str], source: tuple, target: tuple) -> bool | None:
     """Compare the final outputs into `res`: agree, differ, or None (not compared, `res.final` says why)."""
     (b, why_b), (a, why_a) = source, target
-    blocker = _final_blocker(plan)
+    blocker = _final_blocker(plan, source_names)
     if a is None or b is None:
         res.final = f"final outputs not compared: {why_b or why_a}"
     elif a.shape != b.shape:
@@ -234,7 +328,7 @@ def _final(res: VerifyResult, plan: LoadPlan, source: tuple, target: tuple) -> b
     elif blocker:
         res.final = f"final outputs not compared: {blocker}"
     else:
-        agree, res.final_diff = _compare([a], [b], res.atol, res.rtol)  # type: ignore[misc]
+        agree, res.final_diff = compare([a], [b], res.atol, res.rtol)  # type: ignore[misc]
         res.final = (f"the final output agrees (max |diff| {res.final_diff:.2g})" if agree else
                      f"the final outputs differ (max |diff| {res.final_diff:.3g}, atol {res.atol:g}, rtol {res.rtol:g})")
         return agree
@@ -252,10 +346,14 @@ def verify_inputs(cfg: VerifyConfig, sample: Any | None = None) -> Any:
 
 
 def source_module(source: SourceConfig, verify: VerifyConfig, weights: SourceWeights | None,
-                  stripped_prefix: str = "") -> nn.Module | None:
+                  stripped_prefix: str = "", notes: list[str] | None = None) -> nn.Module | None:
     """The source as a model to run, or None: `mapping.verify.source_model` (the checkpoint's class, built
     and given the source's tensors), else the module the source was read from (`source.model`, a
-    TorchScript archive: sources/read.py keeps it)."""
+    TorchScript archive: sources/read.py keeps it).
+
+    The class may hold part of the checkpoint (a backbone of a file with extra heads): the tensors it
+    leaves out are listed in `notes` (logged when None); a tensor it holds that the file lacks, or
+    holds in another shape, is an error."""
     from ..build import build_model
 
     if weights is None:
@@ -265,14 +363,20 @@ def source_module(source: SourceConfig, verify: VerifyConfig, weights: SourceWei
     where = "mapping.verify.source_model"
     with torch.random.fork_rng(devices=[]):  # its random init is overwritten: leave the run's RNG as it was
         model = build_model(verify.source_model, where)
-    state = model.state_dict()
+    state, name = model.state_dict(), type(model).__name__
     stored = {k: next((n for n in (k, stripped_prefix + k) if n in weights.meta), None) for k in state}
     absent = [k for k, n in stored.items() if n is None]
-    wrong = [k for k, n in stored.items() if n is not None and tuple(state[k].shape) != weights.meta[n].shape]
-    extra = sorted(set(weights.meta) - set(stored.values()))
-    if absent or wrong or extra:
-        raise UserError(f"{where}: {type(model).__name__} does not fit the source's tensors: not in the source "
-                        f"{absent[:3] or 'none'}, other shape {wrong[:3] or 'none'}, only in the source "
-                        f"{extra[:3] or 'none'}. Name the checkpoint's own architecture (with its arguments).")
+    wrong = [f"{k} {tuple(state[k].shape)} vs {weights.meta[n].shape}" for k, n in stored.items()
+             if n is not None and tuple(state[k].shape) != weights.meta[n].shape]
+    if absent or wrong:
+        why = [f"not in the source: {_listed(absent)}" if absent else "",
+               f"another shape (model vs source): {_listed(wrong)}" if wrong else ""]
+        raise UserError(f"{where}: {name} does not fit the source's tensors: {'; '.join(w for w in why if w)}. "
+                        "Name the checkpoint's own architecture (with its arguments).")
     model.load_state_dict({k: weights.get(n) for k, n in stored.items()})
+    extra = sorted(set(weights.meta) - set(stored.values()))
+    if extra:
+        note = (f"{where}: {name} holds {len(stored)} of the source's {len(weights.meta)} tensors; the other "
+                f"{len(extra)} are left out of the run: {_listed(extra)}")
+        notes.append(note) if notes is not None else log.info("%s", note)
     return model

@@ -91,11 +91,13 @@ def verify(r: Run) -> None:
         raise UserError("mapping.verify.enabled=true: there is no source (source.path, source.model, source.weights) "
                         "to verify the load against.")
     plan = r.report.plan
-    src = source_module(r.cfg.source, v, r.weights, plan.stripped_prefix)
+    notes: list[str] = []  # e.g. the tensors of the file that mapping.verify.source_model leaves out
+    src = source_module(r.cfg.source, v, r.weights, plan.stripped_prefix, notes)
     if src is not None:
         sample = _data_sample(r) if v.input_shape is None else None
         result = verify_outputs(src.to(r.device), r.model, plan, verify_inputs(v, sample), v.atol, v.rtol,
                                 source_output=v.source_output, target_output=r.cfg.model.get(MODEL_OUTPUT_KEY))
+        result.notes[:0] = notes
     else:
         result = verify_tensors(plan, r.weights, r.model.state_dict())
     files.write_json(r.run_dir / "verify.json", result.to_dict())

@@ -265,7 +265,7 @@ def test_a_source_model_that_does_not_fit_the_checkpoint():
     weights = read_object(FeaturesNet().state_dict())
     node = {"_target_": "transfer_pipeline.models.BackboneNet"}
     with pytest.raises(UserError, match=r"mapping\.verify\.source_model: BackboneNet does not fit the source's "
-                                        r"tensors: not in the source \['backbone\.0\.weight'"):
+                                        r"tensors: not in the source: backbone\.0\.weight, "):
         source_module(SourceConfig(path="x"), VerifyConfig(source_model=node), weights)
 
 
@@ -347,6 +347,53 @@ def test_a_split_source_pairs_only_its_parent():
     plan = plan_of([(["a.qkv.weight"], "t.q.weight", "split"), (["a.qkv.weight"], "t.k.weight", "split")])
     # t (a container of q and k) and a.qkv (a leaf) hold the same numbers; containers pair with containers
     assert paired_modules(plan, ["", "a", "a.qkv"], ["", "t", "t.q", "t.k"]) == [("a", "t")]
+
+
+def test_a_source_leaf_split_across_a_container_pairs_with_it_when_there_is_no_wrapper():
+    # an nn.LSTM's layers into per-layer LSTMCells: no target leaf holds all of `lstm`, no source wrapper either
+    plan = plan_of([(["lstm.weight_ih_l0"], "rnn.cells.0.weight_ih", "copy"),
+                    (["lstm.weight_ih_l1"], "rnn.cells.1.weight_ih", "copy"), (["proj.weight"], "proj.weight", "copy")])
+    target = ["", "proj", "rnn", "rnn.cells", "rnn.cells.0", "rnn.cells.1"]
+    assert paired_modules(plan, ["", "lstm", "proj"], target) == [("proj", "proj"), ("lstm", "rnn.cells")]
+
+
+def test_a_pair_on_a_module_list_moves_to_the_module_that_calls_it():
+    """verify hooks `rnn` (called once per step), not its never-called `cells` list: reported by call count."""
+    class Cells(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.cells = nn.ModuleList([nn.LSTMCell(4, 4), nn.LSTMCell(4, 4)])
+
+        def forward(self, x, state):
+            for i, cell in enumerate(self.cells):
+                state[i] = cell(x, state[i])
+                x = state[i][0]
+            return x
+
+    class Streaming(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.rnn, self.head = Cells(), nn.Linear(4, 2)
+
+        def forward(self, x):
+            zeros = x.new_zeros(x.shape[0], 4)
+            state = [(zeros, zeros), (zeros, zeros)]
+            return self.head(torch.stack([self.rnn(x[:, t], state) for t in range(x.shape[1])], 1))
+
+    class Sequence(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lstm, self.head = nn.LSTM(4, 4, num_layers=2, batch_first=True), nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.head(self.lstm(x)[0])
+
+    torch.manual_seed(0)
+    rules = [{"from": r"lstm\.(\w+)_l(\d+)", "to": r"rnn.cells.\2.\1"}]
+    source, target, plan = loaded(Sequence(), Streaming(), rules=rules)
+    result = verify_outputs(source, target, plan, torch.randn(2, 5, 4))
+    assert result.ok and "rnn" in result.not_comparable and "5x" in result.not_comparable["rnn"]
+    assert "rnn.cells" not in result.not_comparable and result.final_diff is not None
 
 
 def test_ops_that_change_the_function_and_unloaded_tensors_block_a_pair():
