@@ -51,8 +51,11 @@ def suggest(r: Run, report: Any, weights: Any, mapping: Any) -> None:
             "is: python run.py ... mapping.rules_file=<this file>\n" + got.yaml())
     if got.ambiguous:
         text += "# Ambiguous, not suggested:\n" + "".join(f"#   {a}\n" for a in got.ambiguous)
+    if got.unpaired:
+        text += "# Unpaired (no target of their signature left):\n" + "".join(f"#   {u}\n" for u in got.unpaired)
     files.atomic_write_bytes(r.run_dir / "suggested_rules.yaml", text.encode())
-    r.summary.update(suggested_rules=len(got.rules), suggested_loads=got.loaded, ambiguous_modules=len(got.ambiguous))
+    r.summary.update(suggested_rules=len(got.rules), suggested_loads=got.loaded, ambiguous_modules=len(got.ambiguous),
+                     suggested_op_rules=len(got.op_rules), unpaired_modules=len(got.unpaired))
     log.info("%s\n(written to %s)", printable_text(got.describe()), r.run_dir / "suggested_rules.yaml")
 
 
