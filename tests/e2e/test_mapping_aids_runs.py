@@ -62,3 +62,22 @@ def test_export_verifies_a_source_model_on_a_batch_of_the_configured_data(run_pi
     assert summary["verified"] is True and report["ok"] and report["compared"] > 100
     assert (tmp_path / "export" / "model.safetensors").is_file()
     assert "first validation batch of the configured data (data: synthetic)" in caplog.text
+
+
+def test_an_lstm_into_streaming_cells_through_run_py_plan_then_verified_export(run_pipeline, tmp_path):
+    """tests/model_pairs.py's `lstm` pair as a user runs it: mode=plan suggests the recurrent rule, mode=export
+    with it loads all 12 tensors and verify passes, the per-step cells reported as not comparable."""
+    pair = ("source=none", "+source.model={_target_: model_pairs.source_of, name: lstm}", "model=custom",
+            "model._target_=model_pairs.target_of", "+model.name=lstm", "freeze=none", "mapping=default")
+    plan_dir = tmp_path / "plan"
+    with pytest.raises(UserError, match="loaded nothing by name; the 3 suggested rule"):  # no name matches
+        run_pipeline(*pair, "mode=plan", run_dir=plan_dir)
+    text = (plan_dir / "suggested_rules.yaml").read_text()
+    assert "lstm\\.(\\w+)_l(\\d+)" in text and "rnn.cells.\\2.\\1" in text
+    assert read_json(plan_dir / "summary.json")["ambiguous_modules"] == 0
+    exported, run_dir = run_pipeline(*pair, "mode=export", f"mapping.rules_file={plan_dir / 'suggested_rules.yaml'}",
+                                     "mapping.verify.enabled=true", "mapping.verify.input_shape=[2,7,8]",
+                                     run_dir=tmp_path / "export")
+    report = read_json(run_dir / "verify.json")
+    assert exported["verified"] is True and exported["loaded_fraction"] == 1.0
+    assert report["ok"] and "call count" in report["not_comparable"]["rnn"] and report["final_diff"] < 1e-5
