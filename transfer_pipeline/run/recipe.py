@@ -1,4 +1,4 @@
-"""The recipe: config -> source -> build -> plan -> load -> report -> freeze -> groups -> train -> outputs.
+"""The recipe: config -> source -> build -> plan -> load -> report -> adapters -> freeze -> groups -> train -> outputs.
 
 Each mode's steps are listed in `STEPS` and done top to bottom by lifecycle.run_job, each a plain
 function of one `Run` (state.py: the config, the run folder and what the steps before it made).
@@ -18,7 +18,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from . import classes, endings, load_aids, provenance
+from . import adapting, classes, endings, load_aids, provenance
 from ..errors import Interrupted, UserError
 from ..names import printable_text
 from .state import Run
@@ -182,13 +182,23 @@ def tune(r: Run) -> None:
 
     cfg, model = r.cfg, r.model
     freeze, optim = expand_freeze(cfg.freeze, r.parts), expand_optim(cfg.optim, r.parts)  # @head, @blocks -> names
-    r.freeze = plan_freezing(model, freeze, max(cfg.trainer.epochs, 1))
-    set_requires_grad(model, r.freeze.trainable)
-    r.groups = build_groups(r.freeze.names, optim, r.freeze.events, r.freeze.blocks, no_decay_names(model, optim))
+    if r.adapters is not None:  # the base frozen, the adapters and the head trainable (tuning/adapters.py)
+        from ..tuning.adapters import adapter_freeze_plan, adapter_groups, head_copies
+
+        r.freeze = adapter_freeze_plan(model, freeze, r.adapters)
+        set_requires_grad(model, r.freeze.trainable)
+        r.groups = adapter_groups(model, r.adapters, optim, no_decay_names(model, optim))
+        unused = head_copies(model)  # peft's copy of the loaded head: frozen, not counted
+    else:
+        r.freeze = plan_freezing(model, freeze, max(cfg.trainer.epochs, 1))
+        set_requires_grad(model, r.freeze.trainable)
+        r.groups = build_groups(r.freeze.names, optim, r.freeze.events, r.freeze.blocks, no_decay_names(model, optim))
+        unused = set()
     lrs = initial_lrs(r.groups, r.freeze.trainable, r.freeze.events, cfg.optim.scheduler)
     params = dict(model.named_parameters())
     r.summary.update(trainable_params=sum(params[n].numel() for n in r.freeze.trainable),
-                     frozen_params=sum(p.numel() for n, p in params.items() if n not in r.freeze.trainable))
+                     frozen_params=sum(p.numel() for n, p in params.items()
+                                       if n not in r.freeze.trainable and n not in unused))
     model.train()
     apply_bn_policy(model, r.freeze.bn_modes)
     r.summary["param_groups"] = group_rows(model, r.groups, lrs, r.freeze.bn_modes)
@@ -289,7 +299,8 @@ def train(r: Run) -> None:
     try:
         result = fit(FitJob(cfg, r.run_dir, model, r.optimizer, r.freeze, r.loaders, r.engine, r.task, schedule,
                             stop_requested=r.signals.requested, on_event=on_event, plan_text=r.report.table(),
-                            source=str(r.summary["source"]), resume=r.resume_state, weights_meta=weights_meta(r)))
+                            source=str(r.summary["source"]), resume=r.resume_state, weights_meta=weights_meta(r),
+                            write_weights=adapting.final_weights(r) if r.adapters is not None else None))
     finally:
         r.signals.graceful = False
     state, best = result.state, result.best
@@ -344,10 +355,11 @@ def sync_batchnorm(model: Any, group: Any, device: Any) -> Any:
 # Each mode's steps, in order: a plan reads no tensor data (freezing and groups need names only); eval and
 # predict train nothing, so they neither freeze nor build groups (your own model needs no freeze=none there).
 verify = load_aids.verify
+adapt = adapting.adapt  # adapters=lora | dora: after the load, before freezing and groups; nothing without adapters
 STEPS: dict[Mode, tuple[Callable[[Run], None], ...]] = {
-    Mode.plan: (setup, plan, tune, endings.planned),
+    Mode.plan: (setup, plan, adapt, tune, endings.planned),
     Mode.export: (setup, plan, load, verify, endings.exported),
     Mode.eval: (setup, plan, load, data, verify, endings.evaluated),  # trains nothing: no freeze or groups
-    Mode.train: (setup, resume, plan, load, tune, data, verify, train),
+    Mode.train: (setup, resume, plan, load, adapt, tune, data, verify, train),
     Mode.predict: (setup, plan, load, endings.predicted),
 }

@@ -21,6 +21,7 @@ if TYPE_CHECKING:  # types only: a step imports the heavy modules itself, when i
     from ..training.distributed import Group
     from ..training.engine import Engine
     from ..training.task import TaskMetrics
+    from ..tuning.adapters import AdapterPlan
     from ..tuning.freezing import FreezePlan
     from ..tuning.param_groups import GroupSpec
     from .signals import StopSignals
@@ -52,3 +53,5 @@ class Run:
     group: Group | None = None  # the process group under torchrun (None in a single process)
     main_dir: Path | None = None  # rank 0's run folder (under torchrun the other ranks run in folders of their own)
     source_hash: BackgroundHash | None = None  # of the source files, while it runs
+    adapters: AdapterPlan | None = None  # adapters=lora | dora: the targets and what trains (run/adapting.py)
+    peft_model: Any = None  # peft's wrapper of `model` (adapted in place): saves the adapter and merges

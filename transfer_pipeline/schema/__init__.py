@@ -17,8 +17,8 @@ builds a node from keyword arguments, so a bad value fails before anything runs,
 key, the value and the valid range. What needs the model (selectors, shapes) is checked later.
 
 One module per group (source.py: source + mapping, tuning.py: freeze + optim, data.py: data +
-predict, trainer.py, task.py); here the top level (RunConfig) and the way in from Hydra. Every
-name is importable from `transfer_pipeline.schema`. Light on purpose: no torch import, it runs
+predict, trainer.py, task.py, adapters.py); here the top level (RunConfig) and the way in from
+Hydra. Every name is importable from `transfer_pipeline.schema`. Light on purpose: no torch import, it runs
 before every command.
 """
 
@@ -32,6 +32,7 @@ from typing import Any, Dict, List
 
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from .adapters import AdapterMethod, AdaptersConfig, refuse_unsupported  # noqa: F401
 from .checks import check_count
 from ..errors import UserError, did_you_mean, not_a_key
 from .data import (  # noqa: F401
@@ -96,6 +97,7 @@ class RunConfig:
     data: Any = None  # DataConfig (conf/data's files are typed by it) or your own `_target_` node; see data_config
     loss: Any = None  # a `_target_` node (conf/loss); null = the task's (cross-entropy, BCE, MSE)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    adapters: AdaptersConfig = field(default_factory=AdaptersConfig)  # LoRA / DoRA on a frozen base (docs/adapters.md)
     predict: PredictConfig = field(default_factory=PredictConfig)
     logger: List[str] = field(default_factory=lambda: ["csv"])  # metric writers: csv (always on), tensorboard
 
@@ -132,6 +134,7 @@ class RunConfig:
             raise UserError(f"trainer.resume: resumes training, and mode={self.mode.value}; drop trainer.resume.")
         if self.mode == Mode.train and epochs < 1:
             raise UserError(f"trainer.epochs={epochs}: train at least one epoch (or use mode=plan).")
+        refuse_unsupported(self)  # what adapters do not work with yet
         for i, ev in enumerate(self.freeze.schedule):
             if self.mode == Mode.train and ev.epoch is not None and ev.epoch >= epochs:
                 raise UserError(f"freeze.schedule[{i}].epoch={ev.epoch}: the run trains epochs 0..{epochs - 1} "

@@ -45,7 +45,8 @@ class FitJob:
     `task`: task.TaskMetrics (loss, metrics); `resume`: a loaded checkpoints/last.pt to continue from;
     `on_event`: gets the freeze plan's events as they fire; `plan_text`: the load table the loggers
     start with; `source`: where the weights came from (model.safetensors metadata); `weights_meta`:
-    extra metadata of the weights files (class names).
+    extra metadata of the weights files (class names); `write_weights`: writes model.safetensors
+    instead of `write_final_weights` (adapters: adapter/ and the merged weights).
     """
 
     cfg: RunConfig
@@ -63,6 +64,7 @@ class FitJob:
     source: str
     resume: dict[str, Any] | None = None
     weights_meta: dict[str, str] | None = None
+    write_weights: Callable[[FitJob, Best], None] | None = None  # the final weights' writer; None: write_final_weights
 
 
 @dataclass
@@ -85,7 +87,7 @@ def fit(job: FitJob) -> FitResult:
     finally:
         keeper.close()
     if not result.interrupted and keeper.main:
-        write_final_weights(job, keeper.best)
+        (job.write_weights or write_final_weights)(job, keeper.best)
     return result
 
 

@@ -1,0 +1,248 @@
+"""adapters=lora | dora (tuning/adapters.py, adapter_export.py, schema/adapters.py): the config's checks and
+refusals, target resolution, peft injection with our names, the merge and its check, peft's adapter format."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+from helpers import ROOT
+from transfer_pipeline.errors import UserError
+from transfer_pipeline.models import DigitsCNN
+from transfer_pipeline.schema import AdapterMethod, AdaptersConfig, BatchNormPolicy, FreezeConfig, OptimConfig
+from transfer_pipeline.tuning.adapter_export import check_merge, merged_model, write_adapter
+from transfer_pipeline.tuning.adapters import (
+    adapter_freeze_plan,
+    adapter_groups,
+    inject,
+    plan_adapters,
+    resolve_targets,
+)
+
+LORA = AdaptersConfig(method=AdapterMethod.lora)
+
+
+def loaded_cnn(seed: int = 0) -> DigitsCNN:
+    """The default transfer's target as the load leaves it: the shipped weights, a fresh 5-class head."""
+    from safetensors.torch import load_file
+
+    from transfer_pipeline.models.digits import PRETRAINED_0TO4
+
+    torch.manual_seed(seed)
+    model = DigitsCNN(num_classes=5)
+    model.load_state_dict({k: v for k, v in load_file(PRETRAINED_0TO4).items() if not k.startswith("head.")},
+                          strict=False)
+    return model
+
+
+def adapted(model: nn.Module, cfg: AdaptersConfig = LORA, targets=None, freeze: FreezeConfig | None = None):
+    plan = plan_adapters(model, cfg, targets, freeze or FreezeConfig(trainable=["head"]), ["head"])
+    return plan, inject(model, plan)
+
+
+# --- the config ------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("override, message", [
+    ("adapters.rank=0", r"adapters\.rank=0: must be a whole number >= 1"),
+    ("adapters.rank=-2", r"adapters\.rank=-2: must be a whole number >= 1"),
+    ("adapters.alpha=0", r"adapters\.alpha=0\.0: must be a finite number > 0"),
+    ("adapters.dropout=1", r"adapters\.dropout=1\.0: must be a finite number >= 0 and < 1"),
+    ("adapters.dropout=-0.1", r"adapters\.dropout=-0\.1"),
+    ("adapters.lr=0", r"adapters\.lr=0\.0: must be a finite number > 0"),
+    ("adapters.targets=[]", r"adapters\.targets=\[\]: a non-empty list of selectors"),
+])
+def test_bad_values_fail_at_composition(compose, override, message):
+    with pytest.raises(UserError, match=message):
+        compose("adapters=lora", override)
+
+
+def test_a_misspelt_key_fails_at_once(compose):
+    from hydra.errors import ConfigCompositionException
+
+    with pytest.raises(ConfigCompositionException, match="adapters.rnak"):
+        compose("adapters=lora", "adapters.rnak=4")
+
+
+def test_a_value_set_with_adapters_off_is_an_error(compose):
+    with pytest.raises(UserError, match=r"adapters\.rank is set but adapters are off \(adapters=none\)"):
+        compose("adapters.rank=4")
+
+
+def test_defaults_off_and_lora_selects_the_adapters_freeze(compose):
+    assert not compose().adapters.enabled and compose().freeze.schedule  # the default run is unchanged
+    cfg = compose("adapters=lora")
+    assert cfg.adapters.method.value == "lora" and cfg.adapters.rank == 8 and cfg.adapters.targets is None
+    assert cfg.freeze.trainable == ["@head"] and cfg.freeze.schedule == []
+    assert compose("adapters=dora").adapters.method.value == "dora"
+    assert compose("adapters=lora", "freeze=linear_probe").freeze.bn.value == "frozen"  # a freeze=... wins
+
+
+@pytest.mark.parametrize("override, key", [
+    ("trainer.ema.decay=0.9", "trainer.ema"),
+    ("trainer.precision=16", "trainer.precision=16"),
+    ("trainer.compile=true", "trainer.compile"),
+    ("trainer.channels_last=true", "trainer.channels_last"),
+    ("trainer.cache_features=true", "trainer.cache_features"),
+    ("freeze=head_then_block2", "freeze.schedule"),
+    ("freeze=gradual", "freeze.gradual"),
+    ("freeze=none", "freeze.bn=train"),
+    ("optim.layer_decay=0.5", "optim.layer_decay"),
+    ("+optim.groups=[{params: [head], lr: 0.1}]", "optim.groups"),
+    ("mapping.verify.enabled=true", "mapping.verify"),
+    ("mode=eval", "mode=eval"),
+    ("mode=export", "mode=export"),
+    ("mode=predict", "mode=predict"),
+    ("trainer.resume=auto", "trainer.resume"),
+])
+def test_unsupported_combinations_are_refused_by_name(compose, override, key):
+    with pytest.raises(UserError, match=rf"^{key.replace('.', '[.]')}.* with adapters \(adapters\.method=lora\) is "
+                                        "not supported yet"):
+        compose("adapters=lora", override)
+
+
+# --- targets ---------------------------------------------------------------------------------------------
+
+def test_default_targets_are_every_conv_and_linear_but_the_head():
+    assert resolve_targets(DigitsCNN(), None, ["head"]) == ["stem.0", "block1.0", "block2.0"]
+    assert resolve_targets(DigitsCNN(neck=True), None, ["head"]) == ["stem.0", "block1.0", "block2.0", "neck.0"]
+
+
+def test_a_block_selects_its_layers_and_parts_of_other_kinds_are_left():
+    assert resolve_targets(DigitsCNN(), ["block2"], ["head"]) == ["block2.0"]
+    assert resolve_targets(DigitsCNN(), ["re:block\\d\\.0"], ["head"]) == ["block1.0", "block2.0"]
+
+
+@pytest.mark.parametrize("selectors, message", [
+    (["blok2"], r"adapters\.targets\[0\]: selector 'blok2' matches no layer with parameters\. Closest names: block2"),
+    (["block2.1"], r"adapters\.targets\[0\]: 'block2\.1' selects 'block2\.1', a BatchNorm2d; adapters go on Linear"),
+    (["*.1"], r"adapters\.targets\[0\]: '\*\.1' selects 'stem\.1', a BatchNorm2d"),
+    (["block2", "re:("], r"adapters\.targets\[1\]: selector 're:\(' is not a valid regex"),
+])
+def test_wrong_targets_are_errors_naming_the_selector(selectors, message):
+    with pytest.raises(UserError, match=message):
+        resolve_targets(DigitsCNN(), selectors, ["head"])
+
+
+def test_layers_torch_reads_by_weight_are_refused():
+    """nn.MultiheadAttention reads out_proj.weight itself, and nn.TransformerEncoderLayer's fused eval path its
+    linear1/linear2 weights: an adapter there would silently do nothing (in evaluation)."""
+    from transfer_pipeline.models import TextTransformer
+
+    model = TextTransformer(vocab_size=50, max_len=8)
+    out_proj = next(n for n, m in model.named_modules() if n.endswith("self_attn.out_proj"))
+    assert resolve_targets(model, None, ["classifier"]) == ["pooler.dense"]
+    with pytest.raises(UserError, match="reads its weight directly"):
+        resolve_targets(model, [out_proj], ["classifier"])
+    with pytest.raises(UserError, match="fused inference path"):  # nn.TransformerEncoderLayer's linear1 in eval
+        resolve_targets(model, [out_proj.replace("self_attn.out_proj", "linear1")], ["classifier"])
+
+
+def test_overlaps_with_freezing_are_errors():
+    model = DigitsCNN()
+    with pytest.raises(UserError, match=r"'block2\.0' is also selected by freeze\.frozen\[0\]='block2'"):
+        plan_adapters(model, LORA, ["block2"], FreezeConfig(trainable=["head"], frozen=["block2"]), ["head"])
+    with pytest.raises(UserError, match=r"'head' is in the head .* trains in full"):
+        plan_adapters(model, LORA, ["head"], FreezeConfig(trainable=["head"]), ["head"])
+    with pytest.raises(UserError, match=r"also trains 'block2\.0\.weight'.*not supported yet with adapters"):
+        plan_adapters(model, LORA, None, FreezeConfig(trainable=["head", "block2"]), ["head"])
+    plan = plan_adapters(model, LORA, None, FreezeConfig(trainable=["head"], frozen=["block2"]), ["head"])
+    assert plan.targets == ["stem.0", "block1.0"]  # targets=null leaves freeze.frozen's layers out
+
+
+# --- injection, freezing and groups ----------------------------------------------------------------------------
+
+def test_injection_keeps_our_names_and_trains_only_adapters_and_head():
+    model = loaded_cnn()
+    plan, peft_model = adapted(model, targets=["block1", "block2"])
+    assert peft_model.base_model.model is model
+    names = [n for n, _ in model.named_parameters()]
+    assert "block2.0.base_layer.weight" in names and "block2.0.lora_A.default.weight" in names
+    freeze = adapter_freeze_plan(model, FreezeConfig(trainable=["head"]), plan)
+    assert freeze.trainable == {"block1.0.lora_A.default.weight", "block1.0.lora_B.default.weight",
+                                "block2.0.lora_A.default.weight", "block2.0.lora_B.default.weight",
+                                "head.modules_to_save.default.weight", "head.modules_to_save.default.bias"}
+    assert plan.adapter_params == sum(p.numel() for n, p in model.named_parameters() if ".lora_" in n)
+    assert plan.head_params == 64 * 5 + 5
+    assert plan.trainable_fraction == pytest.approx(plan.trainable_params / (plan.base_params + plan.adapter_params))
+    groups = adapter_groups(model, plan, OptimConfig(lr=0.01), set())
+    assert [(g.name, g.lr) for g in groups] == [("adapters", 0.01), ("default", 0.01)]
+    assert set(groups[0].names) == set(plan.adapter_names)
+    lr_plan, _ = adapted(loaded_cnn(), AdaptersConfig(method=AdapterMethod.lora, lr=0.5))
+    assert lr_plan.lr == 0.5
+
+
+def test_batchnorm_that_would_move_is_refused():
+    model = loaded_cnn()
+    plan, _ = adapted(model)
+    with pytest.raises(UserError, match=r"BatchNorm layer 'stem\.1' of the base would update its statistics"):
+        adapter_freeze_plan(model, FreezeConfig(trainable=["head"], bn=BatchNormPolicy.train), plan)
+
+
+# --- merge, its check, and the files ------------------------------------------------------------------------
+
+def trained(model: nn.Module) -> None:
+    """Stand-in for training: every adapter and the head away from their start."""
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if p.requires_grad:
+                p.add_(0.05 * torch.randn_like(p))
+
+
+@pytest.mark.parametrize("method", ["lora", "dora"])
+def test_merged_weights_have_the_targets_names_and_the_adapted_outputs(tmp_path, method):
+    model = loaded_cnn()
+    base_keys = list(model.state_dict())
+    plan, peft_model = adapted(model, AdaptersConfig(method=AdapterMethod(method), rank=4))
+    trained(model)
+    x = torch.randn(16, 1, 8, 8)
+    merged = merged_model(peft_model, plan.base_keys)
+    assert list(merged.state_dict()) == base_keys
+    assert check_merge(model, merged, x, None) <= 1e-4
+    plain = DigitsCNN(num_classes=5)
+    plain.load_state_dict(merged.state_dict())
+    model.eval()
+    plain.eval()
+    with torch.no_grad():
+        assert torch.allclose(plain(x), model(x), atol=1e-5)
+        assert not torch.allclose(plain.stem[0].weight, loaded_cnn().stem[0].weight)  # the update is in the weight
+
+
+def test_the_adapter_folder_is_peft_format_and_loads_onto_the_same_base(tmp_path):
+    from peft import PeftModel
+
+    model = loaded_cnn()
+    _, peft_model = adapted(model, AdaptersConfig(method=AdapterMethod.lora, rank=4))
+    trained(model)
+    size = write_adapter(peft_model, tmp_path / "adapter")
+    assert {"adapter_config.json", "adapter_model.safetensors"} <= {p.name for p in (tmp_path / "adapter").iterdir()}
+    assert size == (tmp_path / "adapter" / "adapter_model.safetensors").stat().st_size
+    assert not list(tmp_path.glob(".adapter.*"))  # written beside it and renamed
+    loaded = PeftModel.from_pretrained(loaded_cnn(seed=7), str(tmp_path / "adapter"))  # another random head
+    x = torch.randn(16, 1, 8, 8)
+    model.eval()
+    loaded.eval()
+    with torch.no_grad():
+        assert torch.allclose(loaded(x), model(x), atol=1e-6)
+
+
+def test_a_merge_that_disagrees_fails_the_run():
+    model = loaded_cnn()
+    plan, peft_model = adapted(model)
+    trained(model)
+    merged = merged_model(peft_model, plan.base_keys)
+    with torch.no_grad():
+        merged.block2[0].weight.add_(0.1)
+    with pytest.raises(UserError, match=r"the merged model and the adapted model disagree .* allowed 0\.0001"):
+        check_merge(model, merged, torch.randn(8, 1, 8, 8), None)
+
+
+def test_peft_is_imported_only_with_adapters():
+    code = ("import sys, transfer_pipeline.run.recipe, transfer_pipeline.schema, transfer_pipeline.tuning.freezing; "
+            "print('peft' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
