@@ -105,6 +105,9 @@ def test_cli_run_with_lora(tmp_path):
     assert "Adapters: lora" in out.stdout + out.stderr
     assert (tmp_path / "run" / "adapter" / "adapter_model.safetensors").is_file()
     assert read_json(tmp_path / "run" / "summary.json")["adapters"]["adapter_bytes"] > 0
-    bad = run_cli("adapters=lora", "trainer.resume=auto", f"hydra.run.dir={tmp_path / 'bad'}")
+    bad = run_cli("adapters=lora", "trainer.compile=true", f"hydra.run.dir={tmp_path / 'bad'}")
     assert bad.returncode != 0
-    assert "trainer.resume with adapters (adapters.method=lora) is not supported yet" in bad.stdout + bad.stderr
+    assert "trainer.compile with adapters (adapters.method=lora) is not supported yet" in bad.stdout + bad.stderr
+    evaluated = run_cli("mode=eval", f"source.adapter={tmp_path / 'run' / 'adapter'}", f"hydra.run.dir={tmp_path / 'ev'}")
+    assert evaluated.returncode == 0, evaluated.stderr[-2000:]
+    assert read_json(tmp_path / "ev" / "summary.json")["val_acc"] == read_json(tmp_path / "run" / "summary.json")["val_acc"]

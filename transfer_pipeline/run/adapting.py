@@ -1,15 +1,19 @@
-"""Adapters in a run (adapters=lora | dora, docs/adapters.md): the `adapt` step and the run's adapter outputs.
+"""Adapters in a run (adapters=lora | dora, source.adapter; docs/adapters.md): the `adapt` step and the outputs.
 
 `adapt` runs after the load (the base holds its weights) and before `tune`, which then freezes and
-groups the adapted model (tuning/adapters.py). `finish` replaces fit's model.safetensors: with
-adapters the run writes adapter/ and the merged weights, after checking the merge on a batch.
+groups the adapted model (tuning/adapters.py); with `source.adapter` it puts a saved adapter on
+(tuning/adapter_reuse.py), for every mode. `finish` replaces fit's model.safetensors: with
+adapters the run writes adapter/ and the merged weights, after checking the merge on a batch;
+`exported` is mode=export's ending (the merged weights when an adapter is on).
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
+from . import endings
 from ..errors import UserError
 from .state import Run
 
@@ -17,37 +21,131 @@ log = logging.getLogger(__name__)
 
 
 def adapt(r: Run) -> None:
-    """`adapters`: resolve the targets on the loaded base, show them, and put the adapters in (peft)."""
-    a = r.cfg.adapters
-    if not a.enabled:
+    """`adapters` / `source.adapter`: resolve the targets on the loaded base, show them, put the adapters in (peft),
+    and for `source.adapter` the saved adapter's tensors."""
+    a, spec = r.cfg.adapters, r.cfg.source.adapter
+    if not a.enabled and spec is None:
         return
     from ..model_parts import expand_freeze
     from ..tuning.adapters import inject, plan_adapters
 
     if r.group is not None:
-        raise UserError(f"torchrun (DDP, {r.group.world} processes) with adapters (adapters.method={a.method.value}) "
-                        "is not supported yet: run in one process.")
+        what = f"adapters (adapters.method={a.method.value})" if a.enabled else "source.adapter"
+        raise UserError(f"torchrun (DDP, {r.group.world} processes) with {what} is not supported yet: run in one "
+                        "process.")
     freeze = expand_freeze(r.cfg.freeze, r.parts)
+    if spec is not None:
+        r.peft_model = put_saved(r, spec, freeze)
+        return
     r.adapters = plan_adapters(r.model, a, r.parts.names(a.targets, "adapters.targets"), freeze, list(r.parts.head))
     r.peft_model = inject(r.model, r.adapters)
     log.info(r.adapters.describe())
     r.summary["adapters"] = r.adapters.to_dict()
 
 
-def finish(r: Run, which: str) -> None:
-    """adapter/ and model.safetensors (merged) from the model as it is now (`which`: last, or the best epoch)."""
+def put_saved(r: Run, spec: str, freeze: Any) -> Any:
+    """`source.adapter`: the saved adapter onto the loaded base, through the same injection as a fresh run.
+
+    Training (mode=train, and its plan) goes on with adapters on, so `adapters=...` and `freeze` must
+    describe this adapter; mode=eval / predict / export take everything from the folder.
+    """
+    from ..schema import Mode
+    from ..sources.saved_adapter import read_saved
+    from ..tuning.adapter_reuse import check_fits, check_modules, check_same, load_saved, saved_plan
+    from ..tuning.adapters import inject, plan_adapters
+    from .folder import check_source_outside
+
+    a, mode = r.cfg.adapters, r.cfg.mode
+    saved = read_saved(spec)
+    check_source_outside([saved.folder / f for f in ("adapter_config.json", "adapter_model.safetensors")],
+                         r.main_dir or r.run_dir, "source.adapter")
+    targets = check_modules(r.model, saved)
+    training = mode in (Mode.train, Mode.plan)
+    if training and not a.enabled:
+        raise UserError(f"source.adapter={spec}: mode={mode.value} trains the adapter on, which needs it described: "
+                        f"add adapters={saved.method} adapters.rank={saved.rank} adapters.alpha={saved.alpha:g} (its "
+                        "adapter_config.json); or use mode=eval, predict or export with the adapter as saved.")
+    given = f"adapters={a.method.value}" if a.enabled else ""
+    if training:  # the freeze config is checked as for fresh adapters, then must say what the adapter is
+        selectors = (r.parts.names(a.targets, "adapters.targets") if a.targets is not None
+                     else [f"re:{re.escape(t)}" for t in targets])  # exactly the saved layers
+        r.adapters = plan_adapters(r.model, a, selectors, freeze, list(r.parts.head))
+    else:
+        chosen = targets
+        if a.enabled and a.targets is not None:
+            from ..tuning.adapters import resolve_targets
+
+            chosen = resolve_targets(r.model, r.parts.names(a.targets, "adapters.targets"), list(r.parts.head))
+        r.adapters = saved_plan(r.model, saved, chosen, a.dropout if a.enabled else saved.dropout, a.lr)
+        if a.enabled:
+            r.adapters.method, r.adapters.rank, r.adapters.alpha = a.method.value, a.rank, float(a.alpha)
+    if given:
+        check_same(saved, r.adapters, given)
+    peft_model = inject(r.model, r.adapters)
+    check_fits(peft_model, saved)
+    if mode != Mode.plan:  # a plan reads no tensor data: names and shapes are checked
+        load_saved(peft_model, saved, r.cfg.source.allow_nonfinite)
+    log.info("%s\n  put on from source.adapter=%s (%s bytes, sha256 %s)", r.adapters.describe(), saved.folder,
+             f"{saved.bytes:,}", saved.sha256[:16])
+    r.summary["adapters"] = r.adapters.to_dict()
+    r.summary["source_adapter"] = saved.to_dict()
+    return peft_model
+
+
+def not_loaded(r: Run) -> list[str]:
+    """The target's tensors neither the load nor a saved adapter's head (source.adapter) gave a value."""
+    missing = list(r.report.missing)
+    if r.cfg.source.adapter is not None and r.adapters is not None:
+        from ..tuning.adapters import _under
+
+        missing = [n for n in missing if not _under(n, r.adapters.head)]
+    return missing
+
+
+def head_from_adapter(r: Run) -> bool:
+    """Whether the outputs come from a head the saved adapter holds (so the base file's class names do not apply)."""
+    return r.cfg.source.adapter is not None and r.adapters is not None and bool(r.adapters.head)
+
+
+def write_merged(r: Run, which: str) -> float:
+    """model.safetensors: the adapters merged into the base (target's names), after the merge is checked on a
+    validation batch; returns the check's largest relative difference."""
     from .. import files
-    from ..tuning.adapter_export import ADAPTER_DIR, MERGE_RTOL, check_merge, merged_model, write_adapter
+    from ..tuning.adapter_export import check_merge, merged_model
 
     merged = merged_model(r.peft_model, r.adapters.base_keys)
     x, _ = r.engine.batch(next(iter(r.loaders[1])))
     err = check_merge(r.model, merged, x, r.engine.output)
-    size = write_adapter(r.peft_model, r.run_dir / ADAPTER_DIR)
     files.save_weights(r.run_dir / "model.safetensors", merged.state_dict(),
                        {**weights_meta(r), "source": str(r.summary["source"]), "weights": f"{which}, adapters merged"})
+    return err
+
+
+def finish(r: Run, which: str) -> None:
+    """adapter/ and model.safetensors (merged) from the model as it is now (`which`: last, or the best epoch)."""
+    from ..tuning.adapter_export import ADAPTER_DIR, MERGE_RTOL, write_adapter
+
+    err = write_merged(r, which)  # checked before adapter/ is written: a bad merge writes neither
+    size = write_adapter(r.peft_model, r.run_dir / ADAPTER_DIR)
     r.summary["adapters"].update(adapter_bytes=size, merge_max_rel_diff=err, merge_rtol=MERGE_RTOL)
     log.info("Adapters: adapter/ (peft format, %s bytes) and model.safetensors (merged; outputs agree to %.2g x "
              "their scale on a validation batch, allowed %g)", f"{size:,}", err, MERGE_RTOL)
+
+
+def exported(r: Run) -> None:
+    """mode=export: with source.adapter, model.safetensors is the adapter merged into the base (checked on a batch
+    of the configured data); adapter/ is not copied (summary.json's source_adapter names it and its sha256)."""
+    if r.peft_model is None:
+        return endings.exported(r)
+    from ..tuning.adapter_export import MERGE_RTOL
+    from .recipe import data
+
+    data(r)  # the batch the merge is checked on
+    err = write_merged(r, f"source.adapter {r.cfg.source.adapter}")
+    r.summary["adapters"].update(merge_max_rel_diff=err, merge_rtol=MERGE_RTOL)
+    r.summary["status"] = "exported"
+    log.info("Exported %s weights with the adapter merged in to %s (outputs agree to %.2g x their scale on a "
+             "validation batch, allowed %g)", r.report.target_name, r.run_dir / "model.safetensors", err, MERGE_RTOL)
 
 
 def final_weights(r: Run) -> Any:

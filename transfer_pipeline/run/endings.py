@@ -33,11 +33,14 @@ def evaluated(r: Run) -> None:
     from .. import files
     from ..training.evaluate import evaluate
 
-    if r.report.missing:
+    from .adapting import head_from_adapter, not_loaded
+
+    missing = not_loaded(r)  # a saved adapter's head (source.adapter) gives the head its values
+    if missing:
         log.warning("mode=eval: %d tensor(s) were not loaded (%s%s) and keep their random init; to evaluate trained "
-                    "weights give source.path=<run>/model.safetensors with mapping=default", len(r.report.missing),
-                    ", ".join(r.report.missing[:3]), " ..." if len(r.report.missing) > 3 else "")
-    else:  # the outputs are the weights' own: their classes must be the data's
+                    "weights give source.path=<run>/model.safetensors with mapping=default", len(missing),
+                    ", ".join(missing[:3]), " ..." if len(missing) > 3 else "")
+    elif not head_from_adapter(r):  # the outputs are the weights' own: their classes must be the data's
         from ..training.predict import check_same_classes, saved_classes
 
         check_same_classes(saved_classes(r.weights.extra if r.weights is not None else {}, r.cfg.task),
@@ -72,13 +75,17 @@ def predicted(r: Run) -> None:
     from ..training.predict import check_same_classes, image_inputs, predict, saved_classes
     from ..training.progress import bar_factory
 
+    from .adapting import head_from_adapter, not_loaded
+
     cfg = r.cfg
-    if r.report.missing:
-        shown = ", ".join(r.report.missing[:5]) + (" ..." if len(r.report.missing) > 5 else "")
-        raise UserError(f"mode=predict: {len(r.report.missing)} tensor(s) of the model were not loaded ({shown}), so "
+    missing = not_loaded(r)  # a saved adapter's head (source.adapter) gives the head its values
+    if missing:
+        shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
+        raise UserError(f"mode=predict: {len(missing)} tensor(s) of the model were not loaded ({shown}), so "
                         "its predictions would come from random weights. Load every tensor: mapping=default (no "
                         "mapping.exclude), and source.path = the trained run's model.safetensors.")
-    names = saved_classes(r.weights.extra if r.weights is not None else {}, cfg.task)
+    # the base file's class names are not those of a head the saved adapter brings
+    names = None if head_from_adapter(r) else saved_classes(r.weights.extra if r.weights is not None else {}, cfg.task)
     if cfg.predict.input is not None:
         dataset, labelled = image_inputs(cfg), False
     else:

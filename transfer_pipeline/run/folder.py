@@ -144,12 +144,12 @@ def mark(folder: Path, kind: str) -> None:
         path.write_text(f"{kind} folder of transfer_pipeline: runs may write and clean up here\n")
 
 
-def check_source_outside(files: list[Path], run_dir: Path) -> None:
+def check_source_outside(files: list[Path], run_dir: Path, where: str = "source.path") -> None:
     """The source checkpoint can never be an output: refuse source files inside the run folder."""
     run_dir = Path(run_dir).resolve()
     inside = [f for f in files if run_dir in Path(f).resolve().parents]
     if inside:
-        raise UserError(f"source.path: {inside[0]} is inside the run folder {run_dir}, where this run writes its "
+        raise UserError(f"{where}: {inside[0]} is inside the run folder {run_dir}, where this run writes its "
                         "own files (model.safetensors, checkpoints/ ...) and could replace the weights it reads. "
                         "Give the run another folder (hydra.run.dir=...), or copy the checkpoint elsewhere.")
 

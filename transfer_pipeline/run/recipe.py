@@ -355,11 +355,11 @@ def sync_batchnorm(model: Any, group: Any, device: Any) -> Any:
 # Each mode's steps, in order: a plan reads no tensor data (freezing and groups need names only); eval and
 # predict train nothing, so they neither freeze nor build groups (your own model needs no freeze=none there).
 verify = load_aids.verify
-adapt = adapting.adapt  # adapters=lora | dora: after the load, before freezing and groups; nothing without adapters
+adapt = adapting.adapt  # adapters=lora | dora, source.adapter: after the load, before freezing and groups
 STEPS: dict[Mode, tuple[Callable[[Run], None], ...]] = {
     Mode.plan: (setup, plan, adapt, tune, endings.planned),
-    Mode.export: (setup, plan, load, verify, endings.exported),
-    Mode.eval: (setup, plan, load, data, verify, endings.evaluated),  # trains nothing: no freeze or groups
+    Mode.export: (setup, plan, load, adapt, verify, adapting.exported),  # source.adapter: merged in
+    Mode.eval: (setup, plan, load, adapt, data, verify, endings.evaluated),  # trains nothing: no freeze or groups
     Mode.train: (setup, resume, plan, load, adapt, tune, data, verify, train),
-    Mode.predict: (setup, plan, load, endings.predicted),
+    Mode.predict: (setup, plan, load, adapt, endings.predicted),
 }

@@ -48,15 +48,19 @@ class AdaptersConfig:
 
 def refuse_unsupported(cfg: Any) -> None:
     """What adapters do not work with yet (a RunConfig): refused before anything runs, one message naming the key."""
+    saved = cfg.source.adapter
+    if saved is not None and cfg.mapping.verify.enabled:  # verify compares the plain base, the adapter changes it
+        raise UserError("mapping.verify with source.adapter is not supported yet: verify the base's load in a run "
+                        "without source.adapter.")
     if not cfg.adapters.enabled:
         return
     t, mode = cfg.trainer, cfg.mode.value
     merged = "a trained run's model.safetensors has the adapters merged in: use it with adapters=none"
+    if mode in ("eval", "export", "predict") and saved is None:  # fresh adapters: the untrained base, said plainly
+        raise UserError(f"mode={mode} with adapters (adapters.method={cfg.adapters.method.value}) needs the trained "
+                        "adapter: source.adapter=<run>/adapter (the base as source.path says, the adapter put on); or "
+                        f"{merged} (source.path=<run>/model.safetensors mapping=default).")
     refused = [
-        (mode in ("eval", "export", "predict"), f"mode={mode}", f"{merged} (source.path=<run>/model.safetensors "
-                                                                "mapping=default)"),
-        (t.resume is not None, "trainer.resume", "start a fresh run"),
-        (t.ema.decay is not None, "trainer.ema", "drop trainer.ema.decay"),
         (t.precision == "16", "trainer.precision=16", "use trainer.precision=bf16 or 32"),
         (t.compile, "trainer.compile", "drop trainer.compile"),
         (t.channels_last, "trainer.channels_last", "drop trainer.channels_last"),

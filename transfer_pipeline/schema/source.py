@@ -33,6 +33,9 @@ class SourceConfig:
     meta_init: bool = True  # build the target on the meta device and assign loaded tensors (fast); false = build normally
     allow_nonfinite: bool = False  # load NaN / inf weights (e.g. to inspect a broken checkpoint); else an error
     allow_lossy_cast: bool = False  # load bool/int/complex into float (or the reverse), or floats that overflow the target
+    # a saved adapter (a folder with adapter_config.json + adapter_model.safetensors: a run's adapter/, or peft's
+    # save_pretrained) put onto the loaded base: to evaluate, predict, export merged, or train on (docs/adapters.md)
+    adapter: Optional[str] = None
 
 
 @dataclass

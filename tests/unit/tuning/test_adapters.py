@@ -82,7 +82,6 @@ def test_defaults_off_and_lora_selects_the_adapters_freeze(compose):
 
 
 @pytest.mark.parametrize("override, key", [
-    ("trainer.ema.decay=0.9", "trainer.ema"),
     ("trainer.precision=16", "trainer.precision=16"),
     ("trainer.compile=true", "trainer.compile"),
     ("trainer.channels_last=true", "trainer.channels_last"),
@@ -93,15 +92,26 @@ def test_defaults_off_and_lora_selects_the_adapters_freeze(compose):
     ("optim.layer_decay=0.5", "optim.layer_decay"),
     ("+optim.groups=[{params: [head], lr: 0.1}]", "optim.groups"),
     ("mapping.verify.enabled=true", "mapping.verify"),
-    ("mode=eval", "mode=eval"),
-    ("mode=export", "mode=export"),
-    ("mode=predict", "mode=predict"),
-    ("trainer.resume=auto", "trainer.resume"),
 ])
 def test_unsupported_combinations_are_refused_by_name(compose, override, key):
     with pytest.raises(UserError, match=rf"^{key.replace('.', '[.]')}.* with adapters \(adapters\.method=lora\) is "
                                         "not supported yet"):
         compose("adapters=lora", override)
+
+
+@pytest.mark.parametrize("mode", ["eval", "export", "predict"])
+def test_modes_without_training_need_the_trained_adapter(compose, mode):
+    with pytest.raises(UserError, match=rf"^mode={mode} with adapters \(adapters\.method=lora\) needs the trained "
+                                        r"adapter: source\.adapter=<run>/adapter"):
+        compose("adapters=lora", f"mode={mode}")
+    assert compose("adapters=lora", f"mode={mode}", "source.adapter=somewhere").source.adapter == "somewhere"
+    with pytest.raises(UserError, match=r"^mapping\.verify with source\.adapter is not supported yet"):
+        compose(f"mode={mode}", "source.adapter=somewhere", "mapping.verify.enabled=true")
+
+
+def test_resume_and_ema_work_with_adapters(compose):
+    cfg = compose("adapters=lora", "trainer.resume=auto", "trainer.ema.decay=0.9")
+    assert cfg.trainer.resume == "auto" and cfg.trainer.ema.decay == 0.9
 
 
 # --- targets ---------------------------------------------------------------------------------------------
@@ -246,3 +256,162 @@ def test_peft_is_imported_only_with_adapters():
             "print('peft' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+# --- source.adapter: a saved adapter back onto its base (tuning/adapter_reuse.py) ----------------------------
+
+def saved_folder(tmp_path, model: nn.Module | None = None, rank: int = 4, method: str = "lora", targets=None):
+    """A trained adapter written as a run writes it (adapter/), and the adapted model it came from."""
+    model = model if model is not None else loaded_cnn()
+    _, peft_model = adapted(model, AdaptersConfig(method=AdapterMethod(method), rank=rank), targets=targets)
+    trained(model)
+    write_adapter(peft_model, tmp_path / "adapter")
+    return tmp_path / "adapter", model.eval()
+
+
+def put_on(folder, model: nn.Module, load: bool = True):
+    from transfer_pipeline.sources.saved_adapter import read_saved
+    from transfer_pipeline.tuning.adapter_reuse import check_fits, check_modules, load_saved, saved_plan
+
+    saved = read_saved(str(folder))
+    plan = saved_plan(model, saved, check_modules(model, saved), saved.dropout, None)
+    peft_model = inject(model, plan)
+    check_fits(peft_model, saved)
+    if load:
+        load_saved(peft_model, saved)
+    return saved, plan, peft_model
+
+
+@pytest.mark.parametrize("method", ["lora", "dora"])
+def test_a_saved_adapter_on_a_fresh_base_gives_the_trained_outputs(tmp_path, method):
+    import hashlib
+
+    folder, trained_model = saved_folder(tmp_path, method=method)
+    fresh = loaded_cnn(seed=7)  # another random head: the adapter's head replaces it
+    saved, plan, _ = put_on(folder, fresh)
+    assert (saved.method, saved.rank, saved.alpha, saved.head) == (method, 4, 16.0, ["head"])
+    assert plan.targets == ["stem.0", "block1.0", "block2.0"] and sorted(saved.targets) == sorted(plan.targets)
+    data = (folder / "adapter_model.safetensors").read_bytes()
+    assert saved.sha256 == hashlib.sha256(data).hexdigest() and saved.bytes == len(data)
+    x = torch.randn(16, 1, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(fresh.eval()(x), trained_model(x))
+        assert not torch.allclose(loaded_cnn(seed=7).eval()(x), trained_model(x))  # the adapter is what made it so
+
+
+def test_a_plan_checks_names_and_shapes_without_reading_tensors(tmp_path):
+    folder, _ = saved_folder(tmp_path)
+    with torch.device("meta"):
+        meta = DigitsCNN(num_classes=5)
+    _, plan, _ = put_on(folder, meta, load=False)
+    assert plan.targets == ["stem.0", "block1.0", "block2.0"]
+
+
+def test_wrong_folders_are_refused_with_one_message(tmp_path):
+    from transfer_pipeline.sources.saved_adapter import read_saved
+
+    folder, _ = saved_folder(tmp_path)
+    with pytest.raises(UserError, match=r"^source\.adapter: no such file: .*nowhere"):
+        read_saved(str(tmp_path / "nowhere"))
+    with pytest.raises(UserError, match=r"^source\.adapter: .* is a file, not a folder"):
+        read_saved(str(folder / "adapter_config.json"))
+    with pytest.raises(UserError, match=r"has no adapter_config\.json; a saved adapter is a folder with .* "
+                                        rf"{tmp_path / 'adapter'} has one: source\.adapter="):
+        read_saved(str(tmp_path))  # the run folder, not its adapter/
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match=r"empty has no adapter_config\.json"):
+        read_saved(str(tmp_path / "empty"))
+
+
+def corrupt(folder, name: str, change) -> None:
+    path = folder / name
+    path.chmod(0o644)
+    data = path.read_bytes()
+    path.write_bytes(change(data))
+
+
+@pytest.mark.parametrize("name, change, message", [
+    ("adapter_model.safetensors", lambda b: b[:len(b) // 2], r"adapter_model\.safetensors is truncated"),
+    ("adapter_model.safetensors", lambda b: b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all}" + b[24:],
+     r"corrupt safetensors header: the header is not JSON"),
+    ("adapter_model.safetensors", lambda b: b"", r"truncated or not safetensors"),
+    ("adapter_config.json", lambda b: b"{r: 4", r"adapter_config\.json is not JSON"),
+    ("adapter_config.json", lambda b: b.replace(b'"LORA"', b'"IA3"'), r"is a 'IA3' adapter; only LoRA and DoRA"),
+    ("adapter_config.json", lambda b: b.replace(b'"use_rslora": false', b'"use_rslora": true'),
+     r"sets use_rslora=True, which this pipeline's adapters do not put on"),
+    ("adapter_config.json", lambda b: b.replace(b'"r": 4', b'"r": 0'), r"has r=0; the rank is a whole number >= 1"),
+])
+def test_corrupt_files_are_refused_naming_the_file(tmp_path, name, change, message):
+    from transfer_pipeline.sources.saved_adapter import read_saved
+
+    folder, _ = saved_folder(tmp_path)
+    corrupt(folder, name, change)
+    with pytest.raises(UserError, match=rf"^source\.adapter: .*{message}"):
+        read_saved(str(folder))
+
+
+def test_a_fifo_in_place_of_the_file_is_refused_as_source_path_is(tmp_path):
+    import os
+
+    from transfer_pipeline.sources.saved_adapter import read_saved
+
+    folder, _ = saved_folder(tmp_path)
+    (folder / "adapter_model.safetensors").unlink()
+    os.mkfifo(folder / "adapter_model.safetensors")
+    with pytest.raises(UserError, match=r"^source\.adapter: .* is a FIFO \(named pipe\), not a file or folder"):
+        read_saved(str(folder))
+
+
+def test_an_adapter_for_other_layers_names_them(tmp_path):
+    from transfer_pipeline.sources.saved_adapter import read_saved
+    from transfer_pipeline.tuning.adapter_reuse import check_modules
+
+    torch.manual_seed(0)
+    folder, _ = saved_folder(tmp_path, DigitsCNN(neck=True), targets=["neck.0", "block2"])
+    saved = read_saved(str(folder))
+    with pytest.raises(UserError, match=r"^source\.adapter: the adapter in .* is on module\(s\) DigitsCNN does not "
+                                        r"have: neck\.0\..*another model"):
+        check_modules(DigitsCNN(), saved)
+
+
+@pytest.mark.parametrize("model, change, message", [
+    (lambda: DigitsCNN(widths=(16, 48, 64)), None,
+     r"block1\.0\.lora_B\.weight is \(32, 4, 1, 1\) in the adapter and \(48, 4, 1, 1\) here \(rank 4 on 'block1\.0', "
+     r"here Conv2d\(16, 48"),
+    (lambda: DigitsCNN(num_classes=10), None, r"head\.weight is \(5, 64\) in the adapter and \(10, 64\) here"),
+    (lambda: DigitsCNN(), lambda b: b.replace(b'"r": 4', b'"r": 8'),
+     r"stem\.0\.lora_A\.weight is \(4, 1, 3, 3\) in the adapter and \(8, 1, 3, 3\) here \(rank 8"),
+])
+def test_shapes_that_do_not_fit_are_refused_naming_the_tensor(tmp_path, model, change, message):
+    folder, _ = saved_folder(tmp_path)
+    if change is not None:
+        corrupt(folder, "adapter_config.json", change)
+    with pytest.raises(UserError, match=rf"^source\.adapter: {message}"):
+        put_on(folder, model())
+
+
+def test_nonfinite_adapter_tensors_are_refused(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    folder, _ = saved_folder(tmp_path)
+    path = folder / "adapter_model.safetensors"
+    tensors = load_file(path)
+    tensors["base_model.model.block2.0.lora_B.weight"][0] = float("nan")
+    path.chmod(0o644)
+    save_file(tensors, path)
+    with pytest.raises(UserError, match=r"holds NaN or inf in base_model\.model\.block2\.0\.lora_B\.weight"):
+        put_on(folder, loaded_cnn())
+
+
+def test_a_config_that_asks_for_other_adapters_names_both(tmp_path):
+    from transfer_pipeline.sources.saved_adapter import read_saved
+    from transfer_pipeline.tuning.adapter_reuse import check_same
+
+    folder, _ = saved_folder(tmp_path)
+    saved = read_saved(str(folder))
+    plan = plan_adapters(loaded_cnn(), AdaptersConfig(method=AdapterMethod.dora), ["block2"],
+                         FreezeConfig(trainable=["head"]), ["head"])
+    with pytest.raises(UserError, match=r"not the one adapters=dora asks for:\n  method: lora in the adapter, dora in "
+                                        r"the config\n  rank: 4 in the adapter, 8 in the config\n  targets: .*"
+                                        r"\['block2\.0'\] in the config\n.*adapters=lora adapters\.rank=4"):
+        check_same(saved, plan, "adapters=dora")
