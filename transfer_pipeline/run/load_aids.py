@@ -64,14 +64,14 @@ def suggestion_first(r: Run, error: UserError) -> UserError:
     that uses it come first, ahead of the generic fixes (which never knew of the file)."""
     import shlex
 
+    from .signals import command_with
+
     path = r.run_dir / "suggested_rules.yaml"
     if not r.summary.get("suggested_rules") or not path.is_file() or "loaded nothing" not in str(error):
         return error
     origins = r.signals.origins if r.signals is not None else None
-    overrides = origins.overrides if origins is not None else None
-    keep = [o for o in overrides or () if not o.lstrip("+~").startswith(("mapping.rules_file", "hydra.run.dir"))]
-    shown = " ".join(shlex.quote(o) for o in keep) if overrides is not None else "<the same overrides>"
-    command = f"python run.py {shown} mapping.rules_file={shlex.quote(str(path))}".replace("  ", " ")
+    command = command_with(origins.overrides if origins is not None else None, ("mapping.rules_file", "hydra.run.dir"),
+                           f"mapping.rules_file={shlex.quote(str(path))}")
     return UserError(f"The source loaded nothing by name; the {r.summary['suggested_rules']} suggested rule(s) "
                      f"above load {r.summary.get('suggested_loads', 0)} tensor(s) and are written to {path}. Use them "
                      f"(add mapping.verify.enabled=true to prove the load):\n  {command}\n\n{error}")

@@ -125,9 +125,16 @@ class StopSignals:
                 signal.signal(s, handler)
 
 
+def command_with(overrides: list[str] | tuple[str, ...] | None, drop: tuple[str, ...], add: str,
+                 launcher: str = "python run.py") -> str:
+    """The run's command again: its overrides (None: not known) less those starting with `drop`, then `add`."""
+    keep = [o for o in overrides or () if not o.lstrip("+~").startswith(drop)]
+    shown = " ".join(shlex.quote(o) for o in keep) if overrides is not None else "<the same overrides>"
+    return f"{launcher} {shown} {add}".replace("  ", " ")
+
+
 def resume_command(overrides: list[str] | tuple[str, ...] | None, run_dir: Path, launcher: str = "python run.py") -> str:
     """The command that continues the run in `run_dir` from its checkpoints/last.pt: the same overrides
     (None: not known), trainer.resume=auto and the same folder."""
-    keep = [o for o in overrides or () if not o.lstrip("+~").startswith(("trainer.resume", "hydra.run.dir"))]
-    shown = " ".join(shlex.quote(o) for o in keep) if overrides is not None else "<the same overrides>"
-    return f"{launcher} {shown} trainer.resume=auto hydra.run.dir={shlex.quote(str(run_dir))}".replace("  ", " ")
+    return command_with(overrides, ("trainer.resume", "hydra.run.dir"),
+                        f"trainer.resume=auto hydra.run.dir={shlex.quote(str(run_dir))}", launcher)
