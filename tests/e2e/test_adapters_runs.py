@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from helpers import read_json, run_cli
+from helpers import ROOT, read_json, run_cli
 from transfer_pipeline.errors import UserError
 from transfer_pipeline.models import DigitsCNN
 from transfer_pipeline.models.digits import PRETRAINED_0TO4
@@ -79,19 +79,56 @@ def test_dora_bf16_best_weights_on_chosen_targets(run_pipeline):
     assert read_json(run_dir / "adapter" / "adapter_config.json")["use_dora"] is True
 
 
-def test_text_transformer_with_lora(run_pipeline):
-    summary, run_dir = run_pipeline("experiment=text_classifier", "adapters=lora", "freeze=adapters", *FAST)
+def test_shipped_text_lora_experiment_trains_the_encoder_adapters(run_pipeline, tmp_path):
+    """experiment=text_lora: adapters on both encoder layers' feed-forward Linears (inside nn.TransformerEncoderLayer)
+    and the pooler; adapter/ loads with PeftModel.from_pretrained onto the shipped base; mode=eval with
+    source.adapter reproduces the run's own validation loss (the fused eval path would have skipped them)."""
+    from peft import PeftModel
+    from transfer_pipeline.models import TextTransformer
+
+    summary, run_dir = run_pipeline("experiment=text_lora", *FAST, run_dir=tmp_path / "run")
     assert summary["status"] == "completed"
-    assert summary["adapters"]["targets"] == ["pooler.dense"]  # the encoder layers' Linears are read by weight
+    ffn = [f"encoder.layers.{i}.linear{j}" for i in range(2) for j in (1, 2)]
+    assert summary["adapters"]["targets"] == ffn + ["pooler.dense"] and summary["adapters"]["head"] == ["classifier"]
     merged = load_file(run_dir / "model.safetensors")
-    assert not any("lora_" in k or "base_layer" in k for k in merged)
+    assert not any("lora_" in k or "base_layer" in k or "modules_to_save" in k for k in merged)
+    source = load_file(ROOT / "transfer_pipeline" / "assets" / "text_transformer_sport_food.safetensors")
+    assert set(merged) == set(source)
+    assert not torch.equal(merged["encoder.layers.0.linear1.weight"], source["encoder.layers.0.linear1.weight"])
+    assert torch.equal(merged["encoder.layers.0.self_attn.in_proj_weight"],
+                       source["encoder.layers.0.self_attn.in_proj_weight"])  # no adapter there: as loaded
+
+    import yaml
+
+    config = {k: v for k, v in yaml.safe_load((ROOT / "conf" / "model" / "text_transformer.yaml").read_text()).items()
+              if not k.startswith("_") and k != "output"}
+    base, expect = TextTransformer(**config), TextTransformer(**config)
+    base.load_state_dict(source)
+    expect.load_state_dict(merged)
+    adapter = PeftModel.from_pretrained(base, str(run_dir / "adapter")).eval()
+    torch.backends.mha.set_fastpath_enabled(False)  # plain peft leaves torch's fused encoder path on (docs/adapters.md)
+    ids = torch.randint(1, config["vocab_size"], (8, 12))
+    ids[:, 9:] = config["pad_id"]
+    with torch.no_grad():
+        try:
+            assert torch.allclose(adapter(ids).logits, expect.eval()(ids).logits, atol=1e-5)
+        finally:
+            torch.backends.mha.set_fastpath_enabled(True)
+
+    evaluated, _ = run_pipeline("experiment=text_lora", "mode=eval", f"source.adapter={run_dir / 'adapter'}",
+                                run_dir=tmp_path / "eval")
+    plain, _ = run_pipeline("experiment=text_classifier", "mode=eval", f"source.path={run_dir / 'model.safetensors'}",
+                            run_dir=tmp_path / "plain")
+    split = evaluated["eval_split"]
+    assert evaluated[f"{split}_loss"] == pytest.approx(plain[f"{split}_loss"], rel=1e-5)  # adapter = merged weights
 
 
 @pytest.mark.parametrize("overrides, message", [
     (("adapters.targets=[blok2]",), r"adapters\.targets\[0\]: selector 'blok2' matches no layer.*Closest names: block2"),
     (("adapters.targets=[block2.1]",), r"'block2\.1', a BatchNorm2d; adapters go on Linear"),
     (("freeze.frozen=[block2]", "adapters.targets=[block2]"), r"'block2\.0' is also selected by freeze\.frozen\[0\]"),
-    (("freeze.trainable=[head,block2]",), r"also trains 'block2\.0\.weight'.*not supported yet with adapters"),
+    (("freeze.trainable=[head,block2]", "adapters.targets=[block2]"),
+     r"adapters\.targets: 'block2\.0' gets an adapter, and freeze\.trainable trains 'block2\.0\.weight' in full"),
 ])
 def test_wrong_targets_fail_the_run_with_one_message(run_pipeline, overrides, message):
     with pytest.raises(UserError, match=message):
@@ -105,9 +142,9 @@ def test_cli_run_with_lora(tmp_path):
     assert "Adapters: lora" in out.stdout + out.stderr
     assert (tmp_path / "run" / "adapter" / "adapter_model.safetensors").is_file()
     assert read_json(tmp_path / "run" / "summary.json")["adapters"]["adapter_bytes"] > 0
-    bad = run_cli("adapters=lora", "trainer.compile=true", f"hydra.run.dir={tmp_path / 'bad'}")
+    bad = run_cli("adapters=lora", "trainer.cache_features=true", f"hydra.run.dir={tmp_path / 'bad'}")
     assert bad.returncode != 0
-    assert "trainer.compile with adapters (adapters.method=lora) is not supported yet" in bad.stdout + bad.stderr
+    assert "trainer.cache_features with adapters (adapters.method=lora) is not supported yet" in bad.stdout + bad.stderr
     evaluated = run_cli("mode=eval", f"source.adapter={tmp_path / 'run' / 'adapter'}", f"hydra.run.dir={tmp_path / 'ev'}")
     assert evaluated.returncode == 0, evaluated.stderr[-2000:]
     assert read_json(tmp_path / "ev" / "summary.json")["val_acc"] == read_json(tmp_path / "run" / "summary.json")["val_acc"]

@@ -28,7 +28,7 @@ ALLOWED = {
     "sources": SHARED | {"schema", "build"},
     "inspect": {"sources"},
     "mapping": SHARED | {"schema", "build", "sources"},
-    "tuning": SHARED | {"schema"},
+    "tuning": SHARED | {"schema", "mapping"},  # mapping.verify's per-module recording checks the adapters' merge
     "data": SHARED | {"schema", "build", "sources"},
     "training": SHARED | {"schema", "build", "sources", "tuning", "data"},
     "api": SHARED | {"schema", "build", "sources", "mapping", "tuning", "model_parts"},

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -25,7 +25,8 @@ from ..sources.read import SourceWeights
 from ..model_io import call, forward_fault, is_shape_error, pick_output, shape_text, to_device
 from .pairs import EXACT_OPS, paired_modules
 from .plan import LoadPlan
-from .verify_compare import AGREE, FAULTY, NOT_COMPARABLE, Seen, compare, judge, observe, tensors
+from .verify_compare import AGREE, FAULTY, NOT_COMPARABLE, Seen, compare, judge
+from .verify_record import record_pairs
 
 log = logging.getLogger(__name__)
 
@@ -122,18 +123,6 @@ def _run(model: nn.Module, inputs: Any, side: str) -> Any:
                         "take a batch of the configured data (models that read token ids need that).") from None
 
 
-def _hook_all(model: nn.Module, names: Iterable[str], on_first: Any, calls: dict[str, int]) -> list:
-    """Forward hooks calling `on_first(name, args, output)` on each module's first call; calls counted."""
-    modules, handles = dict(model.named_modules()), []
-    for name in names:
-        def hook(_m: nn.Module, args: Any, out: Any, name: str = name) -> None:
-            calls[name] = calls.get(name, 0) + 1
-            if calls[name] == 1:  # a module run twice (shared weights) is compared on its first call only
-                on_first(name, args, out)
-        handles.append(modules[name].register_forward_hook(hook))
-    return handles
-
-
 def _final_blocker(plan: LoadPlan, source_names: set[str]) -> str | None:
     """Why the whole models need not agree even when the load is right; None when they must."""
     fresh = [m for m in plan.missing if not m.endswith("num_batches_tracked")]
@@ -159,7 +148,8 @@ def _pick(out: Any, spec: int | str | None, side: str) -> tuple[torch.Tensor | N
 @torch.no_grad()
 def verify_outputs(source_model: nn.Module, target_model: nn.Module, plan: LoadPlan, inputs: Any,
                    atol: float = 1e-5, rtol: float = 1e-4, source_output: int | str | None = None,
-                   target_output: int | str | None = None) -> VerifyResult:
+                   target_output: int | str | None = None,
+                   target_modules: Mapping[str, nn.Module] | None = None) -> VerifyResult:
     """Run both models (eval, no grad) on `inputs` (a tensor or a dict of keyword inputs) and compare.
 
     Paired modules (`paired_modules`) compare their first call's outputs; a pair whose computations
@@ -168,43 +158,20 @@ def verify_outputs(source_model: nn.Module, target_model: nn.Module, plan: LoadP
     side's `model.output`) compare when their shapes agree and the plan loads the whole target by
     exact ops; when they agree, only a real difference (agreeing inputs, differing outputs of
     corresponding modules) fails. Every module's training flag is restored afterwards.
+    `target_modules`: the target's modules by the names the plan uses, where they are not its own
+    (a model with adapters: the wrapped base layers, tuning/adapter_export.plain_modules).
     """
-    s_mods, t_mods = dict(source_model.named_modules()), dict(target_model.named_modules())
+    s_mods = dict(source_model.named_modules())
+    t_mods = dict(target_modules) if target_modules is not None else dict(target_model.named_modules())
     pairs = _called(paired_modules(plan, list(s_mods), list(t_mods)), s_mods, t_mods)
     src_of = {t: s for s, t in pairs}
     res = VerifyResult(ok=True, compared=0, atol=atol, rtol=rtol)
-    seen: dict[str, tuple[list, list]] = {}  # source module -> its first call's (inputs, outputs)
-    s_calls: dict[str, int] = {}
-    t_calls: dict[str, int] = {}
-    observed: list[Seen] = []  # target pairs' first calls, in the order the target computed them
-
-    def on_source(name: str, args: Any, out: Any) -> None:
-        seen[name] = (tensors(args), tensors(out))
-
-    def on_target(name: str, args: Any, out: Any) -> None:  # compared at once: only the source's are kept
-        if src_of[name] in seen:
-            p = observe(name, src_of[name], s_mods.get(src_of[name]), t_mods[name], args, out, seen[src_of[name]],
-                        atol, rtol)
-            observed.extend([p] if p is not None else [])
-
-    modes = {m: m.training for model in (source_model, target_model) for m in model.modules()}
-    handles: list = []
-    try:
-        source_model.eval(), target_model.eval()
-        try:
-            handles += _hook_all(source_model, src_of.values(), on_source, s_calls)
-        except RuntimeError:  # TorchScript modules take no hooks: only the final outputs can be compared
-            res.notes.append("the source is TorchScript (no forward hooks): only the final outputs are compared")
-        out_s = _run(source_model, inputs, "source")
-        handles += _hook_all(target_model, src_of, on_target, t_calls)
-        out_t = _run(target_model, inputs, "target")
-    finally:
-        for h in handles:
-            h.remove()
-        for m, mode in modes.items():
-            m.training = mode
-    final = _final(res, plan, set(source_model.state_dict()), _pick(out_s, source_output, "source"),
-                   _pick(out_t, target_output, "target"))
+    rec = record_pairs(source_model, target_model, src_of, s_mods, t_mods, inputs, atol, rtol, run=_run)
+    if not rec.hooked_source:
+        res.notes.append("the source is TorchScript (no forward hooks): only the final outputs are compared")
+    seen, observed, s_calls, t_calls = rec.seen, rec.observed, rec.s_calls, rec.t_calls
+    final = _final(res, plan, set(source_model.state_dict()), _pick(rec.out_s, source_output, "source"),
+                   _pick(rec.out_t, target_output, "target"))
     faulty, downstream, whys = _judge_all(res, observed, s_mods, t_mods, s_calls, t_calls, final)
     _notes(res, pairs, seen, t_calls, s_calls)
     # a difference on inputs that already differ is excused only by final outputs that agree; a proof needs

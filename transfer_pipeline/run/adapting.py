@@ -29,10 +29,6 @@ def adapt(r: Run) -> None:
     from ..model_parts import expand_freeze
     from ..tuning.adapters import inject, plan_adapters
 
-    if r.group is not None:
-        what = f"adapters (adapters.method={a.method.value})" if a.enabled else "source.adapter"
-        raise UserError(f"torchrun (DDP, {r.group.world} processes) with {what} is not supported yet: run in one "
-                        "process.")
     freeze = expand_freeze(r.cfg.freeze, r.parts)
     if spec is not None:
         r.peft_model = put_saved(r, spec, freeze)
@@ -122,12 +118,19 @@ def write_merged(r: Run, which: str) -> float:
 
 
 def finish(r: Run, which: str) -> None:
-    """adapter/ and model.safetensors (merged) from the model as it is now (`which`: last, or the best epoch)."""
+    """adapter/ and model.safetensors (merged) from the model as it is now (`which`: last, or the best epoch).
+
+    Under torchrun rank 0 alone writes them (fit calls this on rank 0 only). `r.peft_model` / `r.model` are the
+    plain modules that DDP and torch.compile only wrap for the forward, so the merge and peft's saving see the
+    adapted model's own names (no `module.` or `_orig_mod.`)."""
     from ..tuning.adapter_export import ADAPTER_DIR, MERGE_RTOL, write_adapter
 
+    if not r.engine.is_main:  # another rank's copy: the same weights, rank 0 writes them
+        return
     err = write_merged(r, which)  # checked before adapter/ is written: a bad merge writes neither
     size = write_adapter(r.peft_model, r.run_dir / ADAPTER_DIR)
-    r.summary["adapters"].update(adapter_bytes=size, merge_max_rel_diff=err, merge_rtol=MERGE_RTOL)
+    r.summary["adapters"].update(adapter_bytes=size, merge_max_rel_diff=float(err), merge_rtol=MERGE_RTOL,
+                                 **err.to_dict())
     log.info("Adapters: adapter/ (peft format, %s bytes) and model.safetensors (merged; outputs agree to %.2g x "
              "their scale on a validation batch, allowed %g)", f"{size:,}", err, MERGE_RTOL)
 
@@ -142,7 +145,7 @@ def exported(r: Run) -> None:
 
     data(r)  # the batch the merge is checked on
     err = write_merged(r, f"source.adapter {r.cfg.source.adapter}")
-    r.summary["adapters"].update(merge_max_rel_diff=err, merge_rtol=MERGE_RTOL)
+    r.summary["adapters"].update(merge_max_rel_diff=float(err), merge_rtol=MERGE_RTOL, **err.to_dict())
     r.summary["status"] = "exported"
     log.info("Exported %s weights with the adapter merged in to %s (outputs agree to %.2g x their scale on a "
              "validation batch, allowed %g)", r.report.target_name, r.run_dir / "model.safetensors", err, MERGE_RTOL)

@@ -7,6 +7,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any
 
@@ -81,7 +83,9 @@ def verify(r: Run) -> None:
     """`mapping.verify`: prove the load before anything is written with it (mapping/verify.py).
 
     With a source model: both run on the same seeded input (or a validation batch), compared module
-    by module; without one: every loaded tensor against its source tensor after the op.
+    by module; without one: every loaded tensor against its source tensor after the op. With adapters
+    (adapters=..., source.adapter) the load is the base's: it is verified with the adapters disabled
+    (peft's disable_adapter), on the base layers under the load's names, and verify.json says so.
     """
     v = r.cfg.mapping.verify
     if not v.enabled:
@@ -96,20 +100,48 @@ def verify(r: Run) -> None:
     plan = r.report.plan
     notes: list[str] = []  # e.g. the tensors of the file that mapping.verify.source_model leaves out
     src = source_module(r.cfg.source, v, r.weights, plan.stripped_prefix, notes)
-    if src is not None:
-        sample = _data_sample(r) if v.input_shape is None else None
-        result = verify_outputs(src.to(r.device), r.model, plan, verify_inputs(v, sample), v.atol, v.rtol,
-                                source_output=v.source_output, target_output=r.cfg.model.get(MODEL_OUTPUT_KEY))
-        result.notes[:0] = notes
-    else:
-        result = verify_tensors(plan, r.weights, r.model.state_dict())
-    files.write_json(r.run_dir / "verify.json", result.to_dict())
+    sample = _data_sample(r) if src is not None and v.input_shape is None else None
+    with _base_only(r) as (modules, state):
+        if src is not None:
+            result = verify_outputs(src.to(r.device), r.model, plan, verify_inputs(v, sample), v.atol, v.rtol,
+                                    source_output=v.source_output, target_output=r.cfg.model.get(MODEL_OUTPUT_KEY),
+                                    target_modules=modules)
+            result.notes[:0] = notes
+        else:
+            result = verify_tensors(plan, r.weights, state if state is not None else r.model.state_dict())
+    what = _what_was_verified(r)
+    files.write_json(r.run_dir / "verify.json", {**result.to_dict(), **({"verified_model": what} if what else {})})
     r.summary["verified"] = result.ok
+    text = result.describe() + (f"\n  verified: {what}" if what else "")
     if not result.ok:
-        raise UserError(f"{result.describe()}\nNothing was written with these weights (verify.json has the details); "
+        raise UserError(f"{text}\nNothing was written with these weights (verify.json has the details); "
                         "fix mapping.rules (mode=plan shows the pairs), or loosen mapping.verify.atol / rtol if the "
                         "difference is rounding.")
-    log.info("%s", result.describe())
+    log.info("%s", text)
+
+
+@contextmanager
+def _base_only(r: Run) -> Iterator[tuple[Any, Any]]:
+    """With adapters on (r.peft_model): the adapters disabled while verify runs, and the base's modules and
+    tensors under the load's names, (modules, state); without: (None, None), nothing changed."""
+    if r.peft_model is None:
+        yield None, None
+        return
+    from ..tuning.adapter_export import plain_modules, plain_state
+
+    with r.peft_model.disable_adapter():
+        yield plain_modules(r.model, adapted=False), plain_state(r.model)
+
+
+def _what_was_verified(r: Run) -> str | None:
+    """With adapters: what verify checked (the base, as loaded), for verify.json and the log; None without."""
+    if r.peft_model is None:
+        return None
+    a = r.adapters
+    on = f"adapters.method={a.method} on {len(a.targets)} layer(s)" if a is not None else "adapters"
+    saved = f", source.adapter={r.cfg.source.adapter}" if r.cfg.source.adapter is not None else ""
+    return (f"the base as loaded, with the adapters disabled ({on}{saved}): the load is proven; the adapters "
+            "are not part of it (the merge check compares them with the merged weights)")
 
 
 def _data_sample(r: Run) -> Any:

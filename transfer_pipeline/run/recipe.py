@@ -182,13 +182,13 @@ def tune(r: Run) -> None:
 
     cfg, model = r.cfg, r.model
     freeze, optim = expand_freeze(cfg.freeze, r.parts), expand_optim(cfg.optim, r.parts)  # @head, @blocks -> names
-    if r.adapters is not None:  # the base frozen, the adapters and the head trainable (tuning/adapters.py)
-        from ..tuning.adapters import adapter_freeze_plan, adapter_groups, head_copies
+    if r.adapters is not None:  # the adapters, and what freeze trains in full, in the target's names (tuning/adapter_tuning.py)
+        from ..tuning.adapter_tuning import adapter_freeze_plan, adapter_groups, adapter_no_decay, head_copies
 
-        r.freeze = adapter_freeze_plan(model, freeze, r.adapters)
+        r.freeze = adapter_freeze_plan(model, freeze, r.adapters, max(cfg.trainer.epochs, 1))
         set_requires_grad(model, r.freeze.trainable)
-        r.groups = adapter_groups(model, r.adapters, optim, no_decay_names(model, optim))
-        unused = head_copies(model)  # peft's copy of the loaded head: frozen, not counted
+        r.groups = adapter_groups(model, r.adapters, optim, adapter_no_decay(model, r.adapters, optim), r.freeze)
+        unused = head_copies(model)  # peft's copies of the loaded head and layers: frozen, not counted
     else:
         r.freeze = plan_freezing(model, freeze, max(cfg.trainer.epochs, 1))
         set_requires_grad(model, r.freeze.trainable)

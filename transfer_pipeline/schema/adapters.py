@@ -13,11 +13,14 @@ from ..errors import UserError
 class AdapterMethod(Enum):
     lora = "lora"  # low-rank updates B @ A added to the frozen weight (peft LoraConfig)
     dora = "dora"  # LoRA plus a trained magnitude per output (peft LoraConfig(use_dora=True))
+    rslora = "rslora"  # LoRA scaled by alpha / sqrt(rank) instead of alpha / rank (peft LoraConfig(use_rslora=True))
+    loha = "loha"  # a Hadamard product of two low-rank updates (peft LoHaConfig); no Embedding layers
+    lokr = "lokr"  # a Kronecker product of two small factors (peft LoKrConfig); no Embedding layers
 
 
 @dataclass
 class AdaptersConfig:
-    method: Optional[AdapterMethod] = None  # lora | dora; null = no adapters (adapters=none)
+    method: Optional[AdapterMethod] = None  # lora | dora | rslora | loha | lokr; null = no adapters (adapters=none)
     targets: Optional[List[str]] = None  # selectors of the layers that get adapters; null = every Linear/Conv but @head
     rank: int = 8  # the rank r of each update
     alpha: float = 16.0  # the update is scaled by alpha / rank
@@ -49,9 +52,6 @@ class AdaptersConfig:
 def refuse_unsupported(cfg: Any) -> None:
     """What adapters do not work with yet (a RunConfig): refused before anything runs, one message naming the key."""
     saved = cfg.source.adapter
-    if saved is not None and cfg.mapping.verify.enabled:  # verify compares the plain base, the adapter changes it
-        raise UserError("mapping.verify with source.adapter is not supported yet: verify the base's load in a run "
-                        "without source.adapter.")
     if not cfg.adapters.enabled:
         return
     t, mode = cfg.trainer, cfg.mode.value
@@ -61,19 +61,9 @@ def refuse_unsupported(cfg: Any) -> None:
                         "adapter: source.adapter=<run>/adapter (the base as source.path says, the adapter put on); or "
                         f"{merged} (source.path=<run>/model.safetensors mapping=default).")
     refused = [
-        (t.precision == "16", "trainer.precision=16", "use trainer.precision=bf16 or 32"),
-        (t.compile, "trainer.compile", "drop trainer.compile"),
-        (t.channels_last, "trainer.channels_last", "drop trainer.channels_last"),
         (t.cache_features, "trainer.cache_features", "the adapters change the backbone's features as they train"),
-        (bool(cfg.freeze.schedule), "freeze.schedule", "the base stays frozen and the adapters train from the start; "
-                                                       "use freeze=adapters (adapters=lora selects it unless freeze=... "
-                                                       "is given) or freeze.schedule=[]"),
-        (cfg.freeze.gradual.enabled, "freeze.gradual", "use freeze=adapters"),
         (cfg.freeze.bn.value == "train", "freeze.bn=train", "the base's BatchNorm statistics stay as loaded; use "
                                                              "freeze.bn=auto"),
-        (bool(cfg.optim.groups), "optim.groups", "adapters.lr sets the adapters' LR, optim.lr the head's"),
-        (cfg.optim.layer_decay is not None, "optim.layer_decay", "adapters.lr sets the adapters' LR"),
-        (cfg.mapping.verify.enabled, "mapping.verify", "verify the load in a run without adapters"),
     ]
     for hit, key, hint in refused:
         if hit:

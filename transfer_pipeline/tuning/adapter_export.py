@@ -4,7 +4,10 @@ The merge is peft's (`merge_and_unload` on a copy, so the adapted model stays as
 update goes into its base weight, the head's trained copy takes the head's place, and what is
 left is the target model with its own names. Before anything is written the merged copy and the
 adapted model must give the same outputs on a batch: the largest difference at most
-`MERGE_RTOL` x max(1, the largest output magnitude), float32, without autocast.
+`MERGE_RTOL` x max(1, the largest output magnitude), float32, without autocast. The check runs
+through mapping.verify's per-module recording (mapping/verify.py `record_pairs`): every module of
+the merged copy is paired with the adapted model's module of the same plain name (`plain_modules`:
+a layer peft wrapped answers for its name), so a merge that goes wrong is named where it starts.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from torch import nn
 
 from ..errors import UserError
 from ..model_io import call, pick_output
+from ..names import join_name
 
 MERGE_RTOL = 1e-4
 ADAPTER_DIR = "adapter"
@@ -37,25 +41,90 @@ def merged_model(peft_model: Any, base_keys: list[str]) -> nn.Module:
     return merged
 
 
-def check_merge(adapted: nn.Module, merged: nn.Module, x: Any, output: int | str | None) -> float:
-    """The largest output difference of merged vs adapted on `x`, relative to max(1, the largest output);
-    a UserError (the run fails, nothing is written) when it exceeds MERGE_RTOL."""
-    was = adapted.training
-    adapted.eval()
-    merged.eval()
-    try:
-        with torch.no_grad():
-            a = pick_output(call(adapted, x), output).float()
-            b = pick_output(call(merged, x), output).float()
-    finally:
-        adapted.train(was)
+def plain_modules(model: nn.Module, adapted: bool) -> dict[str, nn.Module]:
+    """A model with adapters as modules under the names they have without them (the load's, the merged
+    model's): a layer peft wrapped answers for its name as the wrapper (`adapted`: its output has the
+    update in) or as the base layer it wraps; the head (modules_to_save) as peft's trained copy
+    (`adapted`) or the loaded original. The adapters' own parts (lora_A, hada_w1_a, ...) have no plain name."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+    from peft.utils import ModulesToSaveWrapper
+
+    out: dict[str, nn.Module] = {}
+
+    def walk(module: nn.Module, name: str) -> None:
+        inner = module
+        if isinstance(module, BaseTunerLayer):
+            inner = module.get_base_layer()
+            if adapted:  # the base layer's own parts do not see the update
+                out[name] = module
+                return
+        elif isinstance(module, ModulesToSaveWrapper):
+            inner = module.modules_to_save[module.active_adapters[0]] if adapted else module.original_module
+        out[name] = module if adapted else inner
+        for child, m in inner.named_children():
+            walk(m, join_name(name, child))
+
+    walk(model, "")
+    return out
+
+
+def plain_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The base's tensors of a model with adapters, in the base's own state_dict names (the load's targets)."""
+    return {join_name(name, k): v for name, m in plain_modules(model, adapted=False).items()
+            for k, v in [*m._parameters.items(), *((k, b) for k, b in m._buffers.items()
+                                                   if k not in m._non_persistent_buffers_set)] if v is not None}
+
+
+class MergeCheck(float):
+    """`check_merge`'s result: the final outputs' largest difference relative to their scale (the float itself),
+    and the paired modules' agreement (`to_dict`, for summary.json)."""
+
+    modules: int = 0  # paired modules compared
+    worst: float = 0.0  # their largest difference relative to max(1, that module's largest output)
+    worst_module: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"merge_modules_compared": self.modules, "merge_module_max_rel_diff": self.worst,
+                "merge_worst_module": self.worst_module}
+
+
+def _rel(p: Any, seen: dict) -> float:
+    want = [t for t in seen[p.source][1] if t is not None and t.numel()]
+    return p.diff / max([1.0, *(float(t.abs().max()) for t in want)])
+
+
+def check_merge(adapted: nn.Module, merged: nn.Module, x: Any, output: int | str | None) -> MergeCheck:
+    """The largest output difference of merged vs adapted on `x`, relative to max(1, the largest output), with
+    every module of the merged copy compared with the adapted model's of the same name (mapping.verify's
+    recording); a UserError naming the first module that differs (the run fails, nothing is written) when
+    the final outputs, or a module's outputs on agreeing inputs, differ by more than MERGE_RTOL."""
+    from ..mapping.verify_record import record_pairs
+
+    mine, theirs = plain_modules(adapted, adapted=True), dict(merged.named_modules())
+    src_of = {n: n for n in mine if n and n in theirs}
+    rec = record_pairs(merged, adapted, src_of, theirs, mine, x, MERGE_RTOL, 0.0, scaled=True,
+                       run=lambda m, inputs, _side: call(m, inputs))
+    a = pick_output(rec.out_t, output).float()
+    b = pick_output(rec.out_s, output).float()
     scale = max(1.0, float(a.abs().max()))
-    err = float((a - b).abs().max()) / scale
-    if not err <= MERGE_RTOL:  # NaN fails too
+    err = MergeCheck(float((a - b).abs().max()) / scale)
+    rels = {p.target: _rel(p, rec.seen) for p in rec.observed}
+    err.modules = len(rels)
+    if rels:
+        err.worst_module = max(rels, key=lambda n: (rels[n] != rels[n], rels[n]))  # NaN first
+        err.worst = rels[err.worst_module]
+    differ = [p for p in rec.observed if not p.agree]
+    first = next((p for p in differ if p.input_agrees), differ[0] if differ else None)
+    if not err <= MERGE_RTOL or (first is not None and first.input_agrees):  # NaN fails too
+        where = "" if first is None else (
+            f"; first difference at module `{first.target}` ({type(mine[first.target]).__name__} vs merged "
+            f"{type(theirs[first.target]).__name__}: {rels[first.target]:.3g} x its output scale"
+            f"{'' if first.input_agrees else ', its input already differs'}), {len(differ)} of {err.modules} "
+            "modules differ")
         raise UserError(f"adapters: the merged model and the adapted model disagree on a validation batch (largest "
-                        f"difference {err:.3g} x the output scale, allowed {MERGE_RTOL:g}); model.safetensors and "
-                        "adapter/ were not written. The weights may have grown non-finite or very large (lower "
-                        "optim.lr / adapters.lr, or set trainer.grad_clip).")
+                        f"difference {float(err):.3g} x the output scale, allowed {MERGE_RTOL:g}{where}); "
+                        "model.safetensors and adapter/ were not written. The weights may have grown non-finite or "
+                        "very large (lower optim.lr / adapters.lr, or set trainer.grad_clip).")
     return err
 
 

@@ -177,6 +177,24 @@ def resolve_schedule(param_names: Sequence[str], cfg: FreezeConfig, trainable: s
     return events
 
 
+def trained_by(param_names: Sequence[str], cfg: FreezeConfig, trainable: set[str], never: set[str] = frozenset(),
+               blocks: list[Block] | None = None) -> dict[str, str]:
+    """Every parameter `freeze` trains at some point -> the first key that does (`freeze.trainable`,
+    `freeze.schedule[i].unfreeze`, `freeze.gradual`), whatever the number of epochs; nothing is logged.
+
+    Adapters need this before peft runs: what trains in full is saved with the adapter.
+    """
+    names = list(param_names)
+    out = {n: "freeze.trainable" for n in names if n in trainable}
+    for _, ev in _schedule_events(names, cfg):
+        out.update({n: f"{ev.where}.unfreeze" for n in ev.names if n not in out and n not in never})
+    if cfg.gradual.enabled:
+        for b in blocks if blocks is not None else model_blocks(names, cfg.blocks):
+            if any(n not in trainable and n not in never for n in b.names):
+                out.update({n: "freeze.gradual" for n in b.names if n not in out and n not in never})
+    return out
+
+
 def plan_freezing(model: nn.Module, cfg: FreezeConfig, epochs: int) -> FreezePlan:
     """Model + `freeze` config -> what trains at the start, the events, BN modes, blocks."""
     names = [n for n, _ in model.named_parameters()]
