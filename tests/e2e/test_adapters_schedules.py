@@ -9,6 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from helpers import read_json
+from test_adapters_runs import loaded_base
 from transfer_pipeline.errors import UserError
 from transfer_pipeline.models import DigitsCNN
 from transfer_pipeline.models.digits import PRETRAINED_0TO4
@@ -17,15 +18,6 @@ FAST = ("trainer.epochs=2", "trainer.limit_train_batches=4", "trainer.limit_val_
 LATER = ("adapters=lora", "adapters.rank=4", "adapters.targets=[stem,block1]", "adapters.lr=0.02",
          "freeze.schedule=[{epoch: 1, unfreeze: [block2], lr: 0.002}]")
 COPY = "block2.{}.modules_to_save.default.{}"
-
-
-def loaded_base(seed: int = 3) -> DigitsCNN:
-    """A fresh DigitsCNN holding the loaded base (the shipped weights) and a random head of its own."""
-    torch.manual_seed(seed)
-    model = DigitsCNN(num_classes=5)
-    model.load_state_dict({k: v for k, v in load_file(PRETRAINED_0TO4).items() if not k.startswith("head.")},
-                          strict=False)
-    return model.eval()
 
 
 def test_a_base_layer_unfrozen_by_an_event_trains_in_full_beside_the_adapters(run_pipeline):

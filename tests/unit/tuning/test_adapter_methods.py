@@ -62,21 +62,6 @@ def test_inject_trains_only_the_adapters_and_the_head(method):
     assert changed & set(plan.adapter_names)
 
 
-@pytest.mark.parametrize("method", METHODS)
-def test_merge_gives_the_adapted_outputs_in_the_targets_names(method):
-    model = loaded_cnn()
-    base_keys = list(model.state_dict())
-    plan, peft_model = adapted(model, method)
-    trained(model)
-    x = torch.randn(16, 1, 8, 8)
-    merged = merged_model(peft_model, plan.base_keys)
-    assert list(merged.state_dict()) == base_keys
-    assert check_merge(model, merged, x, None) <= 1e-4
-    plain = DigitsCNN(num_classes=5)
-    plain.load_state_dict(merged.state_dict())
-    assert torch.allclose(outputs(plain, x), outputs(model, x), atol=1e-5)
-
-
 @pytest.mark.parametrize("method, rank", [("rslora", 4), ("loha", 4), ("lokr", 4), ("lokr", 2)])
 def test_saved_adapter_reloads_with_peft_and_through_source_adapter(tmp_path, method, rank):
     from peft import PeftModel

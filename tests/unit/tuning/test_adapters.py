@@ -213,7 +213,7 @@ def trained(model: nn.Module) -> None:
                 p.add_(0.05 * torch.randn_like(p))
 
 
-@pytest.mark.parametrize("method", ["lora", "dora"])
+@pytest.mark.parametrize("method", ["lora", "dora", "rslora", "loha", "lokr"])
 def test_merged_weights_have_the_targets_names_and_the_adapted_outputs(tmp_path, method):
     model = loaded_cnn()
     base_keys = list(model.state_dict())
