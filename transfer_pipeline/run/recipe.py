@@ -71,6 +71,10 @@ def setup(r: Run) -> None:
     from ..training.engine import Engine, resolve_device
 
     t = r.cfg.trainer
+    if t.strategy.value == "fsdp":
+        from ..training.sharding import check_config
+
+        check_config(r.cfg, distributed.launched())
     joined = distributed.join(r.cfg.device)  # under torchrun: the process group and this rank's device
     r.group, r.device = joined if joined is not None else (None, resolve_device(r.cfg.device))
     r.main_dir = Path(r.group.broadcast(str(r.run_dir))) if r.group is not None else r.run_dir
@@ -212,6 +216,8 @@ def tune(r: Run) -> None:
         cache = cache_plan(model, in_run, r.freeze.bn_modes, augments(cfg.data))
         r.summary["cache_features"] = cache.head
         log.info("%s%s", cache.describe(), " (checked again on a batch when training starts)" if cache.head else "")
+    if cfg.trainer.strategy.value == "fsdp":
+        plan_shards(r)
 
 
 def data(r: Run) -> None:
@@ -285,6 +291,11 @@ def train(r: Run) -> None:
     r.engine.prepare(model)
     if cfg.trainer.sync_batchnorm:
         model = r.model = sync_batchnorm(model, r.group, r.device)
+    if r.shard_plan is not None:  # trainer.strategy=fsdp: the optimizer must see the sharded (DTensor) parameters
+        from ..training.sharding import shard_model
+
+        shard_model(model, r.shard_plan, cfg.trainer.precision, r.device)
+        r.engine.sharded = True
     r.optimizer = make_optimizer(model, r.groups, cfg.optim)
     schedule = build_schedule(r.groups, r.freeze.trainable, r.freeze.events, cfg.optim.scheduler, cfg.trainer.epochs,
                               steps_per_epoch(r.loaders[0], cfg.trainer.limit_train_batches,
@@ -318,6 +329,10 @@ def train(r: Run) -> None:
             r.summary["resume_command"] = command
             log.warning("Stopped in epoch %d after %d batch(es): checkpoints/last.pt holds the state. Resume with:\n  %s",
                         state.position.epoch + 1, state.position.step_in_epoch, command)
+        elif r.engine.sharded:
+            log.warning("Stopped in epoch %d; trainer.strategy=fsdp writes no checkpoints/last.pt yet, so there is no "
+                        "checkpoint to resume from (checkpoints/last.safetensors holds the last epoch's weights).",
+                        state.position.epoch + 1)
         else:
             log.warning("Stopped in epoch %d; trainer.save_checkpoints=false, so there is no checkpoint to resume from.",
                         state.position.epoch + 1)
@@ -327,6 +342,19 @@ def train(r: Run) -> None:
     log.info("Done: %s %.4f (best %s %.4f at epoch %s), weights (%s) in %s", final, r.summary.get(final, float("nan")),
              best.metric, best.value if best.value is not None else float("nan"), (best.epoch or 0) + 1,
              cfg.trainer.final_weights.value, r.run_dir / "model.safetensors")
+
+
+def plan_shards(r: Run) -> None:
+    """`trainer.strategy=fsdp`: the FSDP units from names (training/sharding.py), in the log and the summary."""
+    from ..training.sharding import plan_model
+
+    ever = set(r.freeze.trainable).union(*(ev.names for ev in r.freeze.events))  # trainable at some point
+    r.shard_plan = plan_model(r.model, r.cfg.trainer.fsdp.units, r.parts, ever)
+    if r.engine.is_main:  # rank 0 warns, as for everything else
+        for w in r.shard_plan.warnings:
+            log.warning(w)
+    log.info(r.shard_plan.describe())
+    r.summary["fsdp"] = r.shard_plan.to_dict()
 
 
 def weights_meta(r: Run) -> dict[str, str]:

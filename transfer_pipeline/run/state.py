@@ -48,6 +48,7 @@ class Run:
     loaders: tuple[DataLoader, ...] = ()  # (train, val)
     task: TaskMetrics | None = None  # the loss and the metrics
     resume_state: dict[str, Any] | None = None  # a full-state checkpoint to continue from (trainer.resume)
+    shard_plan: Any = None  # trainer.strategy=fsdp: the FSDP units (training/sharding.py), planned by tune
     signals: StopSignals | None = None  # whether a Ctrl-C / SIGTERM asked the loop to stop
     engine: Engine | None = None  # how steps run (precision, compile, DDP, accumulation)
     group: Group | None = None  # the process group under torchrun (None in a single process)

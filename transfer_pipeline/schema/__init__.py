@@ -52,6 +52,8 @@ from .trainer import (  # noqa: F401
     EarlyStoppingConfig,
     EMAConfig,
     FinalWeights,
+    FsdpConfig,
+    Strategy,
     TrainerConfig,
 )
 from .tuning import (  # noqa: F401

@@ -20,6 +20,23 @@ class FinalWeights(Enum):  # what model.safetensors holds at the end of a run
 LOGGERS = ("csv", "tensorboard")
 
 
+class Strategy(Enum):  # how torchrun's processes share the work (docs/speed.md)
+    auto = "auto"  # ddp under torchrun, one process otherwise
+    ddp = "ddp"  # every process holds the whole model; gradients averaged (DistributedDataParallel)
+    fsdp = "fsdp"  # parameters, gradients and optimizer state sharded over the processes (FSDP2 fully_shard)
+
+
+@dataclass
+class FsdpConfig:
+    units: Optional[list[str]] = None  # selectors of the modules sharded one by one (module names, @blocks, @blocks.N);
+    # null = @blocks. A unit that mixes trainable and frozen parameters is split into its children
+
+    def __post_init__(self) -> None:
+        if self.units is not None and not self.units:
+            raise UserError("trainer.fsdp.units=[]: give module selectors (e.g. [layer1, layer2] or ['@blocks']), "
+                            "or null for @blocks.")
+
+
 @dataclass
 class EarlyStoppingConfig:
     patience: Optional[int] = None  # epochs without improvement of trainer.monitor before stopping; null = off
@@ -68,6 +85,8 @@ class TrainerConfig:
     cudnn_benchmark: bool = True  # on CUDA, let cuDNN pick the fastest kernels (off under trainer.deterministic)
     sync_every_steps: int = 50  # read losses/accuracy from the device (and check for NaN) every N optimizer steps
     sync_batchnorm: bool = False  # under torchrun: BatchNorm statistics over the global batch (CUDA only)
+    strategy: Strategy = Strategy.auto  # under torchrun: auto (= ddp) | ddp | fsdp (sharded parameters)
+    fsdp: FsdpConfig = field(default_factory=FsdpConfig)  # trainer.strategy=fsdp's settings
     cache_features: bool = False  # frozen backbone: compute its outputs once, train the head on them
     max_minutes: Optional[float] = None  # wall-clock limit of the run, in minutes: then it stops as on SIGTERM
     # (the step finishes, last.pt, `interrupted`, exit 124), or is ended hard (`failed`) if still going 60 s later;
@@ -97,5 +116,8 @@ class TrainerConfig:
         if self.max_minutes is not None:
             check_number("trainer.max_minutes", self.max_minutes, 0, low_open=True,
                          want="a finite number of minutes > 0, e.g. 90 or 0.5 (null: no limit)")
+        if self.fsdp.units is not None and self.strategy != Strategy.fsdp:  # it would do nothing
+            raise UserError(f"trainer.fsdp.units is set but trainer.strategy={self.strategy.value}; add "
+                            "trainer.strategy=fsdp (under torchrun), or drop trainer.fsdp.units.")
         if self.resume is not None and not self.resume.strip():
             raise UserError("trainer.resume: empty; give auto (the run in hydra.run.dir) or a path to a last.pt.")

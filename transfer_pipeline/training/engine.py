@@ -88,6 +88,7 @@ class Engine:
     scaler: Any = None
     output: int | str | None = None  # model.output: where the logits are in what the model returns
     target_key: str = "labels"  # data.target_key: the target in dict batches
+    sharded: bool = False  # trainer.strategy=fsdp: the model is fully_shard-ed in place (sharding.py), no DDP
     autocast: Callable[[], Any] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -134,7 +135,7 @@ class Engine:
         if self._call is not None and trainable == self._wrapped_for:
             return
         call: Any = model
-        if self.group is not None and trainable:  # DDP refuses a module with nothing to train
+        if self.group is not None and trainable and not self.sharded:  # DDP refuses a module with nothing to train
             from torch.nn.parallel import DistributedDataParallel
 
             call = DistributedDataParallel(model, device_ids=[self.device.index] if self.device.type == "cuda" else None)

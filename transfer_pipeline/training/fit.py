@@ -86,9 +86,20 @@ def fit(job: FitJob) -> FitResult:
         result.interrupted = True
     finally:
         keeper.close()
-    if not result.interrupted and keeper.main:
+    if not result.interrupted and job.engine.sharded:  # gathered on every rank (a collective), written by rank 0
+        weights = full_weights(job.model)
+        if keeper.main:
+            write_final_weights(job, keeper.best, weights)
+    elif not result.interrupted and keeper.main:
         (job.write_weights or write_final_weights)(job, keeper.best)
     return result
+
+
+def full_weights(model: nn.Module) -> dict[str, torch.Tensor]:
+    """trainer.strategy=fsdp: the whole weights on rank 0 ({} elsewhere); every rank must call it."""
+    from .sharding import full_state_dict
+
+    return full_state_dict(model)
 
 
 class RunKeeper:
@@ -157,6 +168,8 @@ class RunKeeper:
                 "config": self.fingerprint}
 
     def save_last(self) -> None:
+        if self.job.engine.sharded:  # the sharded full state (DCP) is a later step of trainer.strategy=fsdp
+            return
         if self.t.save_checkpoints and self.main:
             checkpoint.save(self.ckpt_dir / checkpoint.LAST, self.full_state())
 
@@ -178,25 +191,30 @@ class RunKeeper:
         # every rank keeps the same best and early-stopping counts (the numbers are all-reduced); rank 0 writes
         new_best = self.best.update(row)
         stop = self.early.should_stop(self.best, row) if self.early is not None else False
+        weights = None
+        if self.job.engine.sharded and (t.save_checkpoints or t.keep_epoch_checkpoints or new_best):
+            weights = full_weights(self.job.model)  # on every rank (the same decision everywhere): a collective
         if self.main:
-            self.write_epoch_weights(row, new_best)
+            self.write_epoch_weights(row, new_best, weights)
             self.save_last()  # after best and early stopping are updated: a resumed run continues their counts
             _log_epoch(row, t.epochs, self.best)
         return stop
 
-    def write_epoch_weights(self, row: dict[str, Any], new_best: bool) -> None:
-        """checkpoints/: last, epoch_N (trainer.keep_epoch_checkpoints), ema and best .safetensors."""
+    def write_epoch_weights(self, row: dict[str, Any], new_best: bool,
+                            weights: dict[str, torch.Tensor] | None = None) -> None:
+        """checkpoints/: last, epoch_N (trainer.keep_epoch_checkpoints), ema and best .safetensors.
+        `weights`: the model's gathered weights (trainer.strategy=fsdp), else its state_dict()."""
         t, ema, model, ckpt_dir = self.t, self.ema, self.job.model, self.ckpt_dir
         meta = {**(self.job.weights_meta or {}), "epoch": str(row["epoch"])}
         if t.save_checkpoints:
-            files.save_weights(ckpt_dir / "last.safetensors", model.state_dict(), meta)
+            files.save_weights(ckpt_dir / "last.safetensors", weights or model.state_dict(), meta)
         if t.keep_epoch_checkpoints:
-            files.save_weights(ckpt_dir / f"epoch_{row['epoch']}.safetensors", model.state_dict(), meta)
+            files.save_weights(ckpt_dir / f"epoch_{row['epoch']}.safetensors", weights or model.state_dict(), meta)
         if ema is not None:
             files.save_weights(ckpt_dir / "ema.safetensors", ema.module.state_dict(), meta)
         if new_best:
             watched = ema.module if t.monitor.startswith("ema_") else model
-            files.save_weights(ckpt_dir / "best.safetensors", watched.state_dict(),
+            files.save_weights(ckpt_dir / "best.safetensors", weights or watched.state_dict(),
                                {**meta, t.monitor: str(self.best.value)})
 
     def close(self) -> None:
@@ -217,8 +235,9 @@ def early_stop(t: TrainerConfig, freeze: FreezePlan, spe: int) -> EarlyStop | No
                      last_event + t.early_stopping.patience - 1 if freeze.events else 0)
 
 
-def write_final_weights(job: FitJob, best: Best) -> None:
-    """model.safetensors: the best epoch's weights (trainer.final_weights=best, where kept) or the last."""
+def write_final_weights(job: FitJob, best: Best, weights: dict[str, torch.Tensor] | None = None) -> None:
+    """model.safetensors: the best epoch's weights (trainer.final_weights=best, where kept) or the last
+    (`weights`: gathered from a sharded model, else the model's state_dict())."""
     run_dir, meta = job.run_dir, job.weights_meta or {}
     final = run_dir / "checkpoints" / "best.safetensors"
     if job.cfg.trainer.final_weights == FinalWeights.best and final.is_file():
@@ -227,7 +246,7 @@ def write_final_weights(job: FitJob, best: Best) -> None:
         files.save_weights(run_dir / "model.safetensors", load_file(final),
                            {**meta, "source": job.source, "weights": f"best epoch {best.epoch}"})
     else:
-        files.save_weights(run_dir / "model.safetensors", job.model.state_dict(),
+        files.save_weights(run_dir / "model.safetensors", weights or job.model.state_dict(),
                            {**meta, "source": job.source, "weights": "last"})
 
 
