@@ -56,14 +56,16 @@ def check_config(cfg: Any, launched: Any) -> None:
     """What trainer.strategy=fsdp needs and does not do yet: one UserError naming the key, before anything runs."""
     from ..schema import Mode
 
+    if cfg.mode == Mode.plan:  # shows the units in one process (tune plans them); nothing is sharded
+        return
     if launched is None:
         raise UserError(f"{KEY} shards the model over several processes: start it with torchrun, e.g. "
                         "torchrun --nproc_per_node=2 run.py trainer.strategy=fsdp ... (device=cpu for gloo on CPU); "
                         "in one process use trainer.strategy=auto.")
     t = cfg.trainer
     refused = [  # (set?, key, why)
-        (cfg.mode != Mode.train, f"mode={cfg.mode.value}", "only mode=train shards the model; evaluate, predict "
-         "and export in one process (python run.py mode=...)"),
+        (cfg.mode != Mode.train, f"mode={cfg.mode.value}", "only mode=train shards the model (mode=plan shows "
+         "the units); evaluate, predict and export in one process (python run.py mode=...)"),
         (t.resume is not None, "trainer.resume", "resuming needs sharded (DCP) checkpoints, which come later"),
         (t.checkpoint_every_steps is not None, "trainer.checkpoint_every_steps", "the full-state last.pt is not "
          "written under fsdp yet"),

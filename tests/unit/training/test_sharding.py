@@ -86,6 +86,13 @@ def test_fsdp_outside_torchrun_is_one_error_naming_the_key_and_torchrun(run_pipe
     assert summary["status"] == "failed" and "torchrun" in summary["error"]
 
 
+def test_mode_plan_shows_the_units_in_one_process(run_pipeline, tmp_path):
+    summary, _ = run_pipeline("trainer.strategy=fsdp", "mode=plan", run_dir=tmp_path / "plan")
+    assert summary["status"] == "planned"
+    assert [(u["module"], u["trainable"]) for u in summary["fsdp"]["units"]] == [
+        ("stem", False), ("block1", False), ("block2", True), ("(root)", True)]  # block2 unfreezes at epoch 3
+
+
 def test_ddp_outside_torchrun_is_one_process(run_pipeline):
     summary, _ = run_pipeline("trainer.strategy=ddp", "trainer.epochs=1", "freeze.schedule=[]",
                               "trainer.limit_train_batches=2")
