@@ -196,7 +196,7 @@ def _check_previous(run_dir: Path, resume: bool = False) -> None:
     if before is None:
         return
     status = before.get("status", "unknown")
-    if resume and status in ("running", "interrupted", "failed") and (run_dir / "checkpoints" / "last.pt").is_file():
+    if resume and status in ("running", "interrupted", "failed") and has_last(run_dir):
         log.info("Continuing the %s run in %s (trainer.resume)", "killed" if status == "running" else status, run_dir)
         return
     if resume and status == "completed":
@@ -214,11 +214,16 @@ def _check_previous(run_dir: Path, resume: bool = False) -> None:
                 f"started {before.get('started_at', '?')}; it was killed or crashed)")
     else:
         what = f"a finished run (status {status}{', started ' + str(before['started_at']) if 'started_at' in before else ''})"
-    can_resume = status in ("running", "interrupted", "failed") and (run_dir / "checkpoints" / "last.pt").is_file()
+    can_resume = status in ("running", "interrupted", "failed") and has_last(run_dir)
     hint = " To continue it, add trainer.resume=auto." if can_resume else ""
     raise UserError(f"hydra.run.dir: {run_dir} already holds {what}. A new run there would mix with its files or "
                     "overwrite them: give the new run a fresh folder (hydra.run.dir=...; the default is a new "
                     f"timestamped folder), or delete that one.{hint}")
+
+
+def has_last(run_dir: Path) -> bool:
+    """checkpoints/last.pt, or last.dcp/ (trainer.strategy=fsdp): a stopped run there can resume."""
+    return (run_dir / "checkpoints" / "last.pt").is_file() or (run_dir / "checkpoints" / "last.dcp").is_dir()
 
 
 def _is_temp(name: str) -> bool:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigOrigins, Interrupted, UserError
+from .folder import has_last
 from .signals import HARD_STOP_AFTER_S, StopSignals, TimeLimit
 from ..names import printable_text
 from ..schema import RunConfig
@@ -111,18 +112,21 @@ def run_job(load_config: Callable[[], RunConfig], run_dir: Path, origins: Config
     return summary
 
 
+LAST = "checkpoints/last.pt (last.dcp/ under trainer.strategy=fsdp)"
+
+
 def _limit_ending(e: TimeLimit, signals: StopSignals, run_dir: Path, summary: dict[str, Any]) -> None:
     """How a run ended by trainer.max_minutes is recorded: `interrupted` (stopped as a first SIGTERM stops it,
     resumable) or `failed` (it did not stop by itself and was ended hard); both with the resume command."""
     command = summary.get("resume_command")
-    if command is None and (run_dir / "checkpoints" / "last.pt").is_file():
+    if command is None and has_last(run_dir):
         command = summary["resume_command"] = signals.resume_command(run_dir)
     if e.hard:
         message = (f"{e}, and the run did not stop by itself within {HARD_STOP_AFTER_S} s (stuck inside a step or a "
                    "data loader?): it was ended hard")
     else:
         message = f"{e}, so the run stopped (as on SIGTERM)"
-    message += (f". checkpoints/last.pt holds its last saved state; resume with: {command}" if command else
+    message += (f". {LAST} holds its last saved state; resume with: {command}" if command else
                 ". There is no checkpoint to resume from.")
     summary.update(status="failed" if e.hard else "interrupted", error_type="TimeLimit", error=message)
     log.log(logging.ERROR if e.hard else logging.WARNING, "%s", message)
@@ -133,8 +137,7 @@ def _disk_full_error(e: BaseException, run_dir: Path, summary: dict[str, Any]) -
     message = (f"disk full: {getattr(e, 'strerror', None) or e} while writing "
                f"{getattr(e, 'filename', None) or 'a file of the run'}. Free space on the disk that holds "
                f"{run_dir.resolve()} (df -h shows it), or give the run a folder on another disk, and run again"
-               + ("; checkpoints/last.pt lets it resume (trainer.resume=auto)."
-                  if (run_dir / "checkpoints" / "last.pt").is_file() else "."))
+               + (f"; {LAST} lets it resume (trainer.resume=auto)." if has_last(run_dir) else "."))
     summary.update(status="failed", error_type="DiskFull", error=message)
     logging.raiseExceptions = False  # run.log is on that disk: its handler fails quietly, stderr still says it
     log.error("error: %s", message)

@@ -172,6 +172,11 @@ def load(r: Run) -> None:
         seed_everything(r.cfg.seed)
         return build_model(r.model_node)  # as plan built it (model.num_classes filled in)
 
+    if r.cfg.trainer.strategy.value == "fsdp":  # rank 0 loads; the shards get its tensors by broadcast (tune)
+        from .sharded_load import load_on_rank0
+
+        if load_on_rank0(r, build_normally):
+            return
     r.model = load_model(r.model, r.report.plan, r.weights, r.device, build_normally,
                          r.cfg.source.allow_nonfinite, r.cfg.source.allow_lossy_cast)
 
@@ -256,18 +261,32 @@ def data(r: Run) -> None:
 def resume(r: Run) -> None:
     """`trainer.resume`: read the full-state checkpoint and check that it belongs to this config."""
     from ..files import resolve_path
-    from ..training import checkpoint
+    from ..training import checkpoint, sharded_checkpoint
 
     spec = r.cfg.trainer.resume
     if spec is None:
         return
-    path = (r.main_dir / "checkpoints" / checkpoint.LAST) if spec == "auto" else resolve_path(spec, "trainer.resume")
-    if spec == "auto" and not path.is_file():
+    sharded = r.cfg.trainer.strategy.value == "fsdp"  # then checkpoints/last.dcp, read by every rank
+    last = sharded_checkpoint.DIR if sharded else checkpoint.LAST
+    path = (r.main_dir / "checkpoints" / last) if spec == "auto" else resolve_path(spec, "trainer.resume")
+    if spec == "auto" and not path.exists() and not sharded and (path.parent / sharded_checkpoint.DIR).is_dir():
+        path = path.parent / sharded_checkpoint.DIR  # a stopped fsdp run, finished in one process
+    elif spec == "auto" and not path.exists():
         raise UserError(f"trainer.resume=auto continues the run in hydra.run.dir, and {r.main_dir} has no "
-                        f"checkpoints/{checkpoint.LAST}. Give the stopped run's folder (hydra.run.dir=outputs/...; its "
-                        "summary.json has the resume_command), or trainer.resume=<path to a last.pt>.")
-    saved = checkpoint.load(path)
+                        f"checkpoints/{last}. Give the stopped run's folder (hydra.run.dir=outputs/...; its "
+                        f"summary.json has the resume_command), or trainer.resume=<path to a {last}>.")
+    if sharded and path.is_file():
+        raise UserError(f"trainer.resume: {path} is the checkpoint of a run without trainer.strategy=fsdp; "
+                        f"trainer.strategy=fsdp resumes from checkpoints/{sharded_checkpoint.DIR}/. Resume it with "
+                        "the strategy it was written with, or start a fresh run.")
+    if path.is_dir():  # last.dcp: every rank reads its part; in one process without fsdp the whole is gathered
+        rank, world = (r.group.rank, r.group.world) if r.group is not None else (0, 1)
+        saved = sharded_checkpoint.read(path, rank, world)
+    else:
+        saved = checkpoint.load(path)
     diff = checkpoint.config_differences(saved["config"], checkpoint.flatten(r.cfg))
+    if path.is_dir() and not sharded:  # a sharded run finished in one process: the sharding itself may differ
+        diff = [d for d in diff if not d.startswith(("trainer.strategy:", "trainer.fsdp."))]
     if diff:
         shown = "\n".join(f"  {d}" for d in diff[:12]) + (f"\n  (+{len(diff) - 12} more)" if len(diff) > 12 else "")
         raise UserError(f"trainer.resume: {path} was written with another config; resuming would not continue the "
@@ -297,6 +316,10 @@ def train(r: Run) -> None:
         shard_model(model, r.shard_plan, cfg.trainer.precision, r.device)
         r.engine.sharded = True
     r.optimizer = make_optimizer(model, r.groups, cfg.optim)
+    if r.engine.sharded:  # each rank's parameter, gradient and optimizer-state bytes after the first step
+        from .sharded_load import watch_memory
+
+        watch_memory(r, r.optimizer)
     schedule = build_schedule(r.groups, r.freeze.trainable, r.freeze.events, cfg.optim.scheduler, cfg.trainer.epochs,
                               steps_per_epoch(r.loaders[0], cfg.trainer.limit_train_batches,
                                               cfg.trainer.accumulate_grad_batches))
@@ -311,7 +334,8 @@ def train(r: Run) -> None:
         result = fit(FitJob(cfg, r.run_dir, model, r.optimizer, r.freeze, r.loaders, r.engine, r.task, schedule,
                             stop_requested=r.signals.requested, on_event=on_event, plan_text=r.report.table(),
                             source=str(r.summary["source"]), resume=r.resume_state, weights_meta=weights_meta(r),
-                            write_weights=adapting.final_weights(r) if r.adapters is not None else None))
+                            write_weights=adapting.final_weights(r) if r.adapters is not None else None,
+                            main_dir=r.main_dir))
     finally:
         r.signals.graceful = False
     state, best = result.state, result.best
@@ -324,15 +348,12 @@ def train(r: Run) -> None:
         r.summary.update({k: v for k, v in last.items() if k.startswith(("val_", "ema_val_"))},
                          final_trainable_params=last["trainable_params"])
     if result.interrupted:
-        if (r.run_dir / "checkpoints" / "last.pt").is_file():
+        last = "last.dcp" if r.engine.sharded else "last.pt"  # fsdp: the folder every rank wrote its shards to
+        if ((r.main_dir if r.engine.sharded else r.run_dir) / "checkpoints" / last).exists():
             command = r.signals.resume_command(r.run_dir)
             r.summary["resume_command"] = command
-            log.warning("Stopped in epoch %d after %d batch(es): checkpoints/last.pt holds the state. Resume with:\n  %s",
-                        state.position.epoch + 1, state.position.step_in_epoch, command)
-        elif r.engine.sharded:
-            log.warning("Stopped in epoch %d; trainer.strategy=fsdp writes no checkpoints/last.pt yet, so there is no "
-                        "checkpoint to resume from (checkpoints/last.safetensors holds the last epoch's weights).",
-                        state.position.epoch + 1)
+            log.warning("Stopped in epoch %d after %d batch(es): checkpoints/%s holds the state. Resume with:\n  %s",
+                        state.position.epoch + 1, state.position.step_in_epoch, last, command)
         else:
             log.warning("Stopped in epoch %d; trainer.save_checkpoints=false, so there is no checkpoint to resume from.",
                         state.position.epoch + 1)
@@ -355,6 +376,10 @@ def plan_shards(r: Run) -> None:
             log.warning(w)
     log.info(r.shard_plan.describe())
     r.summary["fsdp"] = r.shard_plan.to_dict()
+    if r.sharded_load is not None:  # sharded now (before the data's check forward): rank 0's load broadcast
+        from .sharded_load import shard_and_broadcast
+
+        shard_and_broadcast(r)
 
 
 def weights_meta(r: Run) -> dict[str, str]:

@@ -83,8 +83,8 @@ class StopSignals:
         signal.setitimer(signal.ITIMER_REAL, HARD_STOP_AFTER_S)
         if self.graceful and self.signum is None:
             self.signum = signum
-            log.warning("trainer.max_minutes=%g reached: finishing this step and saving checkpoints/last.pt (the run "
-                        "is ended hard if it has not stopped in %d s)", self.limit, HARD_STOP_AFTER_S)
+            log.warning("trainer.max_minutes=%g reached: finishing this step and saving checkpoints/last.pt (last.dcp/ "
+                        "under fsdp; the run is ended hard if it has not stopped in %d s)", self.limit, HARD_STOP_AFTER_S)
         elif not self.graceful:  # outside training: stop at once, as a first SIGTERM there does
             raise TimeLimit(self.limit or 0.0, hard=False)
         # else: a Ctrl-C / SIGTERM already asked the loop to stop; the hard stop backs it up
@@ -97,7 +97,8 @@ class StopSignals:
             return
         if self.graceful and self.signum is None:
             self.signum = signum
-            log.warning("%s: finishing this step and saving checkpoints/last.pt (press Ctrl-C again to stop at once)",
+            log.warning("%s: finishing this step and saving checkpoints/last.pt (last.dcp/ under fsdp; press Ctrl-C "
+                        "again to stop at once)",
                         signal.Signals(signum).name)
             return
         raise Interrupted(signum)

@@ -1,7 +1,8 @@
 """The `fit` step: the training loop with everything around it that keeps a run's work.
 
 Per epoch: metrics.csv (and TensorBoard), checkpoints/last.safetensors (weights) and
-checkpoints/last.pt (the full state, training/checkpoint.py), checkpoints/best.safetensors at a
+checkpoints/last.pt (the full state, training/checkpoint.py; under trainer.strategy=fsdp the folder
+checkpoints/last.dcp/ that every rank writes its shards to, sharded_checkpoint.py), checkpoints/best.safetensors at a
 new best of `trainer.monitor`, the EMA's weights, early stopping. A stop request (Ctrl-C,
 SIGTERM) finishes the step, writes last.pt with the position inside the epoch, and ends the run
 as interrupted with the command that resumes it. curves.png is drawn however the run ends.
@@ -65,6 +66,7 @@ class FitJob:
     resume: dict[str, Any] | None = None
     weights_meta: dict[str, str] | None = None
     write_weights: Callable[[FitJob, Best], None] | None = None  # the final weights' writer; None: write_final_weights
+    main_dir: Path | None = None  # rank 0's run folder (under torchrun the others run in temporary ones): last.dcp's
 
 
 @dataclass
@@ -111,6 +113,7 @@ class RunKeeper:
         model = job.model
         self.train_loader, self.val_loader = job.loaders
         self.ckpt_dir = job.run_dir / "checkpoints"
+        self.shared_ckpt_dir = (job.main_dir or job.run_dir) / "checkpoints"  # where every rank writes last.dcp
         self.state = TrainState()
         self.main = job.engine.is_main  # under torchrun only rank 0 writes files
         self.ema = make_ema(model, t.ema.decay) if t.ema.decay is not None else None
@@ -153,14 +156,20 @@ class RunKeeper:
 
     def full_state(self) -> dict[str, Any]:
         """What checkpoints/last.pt holds (training/checkpoint.py): everything to go on bit for bit."""
-        job, state, ema, early = self.job, self.state, self.ema, self.early
+        job, ema = self.job, self.ema
         scaler = job.engine.scaler
-        pos = state.position
-        pos.rng = checkpoint.rng_state()
+        rest = self.loop_state()
         return {"model": job.model.state_dict(), "optimizer": job.optimizer.state_dict(),
                 "scaler": scaler.state_dict() if scaler is not None else None,
-                "ema": ema.state_dict() if ema is not None else None,
-                "position": {k: getattr(pos, k) for k in Position.__dataclass_fields__},
+                "ema": ema.state_dict() if ema is not None else None, **rest}
+
+    def loop_state(self) -> dict[str, Any]:
+        """The full state less the tensors of the model, optimizer, scaler and EMA: where the loop is (this
+        process's RNG states included), the metrics, best, early stopping, events fired, the config."""
+        job, state, early = self.job, self.state, self.early
+        pos = state.position
+        pos.rng = checkpoint.rng_state()
+        return {"position": {k: getattr(pos, k) for k in Position.__dataclass_fields__},
                 "history": state.history, "samples": state.samples, "seconds": state.seconds,
                 "best": self.best.state(), "early": early.state() if early else None,
                 "fired": [ev.where for ev in job.freeze.events
@@ -168,10 +177,24 @@ class RunKeeper:
                 "config": self.fingerprint}
 
     def save_last(self) -> None:
-        if self.job.engine.sharded:  # the sharded full state (DCP) is a later step of trainer.strategy=fsdp
+        """checkpoints/last.pt (rank 0), or under trainer.strategy=fsdp checkpoints/last.dcp: then a collective,
+        every rank writes its shards (sharded_checkpoint.py), so every rank must call it."""
+        if self.job.engine.sharded:
+            if self.t.save_checkpoints:
+                from . import sharded_checkpoint
+
+                group = self.job.engine.group
+                sharded_checkpoint.save(self.shared_ckpt_dir, self.job.model, self.job.optimizer,
+                                        {"scaler": None, "ema": None, **self.loop_state()}, group.rank, group.world)
             return
         if self.t.save_checkpoints and self.main:
             checkpoint.save(self.ckpt_dir / checkpoint.LAST, self.full_state())
+            stale = self.ckpt_dir / "last.dcp"
+            if self.job.resume is not None and "dcp" in self.job.resume and stale.is_dir():
+                import shutil  # a sharded run resumed without fsdp: last.pt is its state from now on
+
+                shutil.rmtree(stale)
+                log.info("Removed checkpoints/last.dcp of the sharded run resumed: checkpoints/last.pt holds its state")
 
     def on_checkpoint(self, state: TrainState) -> None:
         self.save_last()
@@ -196,7 +219,8 @@ class RunKeeper:
             weights = full_weights(self.job.model)  # on every rank (the same decision everywhere): a collective
         if self.main:
             self.write_epoch_weights(row, new_best, weights)
-            self.save_last()  # after best and early stopping are updated: a resumed run continues their counts
+        self.save_last()  # after best and early stopping are updated: a resumed run continues their counts (every
+        if self.main:     # rank calls it: under fsdp it is a collective; otherwise rank 0 alone writes last.pt)
             _log_epoch(row, t.epochs, self.best)
         return stop
 
@@ -278,7 +302,12 @@ def _load_states(saved: dict[str, Any], model: nn.Module, optimizer: Any) -> Non
 
 def _restore(saved: dict[str, Any], model: nn.Module, optimizer: Any, scaler: Any, ema: Any, best: Best,
              early: EarlyStop | None) -> TrainState:
-    _load_states(saved, model, optimizer)
+    if "dcp" in saved:  # trainer.strategy=fsdp: checkpoints/last.dcp, every rank reads its shards
+        from .sharded_checkpoint import load_states
+
+        load_states(saved["dcp"], model, optimizer, saved["param_groups"])
+    else:
+        _load_states(saved, model, optimizer)
     if scaler is not None and saved.get("scaler") is not None:
         scaler.load_state_dict(saved["scaler"])
     if ema is not None and saved.get("ema") is not None:

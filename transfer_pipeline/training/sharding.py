@@ -66,15 +66,14 @@ def check_config(cfg: Any, launched: Any) -> None:
     refused = [  # (set?, key, why)
         (cfg.mode != Mode.train, f"mode={cfg.mode.value}", "only mode=train shards the model (mode=plan shows "
          "the units); evaluate, predict and export in one process (python run.py mode=...)"),
-        (t.resume is not None, "trainer.resume", "resuming needs sharded (DCP) checkpoints, which come later"),
-        (t.checkpoint_every_steps is not None, "trainer.checkpoint_every_steps", "the full-state last.pt is not "
-         "written under fsdp yet"),
         (t.ema.decay is not None, "trainer.ema", "the EMA copy of a sharded model is not built yet"),
         (t.cache_features, "trainer.cache_features", "the head would train alone, with nothing to shard"),
         (t.compile, "trainer.compile", "torch.compile of the sharded model is not built yet"),
         (t.precision == "16", "trainer.precision=16", "loss scaling of sharded gradients is not built yet; use "
          "trainer.precision=bf16 (bf16 parameters, fp32 reductions on CUDA)"),
         (t.sync_batchnorm, "trainer.sync_batchnorm", "SyncBatchNorm is not built for sharded models yet"),
+        (t.channels_last, "trainer.channels_last", "fully_shard needs contiguous parameters, and channels_last "
+         "convolution weights are not"),
         (cfg.adapters.method is not None, "adapters", "adapters on a sharded base are not built yet; use adapters=none"),
         (cfg.source.adapter is not None, "source.adapter", "a saved adapter on a sharded base is not built yet"),
     ]
@@ -182,8 +181,10 @@ def shard_model(model: Any, plan: ShardPlan, precision: str, device: Any) -> Non
     """fully_shard the plan's units, deepest first, then the root (after the load and the freezing, before the
     optimizer). trainer.precision=bf16 on CUDA: bf16 all-gathers and compute, fp32 gradient reductions."""
     import torch
-    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+    from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 
+    if isinstance(model, FSDPModule):  # sharded already (run/sharded_load.py: before the broadcast of rank 0's load)
+        return
     mp = MixedPrecisionPolicy()
     if precision == "bf16" and device.type == "cuda":
         mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)

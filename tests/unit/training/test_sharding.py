@@ -100,14 +100,13 @@ def test_ddp_outside_torchrun_is_one_process(run_pipeline):
 
 
 @pytest.mark.parametrize("override, key", [
-    ("trainer.resume=auto", "trainer.resume"),
-    ("trainer.checkpoint_every_steps=5", "trainer.checkpoint_every_steps"),
     ("trainer.ema.decay=0.99", "trainer.ema"),
     ("trainer.cache_features=true", "trainer.cache_features"),
     ("trainer.compile=true", "trainer.compile"),
     ("trainer.sync_batchnorm=true", "trainer.sync_batchnorm"),
     ("trainer.precision=16", "trainer.precision=16"),
     ("adapters=lora", "adapters"),
+    ("trainer.channels_last=true", "trainer.channels_last"),
     ("mode=eval", "mode=eval"),
     ("mode=export", "mode=export"),
 ])
@@ -117,6 +116,9 @@ def test_what_fsdp_does_not_do_yet_is_refused_naming_the_key(override, key):
         check_config(cfg, TORCHRUN)
     assert str(e.value).startswith(f"{key} with trainer.strategy=fsdp is not supported yet")
     check_config(compose_config("trainer.strategy=fsdp"), TORCHRUN)  # the default transfer is fine
+    # resume and step checkpoints write and read checkpoints/last.dcp (training/sharded_checkpoint.py)
+    check_config(compose_config("trainer.strategy=fsdp", "trainer.resume=auto", "trainer.checkpoint_every_steps=5"),
+                 TORCHRUN)
 
 
 def test_plan_model_on_the_digits_cnn_takes_blocks_or_unit_selectors():
