@@ -222,6 +222,8 @@ def tune(r: Run) -> None:
         r.summary["cache_features"] = cache.head
         log.info("%s%s", cache.describe(), " (checked again on a batch when training starts)" if cache.head else "")
     if cfg.trainer.strategy.value == "fsdp":
+        from .sharded_load import plan_shards
+
         plan_shards(r)
 
 
@@ -363,23 +365,6 @@ def train(r: Run) -> None:
     log.info("Done: %s %.4f (best %s %.4f at epoch %s), weights (%s) in %s", final, r.summary.get(final, float("nan")),
              best.metric, best.value if best.value is not None else float("nan"), (best.epoch or 0) + 1,
              cfg.trainer.final_weights.value, r.run_dir / "model.safetensors")
-
-
-def plan_shards(r: Run) -> None:
-    """`trainer.strategy=fsdp`: the FSDP units from names (training/sharding.py), in the log and the summary."""
-    from ..training.sharding import plan_model
-
-    ever = set(r.freeze.trainable).union(*(ev.names for ev in r.freeze.events))  # trainable at some point
-    r.shard_plan = plan_model(r.model, r.cfg.trainer.fsdp.units, r.parts, ever)
-    if r.engine.is_main:  # rank 0 warns, as for everything else
-        for w in r.shard_plan.warnings:
-            log.warning(w)
-    log.info(r.shard_plan.describe())
-    r.summary["fsdp"] = r.shard_plan.to_dict()
-    if r.sharded_load is not None:  # sharded now (before the data's check forward): rank 0's load broadcast
-        from .sharded_load import shard_and_broadcast
-
-        shard_and_broadcast(r)
 
 
 def weights_meta(r: Run) -> dict[str, str]:

@@ -1,4 +1,5 @@
-"""`trainer.strategy=fsdp`: the planned load read once, on rank 0, and broadcast into the sharded model.
+"""`trainer.strategy=fsdp` in a run: the units planned (`plan_shards`, from tune), and the planned load read
+once, on rank 0, and broadcast into the sharded model.
 
 Every rank builds the target on the meta device (plan) and plans the load from names and shapes.
 Then (`load_on_rank0`, the `load` step) only rank 0 applies the plan, on the CPU, from the source's
@@ -223,3 +224,18 @@ def watch_memory(r: Any, optimizer: Any) -> None:
         handle.remove()
 
     handle = optimizer.register_step_post_hook(after_step)
+
+
+def plan_shards(r: Any) -> None:
+    """`trainer.strategy=fsdp`: the FSDP units from names (training/sharding.py), in the log and the summary."""
+    from ..training.sharding import plan_model
+
+    ever = set(r.freeze.trainable).union(*(ev.names for ev in r.freeze.events))  # trainable at some point
+    r.shard_plan = plan_model(r.model, r.cfg.trainer.fsdp.units, r.parts, ever)
+    if r.engine.is_main:  # rank 0 warns, as for everything else
+        for w in r.shard_plan.warnings:
+            log.warning(w)
+    log.info(r.shard_plan.describe())
+    r.summary["fsdp"] = r.shard_plan.to_dict()
+    if r.sharded_load is not None:  # sharded now (before the data's check forward): rank 0's load broadcast
+        shard_and_broadcast(r)

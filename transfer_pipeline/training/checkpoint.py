@@ -54,18 +54,22 @@ def save(path: Path, state: dict[str, Any]) -> None:
         torch.save({"format": FORMAT, **state}, tmp)
 
 
-def load(path: Path) -> dict[str, Any]:
+def read_state(path: Path, damaged: str) -> Any:
+    """`path` unpickled with only the types a checkpoint holds (weights_only); one UserError naming it otherwise."""
     from ..sources.safe_load import SAFE_REAL
 
+    try:
+        with torch.serialization.safe_globals(list(SAFE_REAL.values())):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unreadable file is the same message
+        raise UserError(f"trainer.resume: cannot read {path} ({type(e).__name__}); {damaged}") from None
+
+
+def load(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise UserError(f"trainer.resume: no checkpoint at {path}; a run writes checkpoints/{LAST} after its "
                         "first epoch (or every trainer.checkpoint_every_steps steps).")
-    try:
-        with torch.serialization.safe_globals(list(SAFE_REAL.values())):
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unreadable file is the same message
-        raise UserError(f"trainer.resume: cannot read {path} ({type(e).__name__}); it is not a checkpoint this "
-                        "pipeline wrote, or it is damaged.") from None
+    state = read_state(path, "it is not a checkpoint this pipeline wrote, or it is damaged.")
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise UserError(f"trainer.resume: {path} is not a full-state checkpoint of this pipeline (format "
                         f"{state.get('format') if isinstance(state, dict) else '?'}, expected {FORMAT}).")

@@ -99,8 +99,7 @@ def complete(path: Path) -> bool:
 def read(path: Path, rank: int, world: int) -> dict[str, Any]:
     """This rank's part of the checkpoint folder `path` (position, RNG, metrics, config ...) with "dcp" (the
     folder, for `load_states`) and "world" (the processes that wrote it); a UserError naming what is wrong."""
-    from ..sources.safe_load import SAFE_REAL
-    from .checkpoint import structure_problem
+    from .checkpoint import read_state, structure_problem
 
     if not path.is_dir():
         raise UserError(f"trainer.resume: no sharded checkpoint at {path}; a trainer.strategy=fsdp run writes "
@@ -120,12 +119,7 @@ def read(path: Path, rank: int, world: int) -> dict[str, Any]:
     if not own.is_file():
         raise UserError(f"trainer.resume: {path} is not a complete sharded checkpoint (no {own.name}); it was "
                         "damaged. Resume from another checkpoint, or start a fresh run.")
-    try:
-        with torch.serialization.safe_globals(list(SAFE_REAL.values())):
-            state = torch.load(own, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unreadable file is the same message
-        raise UserError(f"trainer.resume: cannot read {own} ({type(e).__name__}); the sharded checkpoint is "
-                        "damaged or not one this pipeline wrote.") from None
+    state = read_state(own, "the sharded checkpoint is damaged or not one this pipeline wrote.")
     problem = structure_problem({**state, "model": {}, "optimizer": {}}) if isinstance(state, dict) else "not a dict"
     if problem is None and not isinstance(state.get("param_groups"), list):
         problem = "it has no 'param_groups'"
