@@ -77,7 +77,14 @@ def test_sigkill_mid_epoch_with_step_checkpoints_then_resume_is_bitwise(referenc
         except (OSError, RuntimeError, EOFError, KeyError):
             return False
 
-    wait_for(past_a_step_checkpoint)
+    # Freeze the run before deciding: between seeing a step checkpoint and the kill, a busy machine can let the
+    # run reach the epoch's end and overwrite last.pt with an epoch checkpoint. A stopped process writes nothing.
+    while True:
+        wait_for(past_a_step_checkpoint)
+        proc.send_signal(signal.SIGSTOP)
+        if past_a_step_checkpoint():
+            break
+        proc.send_signal(signal.SIGCONT)
     proc.kill()
     proc.communicate(timeout=30)
     position = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)["position"]
