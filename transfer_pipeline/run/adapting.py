@@ -152,10 +152,13 @@ def exported(r: Run) -> None:
 
 
 def final_weights(r: Run) -> Any:
-    """fit's writer of the final weights with adapters: the best epoch's state put back if asked, then `finish`."""
+    """fit's writer of the final weights with adapters: the best epoch's state put back if asked, then `finish`.
+    Under trainer.strategy=fsdp fit gathers the weights to rank 0 (`weights`) and calls it there."""
     from ..schema import FinalWeights
 
-    def write(job: Any, best: Any) -> None:
+    def write(job: Any, best: Any, weights: dict[str, Any] | None = None) -> None:
+        if weights is not None:  # sharded: peft merges and saves a whole model, so rank 0 gets one of its own
+            unshard(r, weights)
         path = r.run_dir / "checkpoints" / "best.safetensors"
         if r.cfg.trainer.final_weights == FinalWeights.best and path.is_file():
             from safetensors.torch import load_file
@@ -166,6 +169,22 @@ def final_weights(r: Run) -> Any:
             finish(r, "last")
 
     return write
+
+
+def unshard(r: Run, weights: dict[str, Any]) -> None:
+    """trainer.strategy=fsdp, rank 0, after training: `r.model` / `r.peft_model` become a whole (unsharded) copy of
+    the adapted model holding the gathered `weights`, built and adapted as the run's was, for `finish`."""
+    import torch
+
+    from ..build import build_model
+    from ..tuning.adapters import inject
+
+    training = r.model.training
+    with torch.random.fork_rng(devices=[]):  # the copy's own random init draws nothing from the run's generators
+        model = build_model(r.model_node)
+        peft_model = inject(model, r.adapters)
+    model.load_state_dict(weights, assign=True)  # the gathered tensors themselves: no second copy of the weights
+    r.model, r.peft_model = model.to(r.device).train(training), peft_model
 
 
 def weights_meta(r: Run) -> dict[str, str]:

@@ -101,6 +101,21 @@ class Group:
         return box[0]
 
 
+    def copy_from_rank0(self, tensors: list[Any]) -> None:
+        """Rank 0's values into `tensors` on every rank, in place (one collective per dtype)."""
+        import torch
+        import torch.distributed as dist
+
+        by_dtype: dict[Any, list[Any]] = {}
+        for t in tensors:
+            by_dtype.setdefault(t.dtype, []).append(t)
+        for same in by_dtype.values():
+            flat = torch.cat([t.reshape(-1) for t in same])
+            dist.broadcast(flat, src=0)
+            for t, part in zip(same, flat.split([t.numel() for t in same])):
+                t.copy_(part.view_as(t))
+
+
 def join(device_name: str) -> tuple[Group, Any] | None:
     """Join the torchrun job, if this is one: the process group and this process's device."""
     where = launched()

@@ -96,6 +96,7 @@ class Engine:
         if self.scaler is None and self.precision == "16":
             self.scaler = torch.amp.GradScaler("cuda")
         self._call: Callable[..., Any] | None = None
+        self._model: nn.Module | None = None  # the model the last training forward ran (its buffers are shared)
         self._wrapped_for: tuple[str, ...] | None = None
 
     @property
@@ -152,13 +153,25 @@ class Engine:
             self.wrap(model)
         with self.autocast():
             if not self.compile:
-                return pick_output(call(self._call, x), self.output)
-            try:
-                return pick_output(call(self._call, x), self.output)
-            except Exception as e:
-                if _compile_failure(e):
-                    raise compile_error(e) from None
-                raise
+                out = pick_output(call(self._call, x), self.output)
+            else:
+                try:
+                    out = pick_output(call(self._call, x), self.output)
+                except Exception as e:
+                    if _compile_failure(e):
+                        raise compile_error(e) from None
+                    raise
+        self._model = model
+        return out
+
+    def share_buffers(self, model: nn.Module) -> None:
+        """trainer.strategy=fsdp, after each training backward (the forward's autograd graph still reads the buffers):
+        rank 0's buffers (the BatchNorm statistics the forward updated on each rank from its share of the batch) on
+        every rank. FSDP does not sync buffers; without this the ranks would validate different models, and a
+        checkpoint (one copy of each buffer) would resume another."""
+        changed = [b for m in model.modules() if m.training for b in m.buffers(recurse=False) if b is not None]
+        if changed:
+            self.group.copy_from_rank0(changed)
 
     def no_sync(self) -> Any:
         """Within an accumulation window: DDP's gradients are averaged once, at the window's last batch."""
@@ -167,6 +180,8 @@ class Engine:
 
     def backward(self, loss: torch.Tensor) -> None:
         (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+        if self.sharded and self.group is not None and self._model is not None:
+            self.share_buffers(self._model)
 
     def step(self, optimizer: torch.optim.Optimizer, params: list[nn.Parameter]) -> None:
         if self.scaler is not None:

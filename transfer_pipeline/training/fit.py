@@ -91,7 +91,7 @@ def fit(job: FitJob) -> FitResult:
     if not result.interrupted and job.engine.sharded:  # gathered on every rank (a collective), written by rank 0
         weights = full_weights(job.model)
         if keeper.main:
-            write_final_weights(job, keeper.best, weights)
+            (job.write_weights or write_final_weights)(job, keeper.best, weights)
     elif not result.interrupted and keeper.main:
         (job.write_weights or write_final_weights)(job, keeper.best)
     return result

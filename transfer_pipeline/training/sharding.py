@@ -74,7 +74,9 @@ def check_config(cfg: Any, launched: Any) -> None:
         (t.sync_batchnorm, "trainer.sync_batchnorm", "SyncBatchNorm is not built for sharded models yet"),
         (t.channels_last, "trainer.channels_last", "fully_shard needs contiguous parameters, and channels_last "
          "convolution weights are not"),
-        (cfg.adapters.method is not None, "adapters", "adapters on a sharded base are not built yet; use adapters=none"),
+        (cfg.adapters.method is not None and cfg.adapters.method.value == "dora", "adapters.method=dora", "peft's "
+         "DoRA reads each base layer's whole weight outside that layer's forward, where FSDP holds only its shard; "
+         "use adapters.method=lora (or rslora, loha, lokr)"),
         (cfg.source.adapter is not None, "source.adapter", "a saved adapter on a sharded base is not built yet"),
     ]
     for on, key, why in refused:
@@ -107,17 +109,26 @@ def choose_units(selectors: Sequence[str], modules: Sequence[str], where: str = 
 
 
 def plan_units(modules: Sequence[str], params: Mapping[str, int], ever_trainable: set[str], chosen: Sequence[str],
-               min_params: int = MIN_PARAMS) -> ShardPlan:
+               min_params: int = MIN_PARAMS, containers: frozenset[str] | set[str] = frozenset()) -> ShardPlan:
     """The units (deepest first, root last) from names alone.
 
     `modules`: every module name (named_modules order, "" the root); `params`: {parameter name: elements};
     `ever_trainable`: trainable at the start or unfrozen by an event; `chosen`: the modules asked for.
     A unit whose own parameters mix the two is split into its children (recursively); parameters a
     module holds directly stay with it, and if those mix, it is an error (a module's own tensors
-    cannot be split).
+    cannot be split). `containers` (ModuleDict, ModuleList, ParameterDict: no forward of their own)
+    are never units: FSDP gathers a unit's parameters when its forward runs, and theirs never does.
+    Their children are taken in their place, and parameters they hold directly stay with the unit
+    above (peft keeps LoRA's A and B matrices in ModuleDicts, LoKr's factors in ParameterDicts).
     """
     units: list[str] = []
     split: list[str] = []
+
+    def below(module: str) -> list[str]:  # the children that can be units: a container's children in its place
+        out: list[str] = []
+        for child in _children(module, modules):
+            out += below(child) if child in containers else [child]
+        return out
 
     def own(unit: str) -> list[str]:
         deeper = [u for u in units if u != unit and _under(unit, u)]
@@ -131,7 +142,7 @@ def plan_units(modules: Sequence[str], params: Mapping[str, int], ever_trainable
         if not mixed(mine):
             return
         split.append(unit or "(root)")
-        for child in _children(unit, modules):
+        for child in below(unit):
             if any(_under(child, p) for p in mine) and child not in units:
                 units.append(child)
                 settle(child)
@@ -143,7 +154,7 @@ def plan_units(modules: Sequence[str], params: Mapping[str, int], ever_trainable
                             f"({', '.join(off[:3])}) parameters itself, and one FSDP unit cannot mix them. Freeze or "
                             "train them together (freeze.trainable / freeze.frozen).")
 
-    for m in chosen:
+    for m in [c for m in chosen for c in (below(m) if m in containers else [m])]:  # e.g. encoder.layers: each layer
         if m not in units and any(_under(m, p) for p in params):
             units.append(m)
             settle(m)
@@ -174,7 +185,15 @@ def plan_model(model: Any, units: Sequence[str] | None, parts: Any, ever_trainab
         chosen = [m for block in parts.blocks for m in block if m in set(modules)]  # a block may name a parameter
     else:
         chosen = choose_units(parts.names(list(units), where), modules, where)
-    return plan_units(modules, {n: p.numel() for n, p in model.named_parameters()}, ever_trainable, chosen)
+    return plan_units(modules, {n: p.numel() for n, p in model.named_parameters()}, ever_trainable, chosen,
+                      containers=containers(model))
+
+
+def containers(model: Any) -> set[str]:
+    """The modules with no forward of their own (ModuleDict, ModuleList, ParameterDict, ...): never FSDP units."""
+    import torch.nn as nn
+
+    return {n for n, m in model.named_modules() if type(m).forward is nn.Module.forward}
 
 
 def shard_model(model: Any, plan: ShardPlan, precision: str, device: Any) -> None:

@@ -105,7 +105,7 @@ def test_ddp_outside_torchrun_is_one_process(run_pipeline):
     ("trainer.compile=true", "trainer.compile"),
     ("trainer.sync_batchnorm=true", "trainer.sync_batchnorm"),
     ("trainer.precision=16", "trainer.precision=16"),
-    ("adapters=lora", "adapters"),
+    ("adapters=dora", "adapters.method=dora"),
     ("trainer.channels_last=true", "trainer.channels_last"),
     ("mode=eval", "mode=eval"),
     ("mode=export", "mode=export"),
@@ -116,6 +116,7 @@ def test_what_fsdp_does_not_do_yet_is_refused_naming_the_key(override, key):
         check_config(cfg, TORCHRUN)
     assert str(e.value).startswith(f"{key} with trainer.strategy=fsdp is not supported yet")
     check_config(compose_config("trainer.strategy=fsdp"), TORCHRUN)  # the default transfer is fine
+    check_config(compose_config("trainer.strategy=fsdp", "adapters=lora"), TORCHRUN)  # LoRA's family is sharded
     # resume and step checkpoints write and read checkpoints/last.dcp (training/sharded_checkpoint.py)
     check_config(compose_config("trainer.strategy=fsdp", "trainer.resume=auto", "trainer.checkpoint_every_steps=5"),
                  TORCHRUN)
@@ -137,3 +138,58 @@ def test_plan_model_on_the_digits_cnn_takes_blocks_or_unit_selectors():
     assert plan.split == ["(root)"] and "(root)                                   -" in plan.describe()
     with pytest.raises(UserError, match=r"trainer.fsdp.units\[0\]: selector 'bloc3' .*block1"):
         plan_model(model, ["bloc3"], parts, ever)
+
+
+# peft's LoRA layer: the frozen base_layer and the trained A and B, held in ModuleDicts (no forward of their own)
+LORA = ["", "conv", "conv.base_layer", "conv.lora_A", "conv.lora_A.default", "conv.lora_B", "conv.lora_B.default",
+        "conv.lora_dropout", "conv.lora_dropout.default", "head", "head.original_module", "head.modules_to_save",
+        "head.modules_to_save.default"]
+LORA_PARAMS = {"conv.base_layer.weight": 144, "conv.lora_A.default.weight": 72, "conv.lora_B.default.weight": 128,
+               "head.original_module.weight": 20, "head.modules_to_save.default.weight": 20}
+LORA_TRAINED = {"conv.lora_A.default.weight", "conv.lora_B.default.weight", "head.modules_to_save.default.weight"}
+DICTS = {"conv.lora_A", "conv.lora_B", "conv.lora_dropout", "head.modules_to_save"}
+
+
+def test_containers_are_never_units_their_children_are():
+    # fully_shard refuses a ModuleDict, and FSDP gathers a unit's parameters in its forward, which a container has not
+    plan = plan_units(LORA, LORA_PARAMS, LORA_TRAINED, ["conv", "head"], min_params=0, containers=DICTS)
+    assert units(plan) == [("conv.lora_A.default", True, 72), ("conv.lora_B.default", True, 128),
+                           ("head.modules_to_save.default", True, 20), ("conv.base_layer", False, 144),
+                           ("head.original_module", False, 20), ("", False, 0)]
+    assert not {u.name for u in plan.units} & DICTS
+    # without the containers named, the ModuleDicts themselves would be units (what fully_shard refused)
+    assert "conv.lora_A" in {u.name for u in plan_units(LORA, LORA_PARAMS, LORA_TRAINED, ["conv"], min_params=0).units}
+
+
+def test_a_containers_own_parameters_stay_with_the_unit_above_and_a_chosen_container_gives_its_children():
+    # peft's LoRA on an Embedding keeps A and B in ParameterDicts: they stay with the layer, whose forward uses them
+    modules = ["", "emb", "emb.base_layer", "emb.lora_embedding_A", "emb.lora_embedding_B", "layers", "layers.0",
+               "layers.1"]
+    params = {"emb.base_layer.weight": 100, "emb.lora_embedding_A.default": 8, "emb.lora_embedding_B.default": 8,
+              "layers.0.w": 50, "layers.1.w": 50}
+    trained = {"emb.lora_embedding_A.default", "emb.lora_embedding_B.default"}
+    plan = plan_units(modules, params, trained, ["emb", "layers"], min_params=0,
+                      containers={"emb.lora_embedding_A", "emb.lora_embedding_B", "layers"})
+    assert units(plan) == [("emb.base_layer", False, 100), ("layers.0", False, 50), ("layers.1", False, 50),
+                           ("emb", True, 16), ("", False, 0)]
+    with pytest.raises(UserError, match="module 'emb' holds trainable"):  # its own tensors mix: cannot be split
+        plan_units(modules, params, {"emb.lora_embedding_A.default"}, ["emb"], min_params=0,
+                   containers={"emb.lora_embedding_A", "emb.lora_embedding_B"})
+
+
+def test_plan_model_on_a_lora_adapted_model_names_no_container():
+    from transfer_pipeline.model_parts import model_parts
+    from transfer_pipeline.models import DigitsCNN
+    from transfer_pipeline.training.sharding import containers, plan_model
+    from peft import LoraConfig, get_peft_model
+
+    model = DigitsCNN()
+    parts = model_parts(model)
+    get_peft_model(model, LoraConfig(r=4, target_modules=["block1.0"], modules_to_save=["head"]))
+    ever = {n for n, p in model.named_parameters() if p.requires_grad}
+    plan = plan_model(model, None, parts, ever)
+    names = [u.name for u in plan.units]
+    assert "block1.0.lora_A.default" in names and "block1.0.base_layer" in names
+    assert not set(names) & containers(model)
+    own = {u.name: u.trainable for u in plan.units}
+    assert own["head.modules_to_save.default"] and not own["head.original_module"] and not own["block1.0.base_layer"]
