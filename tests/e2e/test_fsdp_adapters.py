@@ -74,8 +74,10 @@ def test_lora_under_fsdp_with_a_base_block_unfrozen_later_resumes_bit_for_bit(tm
     assert units["block2.0.modules_to_save.default"] and not units["block2.0.original_module"]
     assert units["block1.0.lora_A.default"] and not units["block1.0.base_layer"]
     stopped = tmp_path / "stopped"
-    proc = subprocess.Popen([*launcher(2), "run.py", *args, f"hydra.run.dir={stopped}"], cwd=ROOT, env=ENV,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    printed = tmp_path / "printed.txt"
+    with open(printed, "w") as out:
+        proc = subprocess.Popen([*launcher(2), "run.py", *args, f"hydra.run.dir={stopped}"], cwd=ROOT, env=ENV,
+                                stdout=out, stderr=subprocess.STDOUT)
     try:
         wait_for(lambda: (stopped / "metrics.csv").is_file()
                  and len((stopped / "metrics.csv").read_text().splitlines()) >= 2, timeout=180)
@@ -87,6 +89,9 @@ def test_lora_under_fsdp_with_a_base_block_unfrozen_later_resumes_bit_for_bit(tm
     summary = read_json(stopped / "summary.json")
     assert summary["status"] == "interrupted", summary
     command = shlex.split(summary["resume_command"])
+    said = printed.read_text()
+    assert said.count("Resume with:") == 1 and said.count(summary["resume_command"]) >= 1  # rank 0 says it, once
+    assert "transfer_pipeline_rank1" not in said  # not another rank's temporary folder
     resumed = run([*launcher(2), *command[2:]])
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     for name in ("model.safetensors", "adapter/adapter_model.safetensors", "checkpoints/last.safetensors"):
@@ -95,3 +100,25 @@ def test_lora_under_fsdp_with_a_base_block_unfrozen_later_resumes_bit_for_bit(tm
     e1 = load_file(tmp_path / "whole" / "model.safetensors")
     assert (e1["block2.0.weight"] - load_file(SOURCE)["block2.0.weight"]).abs().max() > 1e-3
 
+
+
+def test_a_saved_adapter_trains_on_under_fsdp_as_under_ddp(tmp_path):
+    saved = run_cli("device=cpu", "adapters=lora", "trainer.epochs=1", "trainer.limit_train_batches=6",
+                    "trainer.progress=false", f"hydra.run.dir={tmp_path / 'first'}", env={"OMP_NUM_THREADS": "1"})
+    assert saved.returncode == 0, saved.stderr[-3000:]
+    common = ("device=cpu", "adapters=lora", f"source.adapter={tmp_path / 'first' / 'adapter'}", "trainer.epochs=1",
+              "trainer.batch_size=64", "trainer.limit_train_batches=10", "trainer.progress=false")
+    fsdp = run([*launcher(2), "run.py", *common, "trainer.strategy=fsdp", f"hydra.run.dir={tmp_path / 'fsdp'}"])
+    assert fsdp.returncode == 0, fsdp.stderr[-3000:]
+    ddp = run([*launcher(2), "run.py", *common, f"hydra.run.dir={tmp_path / 'ddp'}"])
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    # rank 0 alone put the saved adapter on (rank 1's base is on the meta device) and broadcast it with the base;
+    # the same global batches on 2 processes: measured bitwise equal to DDP
+    for name in ("model.safetensors", "adapter/adapter_model.safetensors"):
+        a, b = load_file(tmp_path / "fsdp" / name), load_file(tmp_path / "ddp" / name)
+        assert a.keys() == b.keys() and max_diff(a, b) < 1e-6, name
+    summary = read_json(tmp_path / "fsdp" / "summary.json")
+    assert summary["fsdp"]["load"] == "rank 0, broadcast" and summary["fsdp"]["source_bytes_read"][1] == 0
+    assert summary["source_adapter"]["sha256"] == read_json(tmp_path / "ddp" / "summary.json")["source_adapter"]["sha256"]
+    first = load_file(tmp_path / "first" / "adapter" / "adapter_model.safetensors")
+    assert max_diff(first, load_file(tmp_path / "fsdp" / "adapter" / "adapter_model.safetensors")) > 1e-4  # trained on

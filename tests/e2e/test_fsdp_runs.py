@@ -89,3 +89,18 @@ def test_fsdp_refusals_under_torchrun(tmp_path):
     assert result.returncode != 0
     assert "trainer.ema with trainer.strategy=fsdp is not supported yet" in result.stdout + result.stderr
     assert read_json(tmp_path / "summary.json")["status"] == "failed"
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("extra", [(), ("adapters=lora",)])
+def test_fsdp_on_cuda_with_bf16_mixed_precision(tmp_path, extra):
+    # nccl, one process per GPU (one process where there is one GPU: FSDP over a mesh of 1 still gathers in bf16)
+    nproc = min(torch.cuda.device_count(), 2)
+    result = torchrun("device=cuda", "trainer.strategy=fsdp", "trainer.precision=bf16", "trainer.epochs=2",
+                      "trainer.progress=false", *extra, f"hydra.run.dir={tmp_path}", nproc=nproc)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = read_json(tmp_path / "summary.json")
+    assert summary["status"] == "completed" and summary["val_acc"] > 0.5
+    assert all("peak_cuda_allocated" in row for row in summary["fsdp"]["local_bytes"])
+    weights = load_file(tmp_path / "model.safetensors")  # bf16 is the compute: the weights stay float32
+    assert all(t.dtype in (torch.float32, torch.int64) for t in weights.values())

@@ -79,7 +79,8 @@ def put_saved(r: Run, spec: str, freeze: Any) -> Any:
         check_same(saved, r.adapters, given)
     peft_model = inject(r.model, r.adapters)
     check_fits(peft_model, saved)
-    if mode != Mode.plan:  # a plan reads no tensor data: names and shapes are checked
+    meta_rank = r.sharded_load is not None and r.sharded_load.rank != 0  # fsdp: rank 0's values come by broadcast
+    if mode != Mode.plan and not meta_rank:  # a plan reads no tensor data: names and shapes are checked
         load_saved(peft_model, saved, r.cfg.source.allow_nonfinite)
     log.info("%s\n  put on from source.adapter=%s (%s bytes, sha256 %s)", r.adapters.describe(), saved.folder,
              f"{saved.bytes:,}", saved.sha256[:16])

@@ -310,8 +310,10 @@ def train(r: Run) -> None:
         r.summary.update({k: v for k, v in last.items() if k.startswith(("val_", "ema_val_"))},
                          final_trainable_params=last["trainable_params"])
     if result.interrupted:
+        if not r.engine.is_main:  # rank 0 says how to resume (another rank's folder is not the run's)
+            raise Interrupted(r.signals.signum or signal.SIGINT)
         last = "last.dcp" if r.engine.sharded else "last.pt"  # fsdp: the folder every rank wrote its shards to
-        if ((r.main_dir if r.engine.sharded else r.run_dir) / "checkpoints" / last).exists():
+        if (r.run_dir / "checkpoints" / last).exists():
             command = r.signals.resume_command(r.run_dir)
             r.summary["resume_command"] = command
             log.warning("Stopped in epoch %d after %d batch(es): checkpoints/%s holds the state. Resume with:\n  %s",

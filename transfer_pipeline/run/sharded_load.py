@@ -158,6 +158,8 @@ def shard_and_broadcast(r: Any) -> None:
             module._buffers[leaf] = b.to(r.device)
     set_model_state_dict(model, full, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
     del full
+    if rank == 0:
+        release(r.weights)
     reads = every_rank((r.sharded_load.reads.tensors, r.sharded_load.reads.bytes))
     log.info("trainer.strategy=fsdp: the load was applied on rank 0 and broadcast into the shards; source tensors "
              "(bytes) read per rank: %s", ", ".join(f"rank {i}: {n} ({b:,})" for i, (n, b) in enumerate(reads)))
@@ -166,6 +168,15 @@ def shard_and_broadcast(r: Any) -> None:
     fsdp["source_bytes_read"] = [b for _, b in reads]  # per rank: what each took from the source
     if torch.cuda.is_available() and r.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(r.device)
+
+
+def release(weights: Any) -> None:
+    """Rank 0, after the broadcast: the shards hold copies, so the source's memory map (its file pages, counted in
+    this process's memory) is let go; nothing reads the source after the load in a sharded run."""
+    def released(name: str) -> Any:
+        raise RuntimeError(f"bug: source tensor {name} read after the sharded load released the source")
+
+    weights.get, weights.candidates, weights.module = released, {}, None
 
 
 def every_rank(value: Any) -> list[Any]:
@@ -207,6 +218,15 @@ def peak_memory(device: Any) -> tuple[str, int]:
         return "rss", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
 
 
+def resident_now() -> int | None:
+    """This process's resident bytes now (VmRSS; memory-mapped file pages it touched included), None off Linux."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
+    except (OSError, StopIteration):
+        return None
+
+
 def watch_memory(r: Any, optimizer: Any) -> None:
     """After the first optimizer step: this rank's parameter, gradient and optimizer-state bytes and its peak memory,
     in the log (every rank) and in summary.json's fsdp.local_bytes (rank 0's)."""
@@ -214,12 +234,13 @@ def watch_memory(r: Any, optimizer: Any) -> None:
 
     def after_step(opt: Any, args: Any, kwargs: Any) -> None:  # every rank steps together: the gather is safe
         kind, peak = peak_memory(r.device)
-        rows = every_rank({**local_bytes(r.model, opt), f"peak_{kind}": peak})
+        now = {"rss": resident_now()} if kind == "rss" else {}
+        rows = every_rank({**local_bytes(r.model, opt), f"peak_{kind}": peak, **now})
         for rank, row in enumerate(rows):
             log.info("trainer.strategy=fsdp: rank %d holds parameters %s, gradients %s, optimizer state %s bytes "
-                     "(total %s) after the first step; peak %s so far %s bytes", rank, f"{row['parameters']:,}",
+                     "(total %s) after the first step; peak %s so far %s bytes%s", rank, f"{row['parameters']:,}",
                      f"{row['gradients']:,}", f"{row['optimizer']:,}", f"{row['total']:,}", kind,
-                     f"{row[f'peak_{kind}']:,}")
+                     f"{row[f'peak_{kind}']:,}", f", resident now {row['rss']:,}" if row.get("rss") else "")
         r.summary.setdefault("fsdp", {})["local_bytes"] = rows  # per rank
         handle.remove()
 

@@ -77,7 +77,6 @@ def check_config(cfg: Any, launched: Any) -> None:
         (cfg.adapters.method is not None and cfg.adapters.method.value == "dora", "adapters.method=dora", "peft's "
          "DoRA reads each base layer's whole weight outside that layer's forward, where FSDP holds only its shard; "
          "use adapters.method=lora (or rslora, loha, lokr)"),
-        (cfg.source.adapter is not None, "source.adapter", "a saved adapter on a sharded base is not built yet"),
     ]
     for on, key, why in refused:
         if on:

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from transfer_pipeline.build import build_model
-from transfer_pipeline.run.sharded_load import count_reads, local_bytes, why_not
+from transfer_pipeline.run.sharded_load import count_reads, local_bytes, release, resident_now, why_not
 
 MLP = {"_target_": "transfer_pipeline.models.TinyMLP", "in_features": 4, "hidden": [3], "num_classes": 2}
 
@@ -47,3 +47,27 @@ def test_why_not_says_when_every_rank_loads_the_whole_model():
     assert "no source" in why_not(run(meta, weights=None))
     assert "mapping.verify" in why_not(run(meta, verify=True))
     assert "built normally" in why_not(run(build_model(MLP)))
+
+
+def test_release_lets_the_source_memory_map_go(tmp_path):
+    # rank 0 after the broadcast: the shards hold copies, and the mapped file pages would stay in its memory
+    import gc
+
+    import pytest
+    from safetensors.torch import save_file
+
+    from transfer_pipeline.sources.read import read_path
+
+    path = tmp_path / "big.safetensors"
+    save_file({"w": torch.ones(256, 1024)}, path)
+    weights = read_path(path)
+    counted = count_reads(weights)  # as the run wraps it
+    assert float(weights.get("w").sum()) == 256 * 1024 and counted.tensors == 1
+    mapped = lambda: str(path) in open("/proc/self/maps").read()  # noqa: E731
+    assert mapped()
+    release(weights)
+    gc.collect()
+    assert not mapped()
+    with pytest.raises(RuntimeError, match="read after the sharded load released"):
+        weights.get("w")
+    assert resident_now() > 0
