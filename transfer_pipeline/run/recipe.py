@@ -204,6 +204,8 @@ def tune(r: Run) -> None:
         set_requires_grad(model, r.freeze.trainable)
         r.groups = build_groups(r.freeze.names, optim, r.freeze.events, r.freeze.blocks, no_decay_names(model, optim))
         unused = set()
+    if cfg.optim.regularize is not None:
+        regularize(r)
     lrs = initial_lrs(r.groups, r.freeze.trainable, r.freeze.events, cfg.optim.scheduler)
     params = dict(model.named_parameters())
     r.summary.update(trainable_params=sum(params[n].numel() for n in r.freeze.trainable),
@@ -226,6 +228,20 @@ def tune(r: Run) -> None:
         from .sharded_load import plan_shards
 
         plan_shards(r)
+
+
+def regularize(r: Run) -> None:
+    """optim.regularize=l2_sp: the loaded values that training pulls toward (tuning/l2_sp.py), copied now."""
+    from ..tuning.l2_sp import plan_l2_sp
+
+    if r.adapters is not None:
+        raise UserError("optim.regularize=l2_sp with adapters: the adapted base is frozen, so there is nothing loaded "
+                        "to pull toward the source; drop one of them.")
+    ever = set(r.freeze.trainable).union(*(ev.names for ev in r.freeze.events))
+    r.l2_sp = plan_l2_sp(r.model, r.report.plan.loaded if r.report is not None else [], ever,
+                         *r.cfg.optim.l2_sp.values(), has_source=r.weights is not None)
+    log.info(r.l2_sp.describe())
+    r.summary["l2_sp"] = r.l2_sp.to_dict()
 
 
 def data(r: Run) -> None:
@@ -278,6 +294,8 @@ def train(r: Run) -> None:
         shard_model(model, r.shard_plan, cfg.trainer.precision, r.device)
         r.engine.sharded = True
     r.optimizer = make_optimizer(model, r.groups, cfg.optim)
+    if r.l2_sp is not None:
+        r.engine.regularize = r.l2_sp.add_gradients(model)
     if r.engine.sharded:  # each rank's parameter, gradient and optimizer-state bytes after the first step
         from .sharded_load import watch_memory
 
@@ -302,6 +320,8 @@ def train(r: Run) -> None:
         r.signals.graceful = False
     state, best = result.state, result.best
     r.summary["cache_features"] = result.cached
+    if r.l2_sp is not None:  # how far the loaded tensors moved (the model as training left it)
+        r.summary["l2_sp"].update(distance_to_source=r.l2_sp.distance(model), penalty=r.l2_sp.penalty(model))
     r.summary.update(epochs=len(state.history), train_samples_per_s=state.samples / state.seconds if state.seconds else None,
                      monitor=best.metric, best_epoch=best.epoch, **{f"best_{best.metric}": best.value},
                      stopped_early=state.stopped_early)

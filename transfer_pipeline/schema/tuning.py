@@ -184,6 +184,35 @@ class SchedulerConfig:
                 raise UserError(f"optim.scheduler.{key}={getattr(self, key)}: must be {want}.")
 
 
+class Regularizer(Enum):
+    l2_sp = "l2_sp"  # pull the loaded tensors toward the source's values, the fresh ones toward zero (Li et al. 2018)
+
+
+L2_SP_ALPHA, L2_SP_BETA = 0.01, 1e-4  # optim.l2_sp's values when left null
+
+
+@dataclass
+class L2SPConfig:
+    alpha: Optional[float] = None  # strength of the pull of loaded tensors toward the source's values; null = 0.01
+    beta: Optional[float] = None  # strength of the pull of fresh tensors (a new head) toward zero; null = 0.0001
+
+    def check(self, on: bool) -> None:
+        given = [k for k in ("alpha", "beta") if getattr(self, k) is not None]
+        if given and not on:  # it would do nothing
+            raise UserError(f"optim.l2_sp.{given[0]} is set but optim.regularize is null; add optim.regularize=l2_sp, "
+                            f"or drop optim.l2_sp.{given[0]}.")
+        for key in given:
+            check_number(f"optim.l2_sp.{key}", getattr(self, key), 0, want="a finite number >= 0 (0.01 is usual)")
+        if on and self.values() == (0.0, 0.0):
+            raise UserError("optim.l2_sp.alpha=0 and optim.l2_sp.beta=0: optim.regularize=l2_sp would do nothing; "
+                            "give alpha > 0 (e.g. 0.01), or drop optim.regularize.")
+
+    def values(self) -> tuple[float, float]:
+        """(alpha, beta) with the defaults filled in."""
+        return (L2_SP_ALPHA if self.alpha is None else float(self.alpha),
+                L2_SP_BETA if self.beta is None else float(self.beta))
+
+
 @dataclass
 class OptimConfig:
     name: OptimizerName = OptimizerName.adamw  # the optimizer
@@ -195,9 +224,19 @@ class OptimConfig:
     layer_decay: Optional[float] = None  # e.g. 0.75: block i below the head trains at lr x 0.75**i
     no_decay: Optional[List[str]] = None  # no weight decay: `bias`, `norm`, selectors; null = [bias, norm] for adamw
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    regularize: Optional[Regularizer] = None  # l2_sp: loaded tensors pulled toward the source's values (optim.l2_sp)
+    l2_sp: L2SPConfig = field(default_factory=L2SPConfig)  # optim.regularize=l2_sp's strengths
 
     def __post_init__(self) -> None:
         check_number("optim.lr", self.lr, 0, want="a finite number >= 0")
+        self.l2_sp.check(self.regularize is not None)
+        decays = [("optim.weight_decay", self.weight_decay)] + [
+            (f"optim.groups[{i}].weight_decay", g.weight_decay) for i, g in enumerate(self.groups)]
+        decayed = [k for k, v in decays if v]
+        if self.regularize is not None and decayed:  # both pulls at once: toward zero and toward the source
+            raise UserError(f"{decayed[0]}={dict(decays)[decayed[0]]} with optim.regularize=l2_sp: L2-SP replaces "
+                            "weight decay (it pulls loaded tensors toward the source's values and fresh ones toward "
+                            "zero, optim.l2_sp.beta); set the weight decay to 0.")
         check_number("optim.weight_decay", self.weight_decay, 0, want="a finite number >= 0")
         check_number("optim.momentum", self.momentum, 0, 1, high_open=True)
         if self.layer_decay is not None and not (math.isfinite(self.layer_decay) and 0 < self.layer_decay <= 1):

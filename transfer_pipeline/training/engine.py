@@ -89,6 +89,7 @@ class Engine:
     output: int | str | None = None  # model.output: where the logits are in what the model returns
     target_key: str = "labels"  # data.target_key: the target in dict batches
     sharded: bool = False  # trainer.strategy=fsdp: the model is fully_shard-ed in place (sharding.py), no DDP
+    regularize: Callable[[], None] | None = None  # adds a penalty's gradients before each step (optim.regularize)
     autocast: Callable[[], Any] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -186,6 +187,8 @@ class Engine:
     def step(self, optimizer: torch.optim.Optimizer, params: list[nn.Parameter]) -> None:
         if self.scaler is not None:
             self.scaler.unscale_(optimizer)
+        if self.regularize is not None:  # on the true gradients (unscaled), before clipping: as if in the loss
+            self.regularize()
         if self.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_([p for p in params if p.grad is not None], self.grad_clip)
         if self.scaler is not None:

@@ -74,6 +74,8 @@ def check_config(cfg: Any, launched: Any) -> None:
         (t.sync_batchnorm, "trainer.sync_batchnorm", "SyncBatchNorm is not built for sharded models yet"),
         (t.channels_last, "trainer.channels_last", "fully_shard needs contiguous parameters, and channels_last "
          "convolution weights are not"),
+        (cfg.optim.regularize is not None, "optim.regularize=l2_sp", "its anchors would have to be sharded as the "
+         "parameters are, which is not built yet"),
         (cfg.adapters.method is not None and cfg.adapters.method.value == "dora", "adapters.method=dora", "peft's "
          "DoRA reads each base layer's whole weight outside that layer's forward, where FSDP holds only its shard; "
          "use adapters.method=lora (or rslora, loha, lokr)"),

@@ -106,6 +106,7 @@ def test_ddp_outside_torchrun_is_one_process(run_pipeline):
     ("trainer.sync_batchnorm=true", "trainer.sync_batchnorm"),
     ("trainer.precision=16", "trainer.precision=16"),
     ("adapters=dora", "adapters.method=dora"),
+    ("optim.regularize=l2_sp", "optim.regularize=l2_sp"),
     ("trainer.channels_last=true", "trainer.channels_last"),
     ("mode=eval", "mode=eval"),
     ("mode=export", "mode=export"),
