@@ -41,6 +41,14 @@ class DictItems(Dataset):
         return {"features": self.x[i], "mask": torch.ones(2), self.key: self.y[i]}
 
 
+def with_shifted(n: int = 300) -> dict:
+    """tuple_splits plus 'shifted': the val points with their features scaled and flipped in sign half-way (an
+    out-of-distribution split with the same labels)."""
+    s = tuple_splits(n, test=False)
+    x, y = s["val"].tensors
+    return {**s, "shifted": TensorDataset(torch.cat([x[:, :4] * -2.0, x[:, 4:]], 1), y)}
+
+
 def dict_splits(n: int = 300, key: str = "labels") -> dict:
     s = tuple_splits(n, test=False)
     return {name: DictItems(*s[name].tensors, key=key) for name in ("train", "val")} | {"classes": s["classes"]}
@@ -83,6 +91,12 @@ def bad_splits(kind: str) -> object:
         return {"train": [(torch.zeros(8), "red")] * 4, "val": [(torch.zeros(8), "red")] * 4}
     if kind == "ragged":  # inputs of different lengths: no batch can be stacked
         return {"train": good["train"], "val": [(torch.zeros(8 + i), 0) for i in range(4)]}
+    if kind == "extra_name":  # an extra split must be a lowercase name that shadows no metric
+        return {"train": good["train"], "val": good["val"], "Shifted": good["val"]}
+    if kind == "extra_reserved":
+        return {"train": good["train"], "val": good["val"], "ema_val": good["val"]}
+    if kind == "extra_not_a_dataset":
+        return {"train": good["train"], "val": good["val"], "shifted": 3}
     if kind == "no_target":
         return {"train": DictItems(*good["train"].tensors, key="target"), "val": good["val"]}
     raise ValueError(kind)

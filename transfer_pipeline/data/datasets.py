@@ -1,10 +1,15 @@
 """Datasets: `digits` (scikit-learn's real 8x8 digits, offline), `image_folder`, `synthetic`, or your own
-`data._target_`: a callable returning {train, val, optional test, optional classes}."""
+`data._target_`: a callable returning {train, val, optional test, optional classes, optional extra splits}.
+
+Extra splits (your own keys beside those, or digits' `shifted` with data.shift) are evaluated every
+epoch beside val (`<name>_acc`, `<name>_loss` in metrics.csv and summary.json): an
+out-of-distribution split shows what fine-tuning costs in robustness."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +28,7 @@ class DataBundle:
     val: Dataset
     class_names: list[str] | None  # None: your data did not name its classes (the model's output size counts them)
     test: Dataset | None = None
+    extra: dict[str, Dataset] = field(default_factory=dict)  # evaluated every epoch beside val (e.g. `shifted`)
 
     @property
     def num_classes(self) -> int | None:
@@ -73,7 +79,26 @@ def digits(cfg: DataConfig, seed: int) -> DataBundle:
     x = ((x - mean) / std).contiguous()
     names = [str(c) for c in wanted]
     train, val = _split(labels, cfg.val_fraction, seed, names)
-    return DataBundle(TensorDataset(x[train], labels[train]), TensorDataset(x[val], labels[val]), names)
+    extra = {"shifted": TensorDataset(shifted(x[val], cfg.shift.value, seed), labels[val])} \
+        if cfg.shift.value != "none" else {}
+    return DataBundle(TensorDataset(x[train], labels[train]), TensorDataset(x[val], labels[val]), names, extra=extra)
+
+
+SHIFT_DEGREES, SHIFT_NOISE = 30.0, 0.6
+
+
+def shifted(x: torch.Tensor, how: str, seed: int) -> torch.Tensor:
+    """data.shift: the (normalised) val images rotated by SHIFT_DEGREES, or with Gaussian noise of std SHIFT_NOISE."""
+    import math
+
+    if how == "noisy":
+        return (x + SHIFT_NOISE * torch.randn(x.shape, generator=torch.Generator().manual_seed(seed + 1))).contiguous()
+    a = math.radians(SHIFT_DEGREES)
+    theta = torch.tensor([[math.cos(a), -math.sin(a), 0.0], [math.sin(a), math.cos(a), 0.0]]).expand(len(x), 2, 3)
+    grid = torch.nn.functional.affine_grid(theta, list(x.shape), align_corners=False)
+    background = x.amin(dim=(2, 3), keepdim=True)  # the corners the rotation uncovers: the image's own background
+    out = torch.nn.functional.grid_sample(x - background, grid, align_corners=False, padding_mode="zeros")
+    return (out + background).contiguous()
 
 
 def synthetic(cfg: DataConfig, seed: int) -> DataBundle:
@@ -133,6 +158,8 @@ def image_folder(cfg: DataConfig, seed: int, source_weights: str | None = None) 
 
 
 SPLITS = ("train", "val", "test", "classes")
+EXTRA_NAME = re.compile(r"[a-z][a-z0-9_]{0,39}")
+RESERVED = ("ema_val", "best", "lr", "epoch", "train_samples", "trainable")  # metric names an extra split would shadow
 
 
 def from_target(cfg: DataConfig, seed: int) -> DataBundle:
@@ -144,9 +171,12 @@ def from_target(cfg: DataConfig, seed: int) -> DataBundle:
     if not isinstance(got, Mapping):
         raise UserError(f"data._target_: {target} returned a {type(got).__name__}; return a dict with 'train' and "
                         "'val' datasets (optional 'test', and 'classes': the class names).")
-    unknown = [k for k in got if k not in SPLITS]
-    if unknown:
-        raise UserError(f"data._target_: {target} returned the key(s) {unknown}; the keys are {', '.join(SPLITS)}.")
+    extra_names = [k for k in got if k not in SPLITS]
+    for k in extra_names:  # extra splits: evaluated every epoch beside val
+        if not isinstance(k, str) or not EXTRA_NAME.fullmatch(k) or k in RESERVED:
+            raise UserError(f"data._target_: {target} returned the key {k!r}; beside {', '.join(SPLITS)} a key names an "
+                            "extra split evaluated every epoch, so it must be a lowercase name (letters, digits, _) "
+                            f"that is not one of {', '.join(RESERVED)}, e.g. 'shifted'.")
     for name in ("train", "val"):
         if got.get(name) is None:
             raise UserError(f"data._target_: {target} returned no {name!r} split (keys: {sorted(got)}); return "
@@ -159,7 +189,9 @@ def from_target(cfg: DataConfig, seed: int) -> DataBundle:
             raise UserError(f"data._target_: {target} returned classes={classes!r}; give the class names as a "
                             "non-empty list (or leave 'classes' out).")
         classes = [str(c) for c in classes]
-    return DataBundle(splits["train"], splits["val"], classes, splits.get("test"))
+    extra = {k: YourSplit(_check_split(got[k], k, target, cfg.target_key), k, target) for k in extra_names
+             if got[k] is not None}
+    return DataBundle(splits["train"], splits["val"], classes, splits.get("test"), extra)
 
 
 class YourSplit(Dataset):

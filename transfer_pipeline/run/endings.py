@@ -57,16 +57,23 @@ def evaluated(r: Run) -> None:
     report = {"split": split, "samples": result["n"], "task": r.cfg.task.value,
               **{f"{split}_{k}": v for k, v in scalars.items()},
               **{k: v for k, v in result.items() if isinstance(v, dict)}}
+    extra = {}  # the data's extra splits (data.shift's `shifted`, your own keys), as in training's epochs
+    for name, loader_ in r.extra_loaders.items():
+        got = evaluate(r.model, loader_, r.engine, r.task, r.cfg.trainer.limit_val_batches)
+        extra.update({f"{name}_{k}": v for k, v in got.items()})
+    report.update(extra)
     files.write_json(r.run_dir / "eval.json", report)
     if confusion is not None:
         from ..training.curves import write_confusion
 
         files.write_json(r.run_dir / "confusion.json", confusion)
         write_confusion(r.run_dir / "confusion.png", confusion, f"{split} split, {result['n']} samples")
-    r.summary.update(status="evaluated", eval_split=split, **{f"{split}_{k}": v for k, v in scalars.items()})
+    r.summary.update(status="evaluated", eval_split=split, **{f"{split}_{k}": v for k, v in scalars.items()}, **extra)
     if split == "val":
         r.summary.update(val_acc=result.get("acc"), val_loss=result["loss"])
     log.info("%s (%d samples): %s", split, result["n"], "  ".join(f"{split}_{k} {v:.4f}" for k, v in scalars.items()))
+    if extra:
+        log.info("extra splits: %s", "  ".join(f"{k} {v:.4f}" for k, v in extra.items()))
     log.info("eval.json%s written to %s", ", confusion.json and confusion.png" if confusion else "", r.run_dir)
 
 

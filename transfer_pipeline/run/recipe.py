@@ -273,6 +273,15 @@ def data(r: Run) -> None:
         # loader that was checked stays: its workers (data.num_workers) have started
     r.summary.update(task=cfg.task.value, num_classes=r.task.size, train_samples=len(r.data.train),
                      val_samples=len(r.data.val), test_samples=len(r.data.test) if r.data.test is not None else None)
+    if r.data.extra:  # evaluated every epoch beside val, read as val is
+        from ..data.datasets import eval_loader
+
+        val = r.loaders[1]
+        r.extra_loaders = {name: eval_loader(ds, val.batch_size, val.num_workers, val.pin_memory)
+                           for name, ds in r.data.extra.items()}
+        r.summary.update({f"{name}_samples": len(ds) for name, ds in r.data.extra.items()})
+        log.info("Extra split(s), evaluated beside val: %s", ", ".join(f"{name} ({len(ds)} samples)"
+                                                                      for name, ds in r.data.extra.items()))
     if r.data.class_names is not None:
         r.summary["classes"] = r.data.class_names
 
@@ -315,7 +324,7 @@ def train(r: Run) -> None:
                             stop_requested=r.signals.requested, on_event=on_event, plan_text=r.report.table(),
                             source=str(r.summary["source"]), resume=r.resume_state, weights_meta=weights_meta(r),
                             write_weights=adapting.final_weights(r) if r.adapters is not None else None,
-                            main_dir=r.main_dir))
+                            main_dir=r.main_dir, extra_loaders=r.extra_loaders))
     finally:
         r.signals.graceful = False
     state, best = result.state, result.best
@@ -327,7 +336,8 @@ def train(r: Run) -> None:
                      stopped_early=state.stopped_early)
     if state.history:
         last = state.history[-1]
-        r.summary.update({k: v for k, v in last.items() if k.startswith(("val_", "ema_val_"))},
+        extra = tuple(f"{name}_" for name in r.extra_loaders)
+        r.summary.update({k: v for k, v in last.items() if k.startswith(("val_", "ema_val_", *extra))},
                          final_trainable_params=last["trainable_params"])
     if result.interrupted:
         if not r.engine.is_main:  # rank 0 says how to resume (another rank's folder is not the run's)

@@ -49,6 +49,7 @@ class Run:
     task: TaskMetrics | None = None  # the loss and the metrics
     resume_state: dict[str, Any] | None = None  # a full-state checkpoint to continue from (trainer.resume)
     shard_plan: Any = None  # trainer.strategy=fsdp: the FSDP units (training/sharding.py), planned by tune
+    extra_loaders: dict[str, Any] = field(default_factory=dict)  # the data's extra splits (e.g. data.shift's `shifted`)
     l2_sp: Any = None  # optim.regularize=l2_sp: the anchors and strengths (tuning/l2_sp.py)
     sharded_load: Any = None  # trainer.strategy=fsdp: rank 0 loaded, the shards take it by broadcast (sharded_load.py)
     signals: StopSignals | None = None  # whether a Ctrl-C / SIGTERM asked the loop to stop

@@ -42,6 +42,7 @@ from .data import (  # noqa: F401
     DataConfig,
     ImagePreset,
     PredictConfig,
+    Shift,
     data_config,
 )
 from .source import AutoAlign, ExpectConfig, MappingConfig, OnMismatch, SourceConfig, VerifyConfig  # noqa: F401

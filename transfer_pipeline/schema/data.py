@@ -29,6 +29,12 @@ class Augment(Enum):  # data.augment: random transforms of the training split on
     randaugment = "randaugment"  # flip + RandAugment
 
 
+class Shift(Enum):  # data.shift: digits only, an out-of-distribution split `shifted` made from the val images
+    none = "none"
+    rotated = "rotated"  # every val image rotated by 30 degrees
+    noisy = "noisy"  # every val image plus Gaussian noise (std 0.6 of the normalised pixels, seeded)
+
+
 DATA_TARGET_KEYS = ("num_workers", "target_key")  # a data `_target_` node's keys that are ours, not the callable's
 
 
@@ -50,6 +56,7 @@ class DataConfig:
     augment: Augment = Augment.none  # image_folder: random transforms of the training split
     mixup: float = 0.0  # classification: MixUp alpha on training batches (e.g. 0.2); 0 = off
     cutmix: float = 0.0  # classification: CutMix alpha on training batches (e.g. 1.0); 0 = off
+    shift: Shift = Shift.none  # digits: add the split `shifted` (rotated | noisy val images), evaluated every epoch
     target_key: str = "labels"  # dict items: the target's key; the other keys go to the model as keyword arguments
     target: Optional[Dict[str, Any]] = None  # your own data: the `_target_` node (set from `data._target_`)
 
@@ -79,6 +86,10 @@ class DataConfig:
             for i, v in enumerate(values):
                 check_number(f"data.{key}[{i}]", v, 0 if key == "std" else None, low_open=key == "std",
                              want="a finite number > 0 (a std of 0 divides by zero)" if key == "std" else "")
+        if self.shift != Shift.none and (self.name != "digits" or self.target is not None):
+            raise UserError(f"data.shift={self.shift.value}: the shifted split is made for data=digits; with your own "
+                            "data return the extra split from data._target_ (any key beside train, val and test, "
+                            "e.g. 'shifted': a dataset) and it is evaluated every epoch.")
         if self.name == "digits" and self.classes is not None and self.target is None:
             wanted = list(self.classes)
             if not wanted or len(set(wanted)) != len(wanted) or not all(_is_count(c) and 0 <= c <= 9 for c in wanted):

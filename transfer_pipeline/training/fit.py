@@ -67,6 +67,7 @@ class FitJob:
     weights_meta: dict[str, str] | None = None
     write_weights: Callable[[FitJob, Best], None] | None = None  # the final weights' writer; None: write_final_weights
     main_dir: Path | None = None  # rank 0's run folder (under torchrun the others run in temporary ones): last.dcp's
+    extra_loaders: dict[str, Any] = field(default_factory=dict)  # extra splits, evaluated every epoch beside val
 
 
 @dataclass
@@ -209,6 +210,9 @@ class RunKeeper:
             watched = ema.module.get_submodule(self.head_name) if self.head_name is not None else ema.module
             row.update({f"ema_val_{k}": v for k, v in evaluate(watched, self.val_loader, self.job.engine, self.job.task,
                                                                   t.limit_val_batches).items()})
+        for name, loader in self.job.extra_loaders.items():  # the whole model, even where the head trains on cache
+            row.update({f"{name}_{k}": v for k, v in evaluate(self.job.model, loader, self.job.engine, self.job.task,
+                                                               t.limit_val_batches).items()})
         for lg in self.loggers:
             lg.epoch(row)
         # every rank keeps the same best and early-stopping counts (the numbers are all-reduced); rank 0 writes
@@ -221,7 +225,7 @@ class RunKeeper:
             self.write_epoch_weights(row, new_best, weights)
         self.save_last()  # after best and early stopping are updated: a resumed run continues their counts (every
         if self.main:     # rank calls it: under fsdp it is a collective; otherwise rank 0 alone writes last.pt)
-            _log_epoch(row, t.epochs, self.best)
+            _log_epoch(row, t.epochs, self.best, tuple(f"{n}_" for n in self.job.extra_loaders))
         return stop
 
     def write_epoch_weights(self, row: dict[str, Any], new_best: bool,
@@ -322,8 +326,8 @@ def _restore(saved: dict[str, Any], model: nn.Module, optimizer: Any, scaler: An
                       position=pos)
 
 
-def _log_epoch(row: dict[str, Any], epochs: int, best: Best) -> None:
+def _log_epoch(row: dict[str, Any], epochs: int, best: Best, extra: tuple[str, ...] = ()) -> None:
     star = "  *best" if best.epoch == row["epoch"] else ""
-    shown = "  ".join(f"{k} {row[k]:.4f}" for k in row if k.startswith(("train_", "val_", "ema_val_")))
+    shown = "  ".join(f"{k} {row[k]:.4f}" for k in row if k.startswith(("train_", "val_", "ema_val_", *extra)))
     log.info("epoch %d/%d  %s  trainable %s  %.0f samples/s%s", row["epoch"] + 1, epochs, shown,
              f"{row['trainable_params']:,}", row["samples_per_s"], star)

@@ -88,7 +88,10 @@ def test_a_model_returning_something_else_without_model_output_names_the_type_an
     ("no_val", r"returned no 'val' split"),
     ("empty", r"'val' split that is empty"),
     ("triples", r"'train' split whose items are a tuple of 3"),
-    ("typo", r"returned the key\(s\) \['valid'\]"),
+    ("typo", r"returned no 'val' split \(keys: \['train', 'valid'\]\)"),  # 'valid' alone would be an extra split
+    ("extra_name", r"returned the key 'Shifted'; beside train, val, test, classes a key names an extra split"),
+    ("extra_reserved", r"returned the key 'ema_val'.*not one of ema_val"),
+    ("extra_not_a_dataset", r"'shifted' split of type int, which has no length"),
     ("list", r"returned a list; return a dict with 'train' and 'val'"),
     ("stream", r"'train' split of type Stream, which has no length"),
     ("no_target", r"dicts with keys .*and no 'labels'.*data.target_key"),
@@ -250,3 +253,19 @@ def test_target_nodes_can_be_given_whole_on_the_command_line():
     assert cfg.loss == {"_target_": "torch.nn.CrossEntropyLoss", "label_smoothing": 0.1}
     assert cfg.source.model["_target_"] == cfg.mapping.verify.source_model["_target_"] == \
         "transfer_pipeline.models.DigitsCNN"
+
+
+def test_extra_splits_are_evaluated_every_epoch_and_by_mode_eval(tmp_path):
+    summary, run_dir = run_with(tmp_path, {"_target_": "data_targets.with_shifted"}, MLP, "trainer.epochs=3")
+    assert summary["status"] == "completed" and summary["shifted_samples"] == 60
+    import csv
+
+    with open(run_dir / "metrics.csv") as f:
+        history = list(csv.DictReader(f))
+    assert len(history) == 3 and all("shifted_acc" in row and "shifted_loss" in row for row in history)
+    assert summary["shifted_acc"] == pytest.approx(float(history[-1]["shifted_acc"]))
+    assert summary["shifted_acc"] < summary["val_acc"] - 0.1  # the shift costs accuracy: it was evaluated on its own
+    evaluated, eval_dir = run_with(tmp_path, {"_target_": "data_targets.with_shifted"}, MLP, "mode=eval",
+                                   f"source.path={run_dir / 'model.safetensors'}", "mapping=default", name="eval")
+    assert evaluated["shifted_acc"] == pytest.approx(summary["shifted_acc"])  # the last epoch's weights
+    assert read_json(eval_dir / "eval.json")["shifted_acc"] == evaluated["shifted_acc"]
