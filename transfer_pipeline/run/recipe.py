@@ -18,7 +18,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from . import adapting, classes, endings, load_aids, provenance
+from . import adapting, classes, endings, interpolating, load_aids, provenance
 from .resuming import resume
 from ..errors import Interrupted, UserError
 from ..names import printable_text
@@ -392,4 +392,5 @@ STEPS: dict[Mode, tuple[Callable[[Run], None], ...]] = {
     Mode.eval: (setup, plan, load, adapt, data, verify, endings.evaluated),  # trains nothing: no freeze or groups
     Mode.train: (setup, resume, plan, load, adapt, tune, data, verify, train),
     Mode.predict: (setup, plan, load, adapt, endings.predicted),
+    Mode.interpolate: (setup, plan, load, data, interpolating.interpolated),  # WiSE-FT (run/interpolating.py)
 }
