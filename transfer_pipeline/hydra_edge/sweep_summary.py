@@ -17,7 +17,8 @@ from typing import Any
 
 from ..tables import format_table
 
-DONE = ("completed", "planned", "exported", "evaluated", "predicted", "interpolated")  # how each mode ends well (summary.json status)
+DONE = ("completed", "planned", "exported", "evaluated", "predicted", "interpolated",
+        "souped")  # how each mode ends well (summary.json status)
 
 
 def _overrides(job: Path) -> dict[str, str]:

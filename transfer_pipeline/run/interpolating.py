@@ -65,34 +65,33 @@ def mix(base: dict[str, Any], tuned: dict[str, Any], loaded: set[str], a: float)
             else tuned[k] for k in tuned}
 
 
-def read_tuned(path: Path, base: dict[str, Any], allow_nonfinite: bool) -> dict[str, Any]:
+def read_tuned(path: Path, base: dict[str, Any], allow_nonfinite: bool, key: str = KEY) -> dict[str, Any]:
+    """A run's model.safetensors, checked to be weights of this model (names, shapes, finite values)."""
     import torch
     from safetensors.torch import load_file
 
     try:
         tuned = load_file(str(path))
     except Exception as e:  # noqa: BLE001 - safetensors raises its own error types for a damaged file
-        raise UserError(f"{KEY}: cannot read {path} as safetensors ({str(e)[:200]}); it is damaged: re-run or re-export "
+        raise UserError(f"{key}: cannot read {path} as safetensors ({str(e)[:200]}); it is damaged: re-run or re-export "
                         "it.") from None
     if tuned.keys() != base.keys():
         extra, missing = sorted(set(tuned) - set(base)), sorted(set(base) - set(tuned))
-        raise UserError(f"{KEY}: {path} is not this model's weights (it has {extra[:3]} that the model has not, "
+        raise UserError(f"{key}: {path} is not this model's weights (it has {extra[:3]} that the model has not, "
                         f"lacks {missing[:3]}); interpolate with the model config the run was trained with.")
     for k, t in tuned.items():
         if t.shape != base[k].shape:
-            raise UserError(f"{KEY}: {path}'s {k} is {list(t.shape)}, this model's {list(base[k].shape)}; interpolate "
+            raise UserError(f"{key}: {path}'s {k} is {list(t.shape)}, this model's {list(base[k].shape)}; interpolate "
                             "with the model config the run was trained with (model.num_classes?).")
     bad = [k for k, t in tuned.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
     if bad and not allow_nonfinite:
-        raise UserError(f"{KEY}: {path} holds NaN or inf in {', '.join(bad[:3])}; every interpolated model would too.")
+        raise UserError(f"{key}: {path} holds NaN or inf in {', '.join(bad[:3])}; every interpolated model would too.")
     return {k: t.to(base[k].device) for k, t in tuned.items()}
 
 
 def interpolated(r: Run) -> None:
     """Evaluate every a, write interpolate.csv / .png, export the best a's weights and check the file."""
     from .. import files
-    from ..training.evaluate import evaluate
-    from ..training.monitor import monitor_mode
     from .recipe import weights_meta
 
     cfg = r.cfg
@@ -105,25 +104,16 @@ def interpolated(r: Run) -> None:
     tuned = read_tuned(folder / "model.safetensors", base, cfg.source.allow_nonfinite)
     loaded = set(r.report.plan.loaded)
     monitor = cfg.trainer.monitor
-    loaders = {"val": r.loaders[1], **r.extra_loaders}
 
     def scores(state: dict[str, Any]) -> dict[str, float]:
-        model.load_state_dict(state)
-        out: dict[str, float] = {}
-        for split, loader in loaders.items():
-            got = evaluate(model, loader, r.engine, r.task, cfg.trainer.limit_val_batches)
-            out.update({f"{split}_{k}": float(v) for k, v in got.items()})
-        return out
+        return evaluate_weights(r, state)
 
     rows = []
     for a in cfg.interpolate.alphas:
         rows.append({"alpha": float(a), **scores(mix(base, tuned, loaded, a))})
         log.info("a %.2f  %s", a, "  ".join(f"{k} {v:.4f}" for k, v in rows[-1].items() if k != "alpha"))
-    if monitor not in rows[0]:
-        raise UserError(f"trainer.monitor={monitor}: mode=interpolate measures {', '.join(k for k in rows[0] if k != 'alpha')}"
-                        "; pick one of them.")
-    sign = 1 if monitor_mode(monitor, cfg.trainer.monitor_mode) == "max" else -1
-    best = max(rows, key=lambda row: (sign * row[monitor], -row["alpha"]))  # a tie goes to the a nearest the source
+    nearest_first = sorted(rows, key=lambda row: row["alpha"])  # a tie goes to the a nearest the source
+    best = pick_best(nearest_first, monitor, cfg.trainer.monitor_mode, "mode=interpolate")
     chosen = best["alpha"]
     write_table(r.run_dir / "interpolate.csv", rows)
     plot(r.run_dir / "interpolate.png", rows, chosen, str(folder))
@@ -143,6 +133,30 @@ def interpolated(r: Run) -> None:
              "its weights (read back and checked) in %s, every a in interpolate.csv and interpolate.png", folder,
              chosen, monitor, best[monitor], next((f"{row[monitor]:.4f}" for row in rows if row["alpha"] == 1.0),
                                                   "not evaluated"), path)
+
+
+def evaluate_weights(r: Run, state: dict[str, Any]) -> dict[str, float]:
+    """`state` put into the run's model, evaluated on val and the data's extra splits: {split_metric: value}."""
+    from ..training.evaluate import evaluate
+
+    r.model.load_state_dict(state)
+    out: dict[str, float] = {}
+    for split, loader in {"val": r.loaders[1], **r.extra_loaders}.items():
+        got = evaluate(r.model, loader, r.engine, r.task, r.cfg.trainer.limit_val_batches)
+        out.update({f"{split}_{k}": float(v) for k, v in got.items()})
+    return out
+
+
+def pick_best(rows: list[dict[str, Any]], monitor: str, mode: str | None, what: str) -> dict[str, Any]:
+    """The row where `monitor` is best (max, or min for losses / trainer.monitor_mode=min); the first on a tie."""
+    from ..training.monitor import monitor_mode
+
+    if monitor not in rows[0]:
+        raise UserError(f"trainer.monitor={monitor}: {what} measures "
+                        f"{', '.join(k for k in rows[0] if k.endswith(('_acc', '_loss', '_f1', '_mae', '_mse')))}; "
+                        "pick one of them.")
+    sign = 1 if monitor_mode(monitor, mode) == "max" else -1
+    return max(rows, key=lambda row: sign * row[monitor])
 
 
 def write_table(path: Path, rows: list[dict[str, Any]]) -> None:

@@ -18,7 +18,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from . import adapting, classes, endings, interpolating, load_aids, provenance
+from . import adapting, classes, endings, interpolating, load_aids, provenance, souping
 from .resuming import resume
 from ..errors import Interrupted, UserError
 from ..names import printable_text
@@ -393,4 +393,5 @@ STEPS: dict[Mode, tuple[Callable[[Run], None], ...]] = {
     Mode.train: (setup, resume, plan, load, adapt, tune, data, verify, train),
     Mode.predict: (setup, plan, load, adapt, endings.predicted),
     Mode.interpolate: (setup, plan, load, data, interpolating.interpolated),  # WiSE-FT (run/interpolating.py)
+    Mode.soup: (setup, plan, load, data, souping.souped),  # model soups of a sweep (run/souping.py)
 }

@@ -45,7 +45,7 @@ from .data import (  # noqa: F401
     Shift,
     data_config,
 )
-from .weight_space import InterpolateConfig  # noqa: F401
+from .weight_space import InterpolateConfig, SoupConfig, SoupExport  # noqa: F401
 from .source import AutoAlign, ExpectConfig, MappingConfig, OnMismatch, SourceConfig, VerifyConfig  # noqa: F401
 from .task import DEFAULT_MONITOR, TASK_METRICS, Task, monitor_names  # noqa: F401
 from .trainer import (  # noqa: F401
@@ -85,6 +85,7 @@ class Mode(Enum):
     export = "export"  # load and write model.safetensors (target names), no data, no training
     predict = "predict"  # a trained model's predictions on image files or a data split -> predictions.csv
     interpolate = "interpolate"  # WiSE-FT: weights between the source's and a fine-tuned run's, the best exported
+    soup = "soup"  # model soups: a sweep's fine-tuned weights averaged (uniform, greedy), the soup exported
 
 
 MODEL_OUTPUT_KEY = "output"  # model.output: ours (which part of the model's return value are the logits), not the model's
@@ -92,7 +93,7 @@ MODEL_OUTPUT_KEY = "output"  # model.output: ours (which part of the model's ret
 
 @dataclass
 class RunConfig:
-    mode: Mode = Mode.train  # what the run does: train, plan, eval, export, predict or interpolate
+    mode: Mode = Mode.train  # what the run does: train, plan, eval, export, predict, interpolate or soup
     seed: int = 0  # seeds the new layers' initialisation, the validation split and the shuffling
     device: str = "auto"  # where to run: auto (CUDA if present) | cpu | cuda | cuda:N
     source: SourceConfig = field(default_factory=SourceConfig)
@@ -107,6 +108,7 @@ class RunConfig:
     adapters: AdaptersConfig = field(default_factory=AdaptersConfig)  # LoRA / DoRA on a frozen base (docs/adapters.md)
     predict: PredictConfig = field(default_factory=PredictConfig)
     interpolate: InterpolateConfig = field(default_factory=InterpolateConfig)  # mode=interpolate (WiSE-FT)
+    soup: SoupConfig = field(default_factory=SoupConfig)  # mode=soup (model soups)
     logger: List[str] = field(default_factory=lambda: ["csv"])  # metric writers: csv (always on), tensorboard
 
     def __post_init__(self) -> None:
@@ -135,6 +137,7 @@ class RunConfig:
             raise UserError(f"device={self.device!r}: choose auto, cpu, cuda or cuda:N.")
         check_count("seed", self.seed, 0, 2**32 - 1)
         self.interpolate.check(self.mode == Mode.interpolate)
+        self.soup.check(self.mode == Mode.soup)
         bad = [n for n in self.logger if n not in LOGGERS]
         if bad:
             raise UserError(f"logger: {bad[0]!r} is not a logger; choose from {', '.join(LOGGERS)} (csv is always on).")

@@ -1,9 +1,10 @@
-"""Weight-space modes' nodes: `interpolate` (mode=interpolate, WiSE-FT)."""
+"""Weight-space modes' nodes: `interpolate` (mode=interpolate, WiSE-FT) and `soup` (mode=soup, model soups)."""
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import List, Optional
 
 from ..errors import UserError
@@ -35,3 +36,21 @@ class InterpolateConfig:
                                 "fine-tuned run's); extrapolating past them is not supported.")
         if len(set(alphas)) != len(alphas):
             raise UserError(f"interpolate.alphas={alphas}: a value appears twice; give each once.")
+
+
+class SoupExport(Enum):
+    greedy = "greedy"  # ingredients added best first, each kept only if val does not get worse (Wortsman et al. 2022)
+    uniform = "uniform"  # the average of every ingredient
+
+
+@dataclass
+class SoupConfig:
+    sweep: Optional[str] = None  # mode=soup: a -m sweep's folder, whose jobs fine-tuned one model from one source
+    export: SoupExport = SoupExport.greedy  # the soup written to model.safetensors
+
+    def check(self, on: bool) -> None:
+        if not on and self.sweep is not None:  # it would do nothing
+            raise UserError("soup.sweep is set but mode is not soup; add mode=soup, or drop soup.sweep.")
+        if on and (self.sweep is None or not str(self.sweep).strip()):
+            raise UserError("mode=soup needs soup.sweep: the folder of a -m sweep whose jobs fine-tuned from this "
+                            "config's source (e.g. soup.sweep=multirun/2026-12-07/10-00-00).")
