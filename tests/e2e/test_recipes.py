@@ -16,7 +16,7 @@ from transfer_pipeline.schema import SchedulerConfig, SchedulerName
 
 from helpers import read_json, run_cli
 
-RECIPES = ["linear_probe", "finetune_last_block", "discriminative_lr", "gradual_unfreezing", "layer_decay"]
+RECIPES = ["linear_probe", "finetune_last_block", "discriminative_lr", "gradual_unfreezing", "layer_decay", "lp_ft"]
 SPE = 4  # trainer.limit_train_batches: steps per epoch in these runs
 
 
@@ -126,3 +126,24 @@ def test_recipe_from_the_command_line_prints_the_group_table_at_each_event(tmp_p
     tables = [t for t in text.split("group   selectors")[1:]]
     assert len(tables) == 4  # before training and at each of the 3 events
     assert read_json(tmp_path / "summary.json")["status"] == "completed"
+
+
+def test_lp_ft_probes_then_fine_tunes_everything_on_a_restarted_cosine(run_pipeline):
+    # 4 epochs of 4 steps: the probe in epochs 0-2 (steps 0-11), the fine-tune from step 12 on a cosine over the
+    # 4 steps left, every group warming up over the event's 10 steps (cosine_warmup's m: adamw_cosine's 0.01)
+    summary, run_dir = run_pipeline("experiment=lp_ft", *short(epochs=4))
+    source, final = load_file(PRETRAINED_0TO4), load_file(run_dir / "model.safetensors")
+    rows = metrics(run_dir)
+    assert [r["trainable_params"] for r in rows][:3] == [325] * 3 and rows[3]["trainable_params"] > 20_000
+    total = 4 * SPE
+    for epoch, row in enumerate(rows):
+        last = (epoch + 1) * SPE - 1  # metrics.csv: the LR of the epoch's last step
+        if epoch < 3:
+            assert row["lr/default"] == pytest.approx(0.01 * cosine_warmup(last, total))
+            assert row["lr/finetune"] == 0.0  # warming up from its start at step 12: 0 before
+        else:
+            again = cosine_warmup(last - 12, total - 12)  # the restarted curve, warmup counted from step 12
+            assert row["lr/default"] == pytest.approx(0.01 * again)
+            assert row["lr/finetune"] == pytest.approx(0.001 * again)
+    moved = unchanged(source, final, ("stem.", "block1.", "block2."))
+    assert moved and not any(moved.values())  # every backbone tensor trained in the fine-tune phase

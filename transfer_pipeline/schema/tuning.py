@@ -55,6 +55,7 @@ class UnfreezeEvent:
     lr_mult: Optional[float] = None  # ... or at optim.lr x lr_mult
     warmup_steps: Optional[int] = None  # linear warmup of the groups this event starts
     name: Optional[str] = None  # name of its group (default unfreeze@<epoch> / unfreeze@step<step>)
+    restart_schedule: bool = False  # the schedule starts again here over the rest of the run; all groups re-warm
 
     def check(self, where: str) -> None:
         if (self.epoch is None) == (self.step is None):
@@ -67,7 +68,8 @@ class UnfreezeEvent:
         if not self.unfreeze and not self.freeze:
             raise UserError(f"{where}: does nothing; give unfreeze: [selectors] and/or freeze: [selectors].")
         check_lr_fields(where, self.lr, self.lr_mult, self.warmup_steps)
-        if not self.unfreeze and (self.lr is not None or self.lr_mult is not None or self.warmup_steps is not None):
+        if not self.unfreeze and (self.lr is not None or self.lr_mult is not None
+                                  or (self.warmup_steps is not None and not self.restart_schedule)):
             raise UserError(f"{where}: lr/lr_mult/warmup_steps apply to what an event unfreezes, and this one "
                             "unfreezes nothing. Drop them or add unfreeze: [selectors].")
 

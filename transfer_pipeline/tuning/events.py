@@ -64,6 +64,7 @@ class Event:
     warmup_steps: int | None = None
     name: str | None = None  # its group's name, when the user chose one
     where: str = "freeze.schedule"  # the config key, for messages
+    restart: bool = False  # restart_schedule: the LR schedule starts again here (lr_schedule.py)
 
     @property
     def when(self) -> str:
@@ -84,6 +85,9 @@ class Event:
             parts.append(f"unfroze {', '.join(self.selectors)} ({len(self.names)} tensors)")
         if self.freeze_selectors:
             parts.append(f"froze {', '.join(self.freeze_selectors)} ({len(self.frozen)} tensors)")
+        if self.restart:
+            warm = f", every group warming up over {self.warmup_steps} steps" if self.warmup_steps else ""
+            parts.append(f"restarted the LR schedule{warm}")
         return parts
 
     def describe(self) -> str:

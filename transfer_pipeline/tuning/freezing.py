@@ -117,6 +117,7 @@ def _schedule_events(names: list[str], cfg: FreezeConfig) -> list[tuple[tuple, E
         out.append(((trigger.value, 0, i), Event(
             trigger=trigger, selectors=tuple(ev.unfreeze), names=tuple(up), freeze_selectors=tuple(ev.freeze),
             frozen=tuple(down), lr=ev.lr, lr_mult=ev.lr_mult, warmup_steps=ev.warmup_steps, name=ev.name,
+            restart=ev.restart_schedule,
             where=where)))
     return out
 

@@ -3,7 +3,11 @@
     lr(group, step) = peak(group) * schedule(step) * warmup(step - start(group))
 
 `schedule` runs over the whole run (cosine, linear, step, one-cycle or constant), so a group that
-is unfrozen late joins the curve where the run is. `start` is the step at which the group began
+is unfrozen late joins the curve where the run is. An event with `restart_schedule: true` starts
+the schedule again at its step, over the rest of the run (step - R of total - R), and every group
+that trains from then on warms up again from R over the event's warmup_steps (else the scheduler's):
+LP-FT's second phase, or any unfreeze-later recipe that wants the fine-tune to begin at the top of
+its own curve. `start` is the step at which the group began
 training (its unfreeze event, 0 for groups trainable from the beginning), so its warmup begins at
 its own unfreeze. Before its start a group with warmup shows LR 0; without warmup it shows the LR
 it will train at. The optimizer holds every group from step 0; `LRSchedule.apply` writes the
@@ -102,6 +106,7 @@ class LRSchedule:
     total_steps: int
     steps_per_epoch: int
     scheduler: SchedulerConfig
+    restarts: tuple[tuple[int, int], ...] = ()  # (step, warmup_steps) of restart_schedule events, ascending
 
     def lr(self, group: str, step: int) -> float:
         return self._lr(next(t for t in self.timelines if t.name == group), step)
@@ -115,8 +120,11 @@ class LRSchedule:
 
     def _lr(self, t: GroupTimeline, step: int) -> float:
         start, warmup = t.start_at(step)
-        return lr_at(step, peak=t.peak, total_steps=self.total_steps, start=start, warmup_steps=warmup,
-                     scheduler=self.scheduler, steps_per_epoch=self.steps_per_epoch)
+        origin, warm = next(((r, w) for r, w in reversed(self.restarts) if r <= step), (0, None))
+        if warm is not None and start < origin:  # it trained before the restart: it warms up again from there
+            start, warmup = origin, warm
+        return t.peak * schedule_factor(step - origin, self.total_steps - origin, self.scheduler,
+                                        self.steps_per_epoch) * warmup_factor(step - start, warmup)
 
 
 def write_lrs(optimizer: Any, lrs: Mapping[str, float]) -> None:
@@ -164,7 +172,14 @@ def build_schedule(groups: Sequence[Any], trainable: Iterable[str], events: Sequ
                         f"steps = {scheduler.pct_start * total:g} steps; it needs more than 1. Raise pct_start or "
                         "trainer.epochs.")
     timelines = group_timelines(groups, trainable, events, steps_per_epoch, scheduler.warmup_steps)
-    return LRSchedule(timelines, max(total, 1), steps_per_epoch, scheduler)
+    restarts = sorted({ev.trigger.at_step(steps_per_epoch): ev.warmup_steps if ev.warmup_steps is not None
+                       else scheduler.warmup_steps for ev in events if getattr(ev, "restart", False)}.items())
+    for at, _ in restarts:
+        if scheduler.name.value == "onecycle" and scheduler.pct_start * (total - at) <= 1:
+            raise UserError(f"freeze.schedule: restart_schedule at step {at} leaves {total - at} steps, and one-cycle "
+                            f"rises over pct_start x that = {scheduler.pct_start * (total - at):g} steps; it needs more "
+                            "than 1. Restart earlier, or raise trainer.epochs.")
+    return LRSchedule(timelines, max(total, 1), steps_per_epoch, scheduler, tuple(restarts))
 
 
 def initial_lrs(groups: Sequence[Any], trainable: Iterable[str], events: Sequence[Any],

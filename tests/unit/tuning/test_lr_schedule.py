@@ -213,3 +213,32 @@ def test_bad_scheduler_values_are_errors(key, value, match):
 def test_onecycle_too_short_to_rise_is_an_error():
     with pytest.raises(UserError, match=r"optim\.scheduler\.pct_start=0\.3: one-cycle rises over pct_start x 3 steps"):
         build_schedule([group("default", ["a"], 1.0)], {"a"}, [], sched("onecycle"), 3, 1)
+
+
+def test_restart_schedule_starts_the_curve_again_and_every_group_warms_up_again():
+    # LP-FT: the head alone for 2 epochs, then everything, the cosine begun again over the rest of the run
+    spe, epochs = 5, 4
+    total = spe * epochs
+    groups = [group("late", ["b"], 0.001), group("default", ["a"], 0.01)]
+    restart = Event(trigger=Trigger(epoch=2), selectors=("b",), names=("b",), warmup_steps=4, restart=True)
+    s = build_schedule(groups, {"a"}, [restart], sched("cosine", warmup_steps=2), epochs, spe)
+    for t in range(total):
+        if t < 10:  # the first phase: the run-wide cosine, `default` with the scheduler's warmup
+            want = 0.01 * (1 + math.cos(math.pi * t / total)) / 2 * min(1.0, (t + 1) / 2)
+            assert s.lr("default", t) == pytest.approx(want, rel=1e-12), t
+        else:  # from step 10: a cosine over the 10 steps left, both groups warming up over the event's 4 steps
+            cos = (1 + math.cos(math.pi * (t - 10) / (total - 10))) / 2
+            warm = min(1.0, (t - 10 + 1) / 4)
+            assert s.lr("default", t) == pytest.approx(0.01 * cos * warm, rel=1e-12), t
+            assert s.lr("late", t) == pytest.approx(0.001 * cos * warm, rel=1e-12), t
+    assert s.lr("default", 13) > 1.3 * s.lr("default", 9)  # back up the curve once warm
+
+
+def test_a_restart_without_its_own_warmup_takes_the_schedulers_and_onecycle_needs_room():
+    groups = [group("default", ["a"], 0.01)]
+    restart = Event(trigger=Trigger(epoch=1), selectors=(), frozen=("z",), freeze_selectors=("z",), restart=True)
+    s = build_schedule(groups, {"a"}, [restart], sched("linear", warmup_steps=3), 2, 10)
+    assert s.lr("default", 10) == pytest.approx(0.01 / 3) and s.lr("default", 12) == pytest.approx(0.01 * (1 - 2 / 10))
+    with pytest.raises(UserError, match="restart_schedule at step 19 leaves 1 steps"):
+        build_schedule(groups, {"a"}, [Event(trigger=Trigger(step=19), selectors=(), restart=True)],
+                       sched("onecycle", pct_start=0.3), 2, 10)
