@@ -213,3 +213,35 @@ def raising_model(num_classes: int = 5, fail: bool = True, **ignored):
 def bug_in_training(num_classes: int = 5, **ignored):
     """Takes any model arguments; its forward raises a plain RuntimeError after 3 training steps (a bug)."""
     return failing_after(3, num_classes, "raise")
+
+
+def stop_after(monkeypatch, steps: int) -> None:
+    """The run's stop signal (as a first Ctrl-C gives) after `steps` training steps (in-process runs)."""
+    from transfer_pipeline.run.signals import StopSignals
+
+    calls = {"n": 0}
+
+    def requested(self) -> bool:
+        calls["n"] += 1
+        return calls["n"] > steps
+
+    monkeypatch.setattr(StopSignals, "requested", requested)
+
+
+def stop_and_resume(run_pipeline, args, tmp_path, monkeypatch, steps: int):
+    """A reference run of `args`, then the same run stopped after `steps` steps (checked to be inside epoch 1) and
+    resumed with trainer.resume=auto: (reference summary, its folder, resumed summary, its folder)."""
+    import pytest
+    import torch
+
+    from transfer_pipeline.errors import Interrupted
+
+    reference, ref_dir = run_pipeline(*args, run_dir=tmp_path / "reference")
+    with monkeypatch.context() as m:
+        stop_after(m, steps)
+        with pytest.raises(Interrupted):
+            run_pipeline(*args, run_dir=tmp_path / "stopped")
+    position = torch.load(tmp_path / "stopped" / "checkpoints" / "last.pt", weights_only=True)["position"]
+    assert position["epoch"] == 1 and position["step_in_epoch"] > 0
+    summary, out = run_pipeline(*args, "trainer.resume=auto", run_dir=tmp_path / "stopped")
+    return reference, ref_dir, summary, out

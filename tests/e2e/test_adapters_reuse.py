@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from helpers import compose_config, read_json
+from helpers import compose_config, read_json, stop_after
 from transfer_pipeline.errors import Interrupted, UserError
 
 FAST = ("trainer.limit_train_batches=4", "trainer.limit_val_batches=2")
@@ -120,19 +120,6 @@ def test_missing_or_wrong_folders_fail_the_run(run_pipeline, trained, tmp_path):
     with pytest.raises(UserError, match=r"^source\.adapter: .*adapter_model\.safetensors is truncated or not safetensors"):
         run_pipeline("mode=export", f"source.adapter={broken}", run_dir=tmp_path / "c")
     assert not (tmp_path / "c" / "model.safetensors").exists()
-
-
-def stop_after(monkeypatch, steps: int) -> None:
-    """The run's stop signal (as a first Ctrl-C gives) after `steps` training steps."""
-    from transfer_pipeline.run.signals import StopSignals
-
-    calls = {"n": 0}
-
-    def requested(self) -> bool:
-        calls["n"] += 1
-        return calls["n"] > steps
-
-    monkeypatch.setattr(StopSignals, "requested", requested)
 
 
 def rows(run_dir) -> list[dict]:

@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from helpers import read_json
+from helpers import read_json, stop_and_resume
 from test_adapters_runs import loaded_base
 from transfer_pipeline.errors import UserError
 from transfer_pipeline.models import DigitsCNN
@@ -100,25 +100,10 @@ def same_tensors(a, b) -> bool:
 
 @pytest.mark.slow
 def test_a_run_stopped_after_its_event_resumes_bitwise(run_pipeline, tmp_path, monkeypatch):
-    from transfer_pipeline.errors import Interrupted
-    from transfer_pipeline.run.signals import StopSignals
-
     args = (*LATER, "optim.layer_decay=0.5", "trainer.epochs=3", "trainer.limit_train_batches=4",
             "trainer.limit_val_batches=2")
-    reference, ref_dir = run_pipeline(*args, run_dir=tmp_path / "reference")
-    calls = {"n": 0}
-
-    def requested(self) -> bool:
-        calls["n"] += 1
-        return calls["n"] > 6  # inside epoch 1, after its event fired
-
-    with monkeypatch.context() as m:
-        m.setattr(StopSignals, "requested", requested)
-        with pytest.raises(Interrupted):
-            run_pipeline(*args, run_dir=tmp_path / "stopped")
-    position = torch.load(tmp_path / "stopped" / "checkpoints" / "last.pt", weights_only=True)["position"]
-    assert position["epoch"] == 1 and position["step_in_epoch"] > 0
-    summary, out = run_pipeline(*args, "trainer.resume=auto", run_dir=tmp_path / "stopped")
+    # stopped inside epoch 1, after its event fired
+    reference, ref_dir, summary, out = stop_and_resume(run_pipeline, args, tmp_path, monkeypatch, 6)
     assert summary["status"] == "completed" and summary["val_loss"] == reference["val_loss"]
     for f in ("adapter/adapter_model.safetensors", "model.safetensors", "checkpoints/last.safetensors"):
         assert same_tensors(ref_dir / f, out / f), f

@@ -6,15 +6,13 @@ The unit planner's handling of peft's containers is unit-tested in tests/unit/tr
 from __future__ import annotations
 
 import shlex
-import signal
-import subprocess
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from helpers import ROOT, read_json, run_cli, wait_for
-from test_fsdp_resume import ENV, launcher, max_diff, run
+from helpers import ROOT, read_json, run_cli
+from test_fsdp_resume import launcher, max_diff, run, stop_in_second_epoch
 
 pytestmark = pytest.mark.slow
 SOURCE = ROOT / "transfer_pipeline" / "assets" / "digits_cnn_0to4.safetensors"
@@ -76,18 +74,7 @@ def test_lora_under_fsdp_with_a_base_block_unfrozen_later_resumes_bit_for_bit(tm
     stopped = tmp_path / "stopped"
     printed = tmp_path / "printed.txt"
     with open(printed, "w") as out:
-        proc = subprocess.Popen([*launcher(2), "run.py", *args, f"hydra.run.dir={stopped}"], cwd=ROOT, env=ENV,
-                                stdout=out, stderr=subprocess.STDOUT)
-    try:
-        wait_for(lambda: (stopped / "metrics.csv").is_file()
-                 and len((stopped / "metrics.csv").read_text().splitlines()) >= 2, timeout=180)
-        proc.send_signal(signal.SIGTERM)  # in epoch 2, after block2's event
-        proc.wait(timeout=90)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    summary = read_json(stopped / "summary.json")
-    assert summary["status"] == "interrupted", summary
+        summary = stop_in_second_epoch(args, stopped, out)  # in epoch 2, after block2's event
     command = shlex.split(summary["resume_command"])
     said = printed.read_text()
     assert said.count("Resume with:") == 1 and said.count(summary["resume_command"]) >= 1  # rank 0 says it, once

@@ -34,12 +34,10 @@ def run(cmd: list[str]) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
 
 
-@pytest.fixture(scope="module")
-def stopped(tmp_path_factory):
-    """A 2-process fsdp run stopped by SIGTERM in its second epoch (block2 unfrozen): its folder and resume command."""
-    run_dir = tmp_path_factory.mktemp("fsdp_stopped") / "run"
-    proc = subprocess.Popen([*launcher(2), "run.py", *COMMON, f"hydra.run.dir={run_dir}"], cwd=ROOT, env=ENV,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def stop_in_second_epoch(args, run_dir, out=subprocess.DEVNULL) -> dict:
+    """`torchrun run.py ARGS` over 2 processes, stopped by SIGTERM once its first epoch is done; its summary."""
+    proc = subprocess.Popen([*launcher(2), "run.py", *args, f"hydra.run.dir={run_dir}"], cwd=ROOT, env=ENV,
+                            stdout=out, stderr=subprocess.STDOUT if out is not subprocess.DEVNULL else out)
     try:
         wait_for(lambda: (run_dir / "metrics.csv").is_file()
                  and len((run_dir / "metrics.csv").read_text().splitlines()) >= 2, timeout=180)
@@ -50,7 +48,14 @@ def stopped(tmp_path_factory):
             proc.kill()
     summary = read_json(run_dir / "summary.json")
     assert summary["status"] == "interrupted", summary
-    return run_dir, summary
+    return summary
+
+
+@pytest.fixture(scope="module")
+def stopped(tmp_path_factory):
+    """A 2-process fsdp run stopped by SIGTERM in its second epoch (block2 unfrozen): its folder and resume command."""
+    run_dir = tmp_path_factory.mktemp("fsdp_stopped") / "run"
+    return run_dir, stop_in_second_epoch(COMMON, run_dir)
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from transfer_pipeline.errors import Interrupted, UserError
+from helpers import stop_and_resume
+from transfer_pipeline.errors import UserError
 from transfer_pipeline.models.digits import PRETRAINED_0TO4
 
 FAST = ("freeze=none", "trainer.epochs=2", "trainer.limit_train_batches=8", "trainer.limit_val_batches=2")
@@ -39,23 +40,8 @@ def test_l2_sp_keeps_the_loaded_tensors_near_the_source(run_pipeline, tmp_path, 
 
 @pytest.mark.slow
 def test_a_stopped_l2_sp_run_resumes_bit_for_bit(run_pipeline, tmp_path, monkeypatch):
-    from transfer_pipeline.run.signals import StopSignals
-
     args = (*FAST, "optim.regularize=l2_sp", "optim.l2_sp.alpha=1", "trainer.epochs=3")
-    reference, ref_dir = run_pipeline(*args, run_dir=tmp_path / "reference")
-    calls = {"n": 0}
-
-    def requested(self) -> bool:
-        calls["n"] += 1
-        return calls["n"] > 12  # inside the second epoch
-
-    with monkeypatch.context() as m:
-        m.setattr(StopSignals, "requested", requested)
-        with pytest.raises(Interrupted):
-            run_pipeline(*args, run_dir=tmp_path / "stopped")
-    position = torch.load(tmp_path / "stopped" / "checkpoints" / "last.pt", weights_only=True)["position"]
-    assert position["epoch"] == 1 and position["step_in_epoch"] > 0
-    summary, out = run_pipeline(*args, "trainer.resume=auto", run_dir=tmp_path / "stopped")
+    reference, ref_dir, summary, out = stop_and_resume(run_pipeline, args, tmp_path, monkeypatch, 12)
     assert summary["status"] == "completed" and summary["val_loss"] == reference["val_loss"]
     a, b = load_file(ref_dir / "model.safetensors"), load_file(out / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)

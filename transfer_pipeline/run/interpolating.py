@@ -59,6 +59,13 @@ def tuned_run(r: Run) -> tuple[Path, dict[str, Any]]:
     return folder, summary
 
 
+def refuse_adapters(r: Run) -> None:
+    """mode=interpolate / soup read runs' model.safetensors, which hold any adapters merged in the target's names."""
+    if r.cfg.adapters.enabled or r.cfg.source.adapter is not None:
+        raise UserError(f"mode={r.cfg.mode.value} with adapters: a run's model.safetensors holds its adapters merged "
+                        "into the base, in the target's names; drop adapters= / source.adapter here.")
+
+
 def mix(base: dict[str, Any], tuned: dict[str, Any], loaded: set[str], a: float) -> dict[str, Any]:
     """(1 - a) x base + a x tuned for the loaded floating-point tensors; the tuned value for every other one."""
     return {k: ((1 - a) * base[k] + a * tuned[k]).to(tuned[k].dtype) if k in loaded and tuned[k].is_floating_point()
@@ -95,9 +102,7 @@ def interpolated(r: Run) -> None:
     from .recipe import weights_meta
 
     cfg = r.cfg
-    if cfg.adapters.enabled or cfg.source.adapter is not None:
-        raise UserError("mode=interpolate with adapters: the run's model.safetensors holds its adapters merged into "
-                        "the base, in the target's names; interpolate without adapters= / source.adapter.")
+    refuse_adapters(r)
     folder, summary = tuned_run(r)
     model = r.model
     base = {k: v.detach().clone() for k, v in model.state_dict().items()}  # as loaded: source + fresh init

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
-from .interpolating import evaluate_weights, pick_best, read_tuned, write_table
+from .interpolating import evaluate_weights, pick_best, read_tuned, refuse_adapters, write_table
 from .state import Run
 
 log = logging.getLogger(__name__)
@@ -83,9 +83,7 @@ def souped(r: Run) -> None:
     from .recipe import weights_meta
 
     cfg = r.cfg
-    if cfg.adapters.enabled or cfg.source.adapter is not None:
-        raise UserError("mode=soup with adapters: the jobs' model.safetensors hold their adapters merged into the "
-                        "base, in the target's names; make the soup without adapters= / source.adapter.")
+    refuse_adapters(r)
     sweep, jobs = ingredients(r)
     base = {k: v.detach() for k, v in r.model.state_dict().items()}  # names and shapes the ingredients must have
     monitor, mode = cfg.trainer.monitor, cfg.trainer.monitor_mode
