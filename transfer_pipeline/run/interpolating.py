@@ -104,31 +104,26 @@ def interpolated(r: Run) -> None:
     cfg = r.cfg
     refuse_adapters(r)
     folder, summary = tuned_run(r)
-    model = r.model
-    base = {k: v.detach().clone() for k, v in model.state_dict().items()}  # as loaded: source + fresh init
+    base = {k: v.detach().clone() for k, v in r.model.state_dict().items()}  # as loaded: source + fresh init
     tuned = read_tuned(folder / "model.safetensors", base, cfg.source.allow_nonfinite)
     loaded = set(r.report.plan.loaded)
     monitor = cfg.trainer.monitor
-
-    def scores(state: dict[str, Any]) -> dict[str, float]:
-        return evaluate_weights(r, state)
-
     rows = []
     for a in cfg.interpolate.alphas:
-        rows.append({"alpha": float(a), **scores(mix(base, tuned, loaded, a))})
+        rows.append({"alpha": float(a), **evaluate_weights(r, mix(base, tuned, loaded, a))})
         log.info("a %.2f  %s", a, "  ".join(f"{k} {v:.4f}" for k, v in rows[-1].items() if k != "alpha"))
     nearest_first = sorted(rows, key=lambda row: row["alpha"])  # a tie goes to the a nearest the source
     best = pick_best(nearest_first, monitor, cfg.trainer.monitor_mode, "mode=interpolate")
     chosen = best["alpha"]
     write_table(r.run_dir / "interpolate.csv", rows)
-    plot(r.run_dir / "interpolate.png", rows, chosen, str(folder))
+    plot(r.run_dir / "interpolate.png", nearest_first, chosen, str(folder))
     state = mix(base, tuned, loaded, chosen)
     path = r.run_dir / "model.safetensors"
     files.save_weights(path, state, {**weights_meta(r), "source": str(r.summary["source"]),
                                      "weights": f"interpolated a={chosen:g}: (1-a) x source + a x {folder}"})
     from safetensors.torch import load_file
 
-    again = scores(load_file(str(path)))  # the file as a user will load it
+    again = evaluate_weights(r, load_file(str(path)))  # the file as a user will load it
     if any(again[k] != best[k] for k in best if k != "alpha"):
         raise RuntimeError(f"bug: {path} gives {again} and a={chosen} gave {best}")
     r.summary.update(status="interpolated", **{k: v for k, v in best.items() if k != "alpha"},
