@@ -70,11 +70,16 @@ def ingredients(r: Run) -> tuple[Path, list[Path]]:
     return sweep, kept
 
 
-def average(states: list[dict[str, Any]]) -> dict[str, Any]:
-    """The element-wise mean of the floating-point tensors; the first state's value for the others."""
-    first = states[0]
-    return {k: (sum(s[k] for s in states) / len(states)).to(t.dtype) if t.is_floating_point() else t
-            for k, t in first.items()}
+def add(total: dict[str, Any] | None, state: dict[str, Any]) -> dict[str, Any]:
+    """A running sum of the floating-point tensors (each job's file is read once for it); the first state's others."""
+    if total is None:
+        return dict(state)
+    return {k: t + state[k] if t.is_floating_point() else t for k, t in total.items()}
+
+
+def mean(total: dict[str, Any], n: int) -> dict[str, Any]:
+    """The running sum of n states as their element-wise mean (in the tensors' own dtype)."""
+    return {k: (t / n).to(t.dtype) if t.is_floating_point() else t for k, t in total.items()}
 
 
 def souped(r: Run) -> None:
@@ -91,24 +96,27 @@ def souped(r: Run) -> None:
     def weights(job: Path) -> dict[str, Any]:
         return read_tuned(job / "model.safetensors", base, cfg.source.allow_nonfinite, key=f"{KEY} job {job.name}")
 
-    rows = []
+    rows, total = [], None
     for job in jobs:
-        rows.append({"soup": "ingredient", "jobs": job.name, **evaluate_weights(r, weights(job))})
+        state = weights(job)
+        rows.append({"soup": "ingredient", "jobs": job.name, **evaluate_weights(r, state)})
         pick_best(rows[-1:], monitor, mode, "mode=soup")  # a monitor the evaluation does not measure: said at once
         log.info("ingredient %s  %s", job.name, _shown(rows[-1]))
-    uniform = average([weights(job) for job in jobs])
+        total = add(total, state)
+    uniform = mean(total, len(jobs))
     rows.append({"soup": "uniform", "jobs": " ".join(job.name for job in jobs), **evaluate_weights(r, uniform)})
     log.info("uniform soup (%d)  %s", len(jobs), _shown(rows[-1]))
     ranked = sorted(rows[:len(jobs)], key=lambda row: row[monitor], reverse=_higher_is_better(monitor, mode))
-    chosen = [ranked[0]["jobs"]]
-    soup, best = weights(sweep / chosen[0]), ranked[0]
+    chosen, higher = [ranked[0]["jobs"]], _higher_is_better(monitor, mode)
+    kept = weights(sweep / chosen[0])
+    soup, best = mean(kept, 1), ranked[0]
     for row in ranked[1:]:
-        trial = average([weights(sweep / name) for name in [*chosen, row["jobs"]]])
+        trying = add(kept, weights(sweep / row["jobs"]))
+        trial = mean(trying, len(chosen) + 1)
         got = evaluate_weights(r, trial)
-        higher = _higher_is_better(monitor, mode)
         if got[monitor] >= best[monitor] if higher else got[monitor] <= best[monitor]:  # no worse on val: kept
             chosen.append(row["jobs"])
-            soup, best = trial, got
+            kept, soup, best = trying, trial, got
     rows.append({"soup": "greedy", "jobs": " ".join(chosen), **evaluate_weights(r, soup)})
     log.info("greedy soup (%s)  %s", ", ".join(chosen), _shown(rows[-1]))
     write_table(r.run_dir / "soup.csv", rows)

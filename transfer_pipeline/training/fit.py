@@ -65,7 +65,8 @@ class FitJob:
     source: str
     resume: dict[str, Any] | None = None
     weights_meta: dict[str, str] | None = None
-    write_weights: Callable[[FitJob, Best], None] | None = None  # the final weights' writer; None: write_final_weights
+    # the final weights' writer (job, best, the weights gathered from a sharded model or None); None: write_final_weights
+    write_weights: Callable[[FitJob, Best, dict[str, torch.Tensor] | None], None] | None = None
     main_dir: Path | None = None  # rank 0's run folder (under torchrun the others run in temporary ones): last.dcp's
     extra_loaders: dict[str, Any] = field(default_factory=dict)  # extra splits, evaluated every epoch beside val
 
@@ -89,12 +90,10 @@ def fit(job: FitJob) -> FitResult:
         result.interrupted = True
     finally:
         keeper.close()
-    if not result.interrupted and job.engine.sharded:  # gathered on every rank (a collective), written by rank 0
-        weights = full_weights(job.model)
+    if not result.interrupted:  # sharded: gathered on every rank (a collective), written by rank 0
+        weights = full_weights(job.model) if job.engine.sharded else None
         if keeper.main:
             (job.write_weights or write_final_weights)(job, keeper.best, weights)
-    elif not result.interrupted and keeper.main:
-        (job.write_weights or write_final_weights)(job, keeper.best)
     return result
 
 
