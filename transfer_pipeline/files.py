@@ -20,8 +20,8 @@ import errno
 import io
 import json
 import os
+import secrets
 import stat
-import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -132,25 +132,42 @@ def _umask() -> int:
     return mask
 
 
-FILE_MODE = 0o666 & ~_umask()  # what open() would give: mkstemp's files are 0600
+FILE_MODE = 0o666 & ~_umask()  # what open() gives a new file (said again: a writer may have opened it 0600)
+
+
+TEMP_NAME_CHARS = "abcdefghijklmnopqrstuvwxyz0123456789_"  # as mkstemp's: run/folder.py's TEMP knows the form
+
+
+def fresh_temp_name(path: Path) -> Path:
+    """`.name.XXXXXXXX.tmp` beside `path`, a name nothing has yet. Not created: the writer creates it.
+
+    Why not mkstemp: a file that exists (empty) when the writer opens it is truncated by that open, and
+    ext4 and XFS answer a truncate-then-write with a flush of the whole file when it is closed (their
+    guard for programs that replace a file in place): a 1 GiB model.safetensors took 0.9-1.5 s to
+    write instead of 0.57 s. The 8 random characters (41 bits) are not guessable in advance.
+    """
+    for _ in range(100):
+        tmp = path.parent / f".{path.name}.{''.join(secrets.choice(TEMP_NAME_CHARS) for _ in range(8))}.tmp"
+        if not os.path.lexists(tmp):
+            return tmp
+    raise FileExistsError(f"no free temporary name beside {path}")
 
 
 @contextlib.contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
-    """A temporary name `.name.XXXX.tmp` beside `path` to write to; renamed onto `path` when the block ends
-    well, removed when it raises. The one place a file of a run is written.
+    """A temporary name `.name.XXXXXXXX.tmp` beside `path` to write to (see `fresh_temp_name`); renamed onto
+    `path` when the block ends well, removed when it raises. The one place a file of a run is written.
 
     A write killed half-way leaves only the temporary file, which the next run in the folder removes.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    tmp = fresh_temp_name(path)
     try:
-        yield Path(tmp)
+        yield tmp
         os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 

@@ -39,7 +39,7 @@ LOCK = ".lock"
 SUMMARY = "summary.json"
 MARKER = ".transfer_pipeline"  # says: this tool made the folder (a run's, or a sweep's)
 HYDRA_FILES = {".hydra", "run.log"}  # what Hydra writes in a sweep's job folder before the job claims it
-# `.name.XXXXXXXX.tmp` (files.atomic_path: mkstemp's 8 characters) or `.name.PID.tmp` (a streamed write)
+# `.name.XXXXXXXX.tmp` (files.atomic_path: 8 random characters) or `.name.PID.tmp` (a streamed write)
 TEMP = re.compile(r"\..+\.(?:[a-z0-9_]{8}|\d+)\.tmp")
 TEMP_FOLDERS = ("", "checkpoints")  # where the tool writes; clean-up looks nowhere else
 # what a failed run may have written and still count as "nothing trained": replacing it loses nothing
