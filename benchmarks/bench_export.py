@@ -78,25 +78,15 @@ PARTS = (  # (module, attribute, part of the breakdown)
 
 def trace(out: str, argv: list[str]) -> None:
     import builtins
-    import importlib
     import runpy
 
     marks: list[tuple[str, float, float]] = []
     started = time.time()
     real_import = builtins.__import__
-
-    def timed_import(name, *args, **kwargs):  # noqa: ANN001, ANN202 - builtins.__import__'s signature
-        top = name.partition(".")[0]
-        if top in ("torch", "hydra") and top not in sys.modules:
-            t = time.time()
-            try:
-                return real_import(name, *args, **kwargs)
-            finally:
-                marks.append((f"import {top}", t, time.time()))
-        return real_import(name, *args, **kwargs)
+    waiting = list(PARTS)  # wrapped as soon as their module is imported, so that nothing is imported early
 
     def wrap(module: str, attr: str, label: str) -> None:
-        mod = importlib.import_module(module)
+        mod = sys.modules[module]
         inner = getattr(mod, attr)
 
         def timed(*args, **kwargs):  # noqa: ANN202
@@ -107,9 +97,20 @@ def trace(out: str, argv: list[str]) -> None:
                 marks.append((label, t, time.time()))
         setattr(mod, attr, timed)
 
+    def timed_import(name, *args, **kwargs):  # noqa: ANN001, ANN202 - builtins.__import__'s signature
+        top = name.partition(".")[0]
+        first = top in ("torch", "hydra") and top not in sys.modules
+        t = time.time()
+        try:
+            return real_import(name, *args, **kwargs)
+        finally:
+            if first:
+                marks.append((f"import {top}", t, time.time()))
+            for part in [p for p in waiting if p[0] in sys.modules and hasattr(sys.modules[p[0]], p[1])]:
+                waiting.remove(part)
+                wrap(*part)
+
     builtins.__import__ = timed_import
-    for module, attr, label in PARTS:
-        wrap(module, attr, label)
     sys.argv = argv
     try:
         runpy.run_path(argv[0], run_name="__main__")

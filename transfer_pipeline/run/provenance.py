@@ -43,6 +43,7 @@ class BackgroundHash:
     def __init__(self, paths: Sequence[Path], hub: dict[str, Any] | None = None) -> None:
         import threading
 
+        self.paths = [Path(p) for p in paths]
         self._value: str | None = None
         self._error: BaseException | None = None
         self._hub = hub
@@ -76,6 +77,21 @@ class BackgroundHash:
             raise self._error
         assert self._value is not None
         return self._value
+
+
+def early_hash(path: str | None) -> BackgroundHash | None:
+    """The hash of `source.path` started before torch is imported (a new checkpoint's SHA-256 then overlaps the
+    imports; the plan keeps it if the source it reads is this one file): a plain local file only, else None."""
+    if not path or "://" in path:  # pkg:// (imports a package), hf:// and timm:// (resolved by the plan)
+        return None
+    p = Path(path).expanduser()
+    p = p if p.is_absolute() else Path.cwd() / p
+    try:
+        if not p.is_file() or p.stat().st_size < CACHED_FROM:
+            return None  # missing (the plan says so), a folder of shards, or small enough to hash in a moment
+    except OSError:
+        return None
+    return BackgroundHash([p])
 
 
 CACHED_FROM = 16 << 20  # smaller files hash faster than the cache is read

@@ -68,6 +68,7 @@ def device_name(device: Any) -> str:
 
 def setup(r: Run) -> None:
     """Everything that can be checked without the model or the data, before anything heavy."""
+    r.source_hash = provenance.early_hash(r.cfg.source.path)  # before the imports below (torch)
     from ..training import distributed
     from ..training.engine import Engine, resolve_device
 
@@ -129,8 +130,9 @@ def plan(r: Run) -> None:
     if source is not None and source.hub is not None:
         r.summary["hub_source"] = source.hub  # repo, commit, files (their SHA-256 filled in by the hash below)
     if r.weights is not None and r.weights.all_files:
-        # every shard counts; lifecycle records it
-        r.source_hash = provenance.BackgroundHash(r.weights.all_files, r.weights.hub)
+        # every shard counts; lifecycle records it. One started early (setup) is kept if it hashes these files
+        if r.source_hash is None or r.source_hash.paths != [Path(p) for p in r.weights.all_files] or r.weights.hub:
+            r.source_hash = provenance.BackgroundHash(r.weights.all_files, r.weights.hub)
     try:
         r.report.check(mapping.expect)  # after the plan is shown and written: the person sees why
     except UserError as e:
