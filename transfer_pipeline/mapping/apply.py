@@ -27,6 +27,7 @@ from ..names import join_name, parents, split_name
 from ..tensor_meta import TensorMeta, meta_of
 from .plan import LoadPlan, TargetInfo
 from .op_kernels import apply_op
+from ..sources.mapped_pages import drop_mapped_pages
 from ..sources.read import SourceWeights
 
 log = logging.getLogger(__name__)
@@ -114,6 +115,7 @@ def check_values(plan: LoadPlan, source: SourceWeights, dtypes: Mapping[str, tor
                 nonfinite.append(name)
             if big:
                 overflow.append(f"{name} ({entry.source_dtype} -> {entry.target_dtype})")
+    drop_mapped_pages(source.all_files)  # read through the map: its pages as a fresh process finds them
     if nonfinite:
         names = list(dict.fromkeys(nonfinite))
         raise UserError(f"source.allow_nonfinite: {len(names)} loaded tensor(s) hold NaN or inf: "
