@@ -69,7 +69,7 @@ PARTS = (  # (module, attribute, part of the breakdown)
     ("transfer_pipeline.run.lifecycle", "run_job", "the run's steps (from the folder's claim to summary.json)"),
     ("transfer_pipeline.sources.read", "read_source", "read the source's header (names, shapes, dtypes)"),
     ("transfer_pipeline.api", "plan_report", "plan the load and report it"),
-    ("transfer_pipeline.mapping.apply", "check_values", "value check (NaN/inf) of every loaded tensor"),
+    ("transfer_pipeline.mapping.apply", "check_values", "value check (NaN/inf) of every loaded tensor, pages unmapped"),
     ("transfer_pipeline.mapping.apply", "assign_weights", "assign the mapped tensors to the meta-built model"),
     ("transfer_pipeline.run.provenance", "sha256_file", "SHA-256 of the source (its own thread)"),
     ("transfer_pipeline.files", "save_weights", "write model.safetensors"),
