@@ -76,24 +76,16 @@ save_file(model.state_dict(), sys.argv[1])
 
 
 def train_rows(rounds: int) -> list[tuple[str, float]]:
-    """The pipeline's loop / the hand loop (samples/s), the CPU rows of bench_train.py."""
+    """The pipeline's loop / the hand loop (samples/s): bench_train.py's CPU rows, its cache row left out."""
     import bench_train
-    import torchvision
-    from torch import nn
-
-    from transfer_pipeline.models import DigitsCNN
-
-    args = argparse.Namespace(epochs=3, rounds=rounds, batch_size=64, device="cpu", precision="32",
-                              channels_last=False, compile=False)
     import torch
 
+    args = argparse.Namespace(epochs=3, rounds=rounds, batch_size=64, device="cpu", precision="32",
+                              channels_last=False, compile=False, model="resnet18", image_size=32, samples=1024,
+                              skip_small=False)
     device = torch.device("cpu")
-    small, rgb = dict(shape=(1, 8, 8), samples=4096), dict(shape=(3, 32, 32), samples=1024)
-    rows = [("small CNN (full fine-tune)", lambda: DigitsCNN(num_classes=5), small),
-            ("MLP 64-256-5", lambda: nn.Sequential(nn.Flatten(), nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 5)), small),
-            ("resnet18 full fine-tune", lambda: torchvision.models.resnet18(num_classes=5), rgb),
-            ("resnet18 only fc trainable", lambda: torchvision.models.resnet18(num_classes=5), {**rgb, "trainable": "fc"})]
-    return [(name, bench_train.row(name, make, args, device, **kw)[3]) for name, make, kw in rows]
+    return [(name, bench_train.row(name, make, args, device, **kw)[3])
+            for name, make, kw in bench_train.benchmark_rows(args, cache=False)]
 
 
 def main() -> None:

@@ -163,6 +163,28 @@ def row(name: str, make_model, args, device, shape, samples: int, trainable: str
     return name, statistics.median(rates["plain"]), statistics.median(rates["pipeline"]), pairs, side.built
 
 
+def benchmark_rows(args, cache: bool = True) -> list[tuple[str, object, dict]]:
+    """(name, model builder, row() keywords) of each row: the small ones unless --skip-small, then the ResNet ones
+    (the cache_features row with `cache`). bench_ratios.py measures the same rows."""
+    import torchvision
+    from torch import nn
+
+    from transfer_pipeline.models import DigitsCNN
+
+    resnet = getattr(torchvision.models, args.model)
+    small = dict(shape=(1, 8, 8), samples=4096)
+    rgb = dict(shape=(3, args.image_size, args.image_size), samples=args.samples)
+    rows = [] if args.skip_small else [
+        ("small CNN (full fine-tune)", lambda: DigitsCNN(num_classes=5), small),
+        ("MLP 64-256-5", lambda: nn.Sequential(nn.Flatten(), nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 5)), small)]
+    rows += [(f"{args.model} full fine-tune", lambda: resnet(num_classes=5), rgb),
+             (f"{args.model} only fc trainable", lambda: resnet(num_classes=5), {**rgb, "trainable": "fc"})]
+    if cache:
+        rows.append((f"{args.model} fc + cache_features", lambda: resnet(num_classes=5),
+                     {**rgb, "trainable": "fc", "cache": True}))
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--epochs", type=int, default=3, help="measured epochs per side and round (after a warm-up)")
@@ -178,21 +200,9 @@ def main() -> None:
     parser.add_argument("--skip-small", action="store_true", help="only the ResNet rows")
     args = parser.parse_args()
     import torch
-    import torchvision
-    from torch import nn
-
-    from transfer_pipeline.models import DigitsCNN
 
     device = torch.device(args.device)
-    resnet = getattr(torchvision.models, args.model)
-    small = dict(shape=(1, 8, 8), samples=4096)
-    rgb = dict(shape=(3, args.image_size, args.image_size), samples=args.samples)
-    rows = [] if args.skip_small else [
-        ("small CNN (full fine-tune)", lambda: DigitsCNN(num_classes=5), small),
-        ("MLP 64-256-5", lambda: nn.Sequential(nn.Flatten(), nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 5)), small)]
-    rows += [(f"{args.model} full fine-tune", lambda: resnet(num_classes=5), rgb),
-             (f"{args.model} only fc trainable", lambda: resnet(num_classes=5), {**rgb, "trainable": "fc"}),
-             (f"{args.model} fc + cache_features", lambda: resnet(num_classes=5), {**rgb, "trainable": "fc", "cache": True})]
+    rows = benchmark_rows(args)
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
     print(f"device {where}, torch {torch.__version__}, batch {args.batch_size}, precision {args.precision}"
           f"{', channels_last' if args.channels_last else ''}{', compiled' if args.compile else ''}; median of "
